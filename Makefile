@@ -1,0 +1,42 @@
+# The two commands of the README:
+#   make run    set up .venv, get MNIST, train softmax_regression, export it, evaluate the export
+#   make test   set up .venv, run the tests
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+MODEL  ?= softmax_regression
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test test-fast lint data train evaluate benchmarks clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m training.train $(MODEL)
+	$(PY) -m training.evaluate exported_models/$(MODEL)/$$(ls exported_models/$(MODEL) | grep -E '^[0-9]+$$' | sort -n | tail -1)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m 'not slow'
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+data: $(VENV)/.installed
+	$(PY) -c "from training import data; data.load_dataset('mnist')"
+
+benchmarks: $(VENV)/.installed
+	$(PY) -m benchmarks.reference_accuracy
+	$(PY) -m benchmarks.train_throughput
+	$(PY) -m benchmarks.export_agreement
+
+clean:
+	rm -rf runs reports .pytest_cache
+	find exported_models -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +

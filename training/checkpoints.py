@@ -1,0 +1,89 @@
+"""Crash-safe per-epoch checkpoints and metrics for a run directory.
+
+After every epoch: the whole model (weights and optimizer state) goes to
+`checkpoints/epoch-NNNN.keras` via a temporary file and a rename, then `state.json` is replaced
+atomically to point at it, then older checkpoints are deleted. `state.json` is the commit point:
+a kill -9 at any moment leaves either the previous state and its checkpoint, or the new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+
+from training.config import write_json_atomic
+
+STATE = "state.json"
+METRICS = "metrics.jsonl"
+
+
+def read_state(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / STATE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_checkpoint(run_dir: Path) -> tuple[keras.Model, dict]:
+    state = read_state(run_dir)
+    if state is None:
+        raise FileNotFoundError(
+            f"{run_dir} has no {STATE}: the run was stopped before its first epoch ended; "
+            "start it again instead of resuming"
+        )
+    model = keras.models.load_model(Path(run_dir) / state["checkpoint"])
+    return model, state
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Writes the checkpoint, state and metrics after each epoch; times training vs evaluation."""
+
+    def __init__(self, run_dir: Path, history: list[dict] | None = None):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.history = list(history or [])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._eval_seconds = 0.0
+
+    def on_test_begin(self, logs=None):
+        self._eval_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self._eval_seconds += time.perf_counter() - self._eval_start
+
+    def on_epoch_end(self, epoch, logs=None):
+        wall = time.perf_counter() - self._epoch_start
+        record = {"epoch": epoch + 1}
+        for key, value in (logs or {}).items():
+            # Keras calls test-set metrics "val_*"; here the held-out set is the test set.
+            name = key.replace("val_", "test_") if key.startswith("val_") else f"train_{key}"
+            record[name] = float(value)
+        record["train_seconds"] = wall - self._eval_seconds
+        record["eval_seconds"] = self._eval_seconds
+        self.history.append(record)
+
+        name = f"epoch-{epoch + 1:04d}.keras"
+        tmp = self.ckpt_dir / f".{name}.tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.ckpt_dir / name)
+        write_json_atomic(
+            self.run_dir / STATE,
+            {"epoch": epoch + 1, "checkpoint": f"checkpoints/{name}", "history": self.history},
+        )
+        write_metrics(self.run_dir, self.history)
+        for old in self.ckpt_dir.glob("epoch-*.keras"):
+            if old.name != name:
+                old.unlink()
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    path = Path(run_dir) / METRICS
+    tmp = path.with_name(f".{METRICS}.tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+    tmp.replace(path)

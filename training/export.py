@@ -1,0 +1,345 @@
+"""Export a trained model as the next version of exported_models/NAME/ (DESIGN.md, "Exported model").
+
+    python -m training.export RUN_DIR [--export-dir exported_models]
+
+A version holds a float32 SavedModel with a named `serving_default` signature, TF Serving warmup
+records, the same graph as `model.onnx`, and `metadata.json`, the model's certificate. It is built
+in a hidden temporary sibling, checked (SavedModel and ONNX Runtime against Keras on real test
+inputs at two batch sizes, onnx.checker), and only then renamed into place: a server polling the
+folder sees a whole version or none, and a refused or killed export leaves no version behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import importlib.metadata
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import zoo
+from training import data, precision
+from training.config import TrainConfig, write_json_atomic
+
+ONNX_OPSET = 17
+TOLERANCE = 1e-4  # refuse an export whose runtimes disagree with Keras by more than this
+CHECK_EXAMPLES = 1000
+SECOND_BATCH_SIZE = 37  # an odd size, so the last batch is partial: the batch dim is dynamic
+WARMUP_BATCH_SIZES = (1, 8)
+PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy",
+            "tensorflow-serving-api")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def output_names(task: str) -> tuple[str, ...]:
+    return ("probabilities", "classes") if task == "classification" else ("y",)
+
+
+def float32_copy(model, name: str):
+    """The inference graph is always float32, whatever policy trained the model: rebuild the
+    architecture under float32 and copy the (float32 master) weights across."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy().name
+    precision.apply("float32")
+    try:
+        copy = zoo.create_model(name)
+    finally:
+        precision.apply(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def serving_function(model, spec):
+    """The `serving_default` signature: named inputs and outputs, batch dimension dynamic."""
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, *spec.inputs.shape), tf.float32, name=spec.inputs.name)]
+    if spec.task == "classification":
+
+        @tf.function(input_signature=signature)
+        def serve(inputs):
+            probabilities = model(inputs, training=False)
+            classes = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+            return {"probabilities": probabilities, "classes": classes}
+    else:
+
+        @tf.function(input_signature=signature)
+        def serve(inputs):
+            return {"y": model(inputs, training=False)}
+
+    return serve, signature
+
+
+def export_model(model, config: TrainConfig, dataset: data.Dataset, summary: dict,
+                 export_base: Path = Path("exported_models"),
+                 tolerance: float = TOLERANCE, check_examples: int = CHECK_EXAMPLES) -> Path:
+    """Write, check and publish the next version of `export_base/NAME`; return its path."""
+    spec = zoo.get_spec(config.model)
+    model_dir = Path(export_base) / config.model
+    model_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(model_dir)
+    tmp = model_dir / f".tmp-{os.getpid()}-{os.urandom(3).hex()}"
+    tmp.mkdir()
+    try:
+        inference = float32_copy(model, config.model)
+        serve, signature = serving_function(inference, spec)
+        write_saved_model(inference, serve, tmp)
+        x_check = data.as_float_inputs(dataset.x_test[:check_examples])
+        write_warmup_requests(tmp, config.model, spec.inputs.name, x_check)
+        write_onnx(serve, signature, tmp / "model.onnx")
+        agreement = check_export(tmp, inference, model, spec, x_check, tolerance)
+        test_metrics = evaluate_keras(inference, config, dataset)
+        metadata = build_metadata(config, spec, summary, inference, agreement, test_metrics)
+        version = publish(tmp, model_dir, metadata)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"[export] {model_dir / str(version)}: max |Keras - SavedModel| "
+          f"{agreement['max_abs_diff']['savedmodel']:.2e}, max |Keras - ONNX Runtime| "
+          f"{agreement['max_abs_diff']['onnx']:.2e} on {agreement['examples']} test inputs",
+          file=sys.stderr)
+    return model_dir / str(version)
+
+
+def remove_stale_temporaries(model_dir: Path) -> None:
+    """Delete temporaries left by exports that were killed (their process is gone)."""
+    for tmp in model_dir.glob(".tmp-*"):
+        m = re.match(r"\.tmp-(\d+)-", tmp.name)
+        if m and not _process_alive(int(m.group(1))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_saved_model(model, serve, path: Path) -> None:
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serving_default", fn=serve)
+    archive.write_out(str(path), verbose=False)
+
+
+def write_warmup_requests(path: Path, name: str, input_name: str, x: np.ndarray) -> None:
+    """assets.extra/tf_serving_warmup_requests: PredictionLog records TF Serving replays on load."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    target = path / "assets.extra"
+    target.mkdir()
+    with tf.io.TFRecordWriter(str(target / "tf_serving_warmup_requests")) as writer:
+        for n in WARMUP_BATCH_SIZES:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = name
+            request.model_spec.signature_name = "serving_default"
+            request.inputs[input_name].CopyFrom(tf.make_tensor_proto(x[:n]))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def write_onnx(serve, signature, path: Path) -> None:
+    import onnx
+    import tf2onnx
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=ONNX_OPSET)
+    # Name the dynamic batch dimension instead of tf2onnx's generated "unk__N".
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        if not dim.HasField("dim_value"):
+            dim.dim_param = "batch"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+
+
+def run_savedmodel(path: Path, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    input_name = next(iter(fn.structured_input_signature[1]))
+    return _batched(lambda b: {k: v.numpy() for k, v in fn(**{input_name: tf.constant(b)}).items()},
+                    x, batch_size)
+
+
+def run_onnx(path: Path, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    names = [o.name for o in session.get_outputs()]
+    return _batched(lambda b: dict(zip(names, session.run(names, {input_name: b}))), x, batch_size)
+
+
+def _batched(fn, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    parts = [fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def check_export(version_dir: Path, inference, trained, spec, x: np.ndarray,
+                 tolerance: float) -> dict:
+    """Compare both runtimes with the float32 Keras model at two batch sizes; refuse on mismatch."""
+    main_output = output_names(spec.task)[0]
+    expected = inference.predict(x, batch_size=256, verbose=0).astype(np.float32)
+    runs = {}
+    for runtime, runner, target in (("savedmodel", run_savedmodel, version_dir),
+                                    ("onnx", run_onnx, version_dir / "model.onnx")):
+        for batch_size in (len(x), SECOND_BATCH_SIZE):
+            runs[(runtime, batch_size)] = runner(target, x, batch_size)
+    diffs = {}
+    for (runtime, batch_size), out in runs.items():
+        d = float(np.max(np.abs(out[main_output] - expected)))
+        diffs[runtime] = max(diffs.get(runtime, 0.0), d)
+        if spec.task == "classification" and not np.array_equal(
+                out["classes"], expected.argmax(-1)):
+            raise ExportError(f"{runtime} at batch size {batch_size} predicts different classes "
+                              "from Keras; export refused")
+    worst = max(diffs, key=diffs.get)
+    if diffs[worst] > tolerance:
+        raise ExportError(
+            f"{worst} output differs from Keras by {diffs[worst]:.3g} > tolerance {tolerance:g}; "
+            "export refused")
+    # Informative only: how far the float32 graph is from the policy the model trained in.
+    trained_out = trained.predict(x, batch_size=256, verbose=0).astype(np.float32)
+    return {
+        "examples": int(len(x)),
+        "batch_sizes": [int(len(x)), SECOND_BATCH_SIZE],
+        "tolerance": tolerance,
+        "max_abs_diff": diffs,
+        "max_abs_diff_vs_training_precision": float(np.max(np.abs(trained_out - expected))),
+        "identical_classes": spec.task == "classification",
+    }
+
+
+def evaluate_keras(model, config: TrainConfig, dataset: data.Dataset) -> dict:
+    model.compile(loss=config.loss, metrics=["accuracy"] if config.task == "classification" else [])
+    results = model.evaluate(data.test_pipeline(dataset, limit=config.test_limit), verbose=0,
+                             return_dict=True)
+    return {k: float(v) for k, v in results.items()}
+
+
+def build_metadata(config: TrainConfig, spec, summary: dict, inference, agreement: dict,
+                   test_metrics: dict) -> dict:
+    outputs = {
+        "probabilities": {"dtype": "float32", "shape": [-1, 10]},
+        "classes": {"dtype": "int64", "shape": [-1]},
+    } if spec.task == "classification" else {"y": {"dtype": "float32", "shape": [-1, 1]}}
+    return {
+        "name": config.model,
+        "task": spec.task,
+        "description": spec.description,
+        "parameters": int(inference.count_params()),
+        "signature": {
+            "name": "serving_default",
+            "inputs": {spec.inputs.name: {"dtype": "float32", "shape": [-1, *spec.inputs.shape],
+                                          "description": spec.inputs.description}},
+            "outputs": outputs,
+        },
+        "training": {
+            "config": config.to_json(),
+            "epochs_completed": summary.get("epochs_completed"),
+            "train_seconds": summary.get("train_seconds"),
+            "run_dir": summary.get("run_dir"),
+        },
+        "data": {"dataset": config.dataset, **summary.get("data", {})},
+        "test_metrics": {**test_metrics, "examples": "first %d" % config.test_limit
+                         if config.test_limit else "all"},
+        "reference": {
+            "metric": spec.reference.metric,
+            "target": spec.reference.target,
+            "provenance": spec.reference.provenance,
+            "met": spec.reference.met_by(
+                test_metrics["accuracy"] if spec.reference.metric == "accuracy"
+                else test_metrics["loss"]),
+        },
+        "onnx": {"file": "model.onnx", "opset": ONNX_OPSET},
+        "agreement": agreement,
+        "packages": {p: _version(p) for p in PACKAGES},
+        "python": sys.version.split()[0],
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def file_checksums(root: Path) -> dict[str, str]:
+    sums = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        sums[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return sums
+
+
+def publish(tmp: Path, model_dir: Path, metadata: dict) -> int:
+    """Rename the finished temporary into the next free version number. rename(2) is atomic, and
+    fails if another exporter took that number first; then the next number is tried."""
+    while True:
+        version = next_version(model_dir)
+        metadata["version"] = version
+        metadata["files"] = file_checksums(tmp)
+        write_json_atomic(tmp / "metadata.json", metadata)
+        try:
+            os.rename(tmp, model_dir / str(version))
+            return version
+        except OSError:
+            if not (model_dir / str(version)).exists():
+                raise
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.export",
+                                description="Export a finished training run as the next version.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--export-dir", type=Path, default=Path("exported_models"))
+    p.add_argument("--data-dir", type=Path)
+    args = p.parse_args(argv)
+    import json
+
+    import keras
+
+    try:
+        config = TrainConfig.read(args.run_dir / "config.json")
+        summary_path = args.run_dir / "summary.json"
+        if not (args.run_dir / "model.keras").exists():
+            raise FileNotFoundError(f"{args.run_dir} has no model.keras: the run has not finished "
+                                    f"(resume it with python -m training.train --resume)")
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        dataset = data.load_dataset(config.dataset, args.data_dir, seed=config.seed)
+        precision.apply(config.precision)
+        model = keras.models.load_model(args.run_dir / "model.keras")
+        path = export_model(model, config, dataset, summary, args.export_dir)
+    except (FileNotFoundError, ExportError, data.DataSourceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

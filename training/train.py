@@ -1,0 +1,269 @@
+"""Train a zoo model with its recipe, checkpoint every epoch, export the result.
+
+    python -m training.train --list
+    python -m training.train softmax_regression
+    python -m training.train deep_cnn --epochs 2 --precision float32 --seed 7 --batch-size 256
+    python -m training.train deep_cnn --resume runs/deep_cnn/20261122-101500-s0
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+import zoo
+from training import checkpoints, data, precision
+from training.config import TrainConfig, resolve_config, write_json_atomic
+
+DEFAULT_RUNS = Path("runs")
+DEFAULT_EXPORTS = Path("exported_models")
+
+
+class UsageError(Exception):
+    """A mistake of the user's: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description="Train a zoo model with its default recipe (overridable), then export it.",
+    )
+    p.add_argument("model", nargs="?", help="registered model name (see --list)")
+    p.add_argument("--list", action="store_true", help="list every registered model and exit")
+
+    r = p.add_argument_group("recipe overrides (default: the model's recipe)")
+    r.add_argument("--epochs", type=int, help="number of epochs")
+    r.add_argument("--steps", type=int, help="total optimisation steps (rounded up to whole epochs)")
+    r.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default: one pass)")
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
+    r.add_argument("--dataset", choices=data.DATASETS, help="default: the model's own dataset")
+    r.add_argument("--precision", choices=precision.CHOICES, default="auto",
+                   help="dtype policy; auto picks by hardware (default: %(default)s)")
+    r.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+
+    o = p.add_argument_group("where things go")
+    o.add_argument("--run-dir", type=Path, help="run directory (default: runs/MODEL/TIME-sSEED)")
+    o.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue a stopped run from its last completed epoch")
+    o.add_argument("--export-dir", type=Path, default=DEFAULT_EXPORTS,
+                   help="model base path for the export (default: %(default)s)")
+    o.add_argument("--no-export", action="store_true", help="train only")
+    o.add_argument("--data-dir", type=Path, help=f"where datasets are (also ${data.ENV_DATA_DIR})")
+
+    s = p.add_argument_group("small runs (tests, quick looks)")
+    s.add_argument("--train-limit", type=int, help="use only the first N training examples")
+    s.add_argument("--test-limit", type=int, help="evaluate on the first N test examples")
+    return p
+
+
+def list_models_table() -> str:
+    rows = [("name", "task", "params", "dataset", "reference", "provenance")]
+    for name in zoo.list_models():
+        spec = zoo.get_spec(name)
+        ref = spec.reference
+        target = f"{ref.metric} {'>=' if ref.metric == 'accuracy' else '<='} {ref.target:g}"
+        rows.append((name, spec.task, f"{zoo.parameter_count(name):,}", "/".join(spec.datasets),
+                     target, ref.provenance))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.list:
+            print(list_models_table())
+            return 0
+        summary = run_from_args(args)
+    except (UsageError, zoo.UnknownModelError, data.DataSourceError, ValueError,
+            FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+def run_from_args(args: argparse.Namespace) -> dict:
+    if args.resume:
+        return resume(args.resume, export_dir=None if args.no_export else args.export_dir,
+                      data_dir=args.data_dir)
+    if not args.model:
+        raise UsageError("name a model to train (python -m training.train --list shows them)")
+    spec = zoo.get_spec(args.model)
+    resolved = precision.resolve(args.precision, precision.detect_hardware())
+    dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir, seed=args.seed)
+    config = resolve_config(
+        args.model,
+        precision_requested=resolved.requested,
+        precision=resolved.policy,
+        precision_reason=resolved.reason,
+        train_size=len(dataset.x_train),
+        dataset=args.dataset,
+        epochs=args.epochs,
+        steps=args.steps,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+    )
+    run_dir = args.run_dir or default_run_dir(config)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} is not empty; use --resume {run_dir}")
+    return train(config, run_dir, dataset,
+                 export_dir=None if args.no_export else args.export_dir)
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return DEFAULT_RUNS / config.model / f"{stamp}-s{config.seed}"
+
+
+def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None) -> dict:
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    config = TrainConfig.read(config_path)
+    dataset = data.load_dataset(config.dataset, data_dir, seed=config.seed)
+    return train(config, Path(run_dir), dataset, export_dir=export_dir, resuming=True)
+
+
+def train(config: TrainConfig, run_dir: Path, dataset: data.Dataset,
+          export_dir: Path | None = DEFAULT_EXPORTS, resuming: bool = False) -> dict:
+    """Train (or continue) one run and return its summary. The library entry point."""
+    import keras
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    precision.apply(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    print(f"[precision] {config.precision} ({config.precision_requested}: "
+          f"{config.precision_reason})", file=sys.stderr)
+
+    history: list[dict] = []
+    initial_epoch = 0
+    if resuming and checkpoints.read_state(run_dir):
+        model, state = checkpoints.load_checkpoint(run_dir)
+        initial_epoch, history = state["epoch"], state["history"]
+        print(f"[resume] {run_dir} from epoch {initial_epoch}/{config.epochs}", file=sys.stderr)
+    else:
+        config.write(run_dir / "config.json")
+        model = compile_model(config)
+
+    fit_model(model, config, dataset, run_dir, history, initial_epoch)
+    state = checkpoints.read_state(run_dir)
+    history = state["history"] if state else history
+    model.save(run_dir / "model.keras")
+    return finish(model, config, dataset, run_dir, history, export_dir)
+
+
+def compile_model(config: TrainConfig):
+    import keras
+
+    model = zoo.create_model(config.model)
+    lr = learning_rate_schedule(config)
+    optimizer = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}[config.optimizer](lr)
+    metrics = ["accuracy"] if config.task == "classification" else []
+    model.compile(optimizer=optimizer, loss=config.loss, metrics=metrics)
+    return model
+
+
+def learning_rate_schedule(config: TrainConfig):
+    import keras
+
+    if config.schedule == "constant":
+        return config.learning_rate
+    warmup = int(round(config.warmup_epochs * config.steps_per_epoch))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(1, config.total_steps - warmup),
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
+              history: list[dict], initial_epoch: int) -> None:
+    import keras
+
+    if initial_epoch >= config.epochs:
+        return
+    callbacks = [
+        checkpoints.EpochCheckpoint(run_dir, history),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), profile_batch=0),
+    ]
+    model.fit(
+        data.train_pipeline(dataset, config.batch_size, config.seed, config.train_limit),
+        epochs=config.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=config.steps_per_epoch,
+        validation_data=data.test_pipeline(dataset, limit=config.test_limit),
+        callbacks=callbacks,
+        # A progress bar on a terminal, one line per epoch in logs and CI.
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+
+
+def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
+           history: list[dict], export_dir: Path | None) -> dict:
+    from training.plots import plot_curves
+
+    spec = zoo.get_spec(config.model)
+    last = history[-1]
+    metric = spec.reference.metric
+    value = last["test_accuracy"] if metric == "accuracy" else last["test_loss"]
+    summary = {
+        "model": config.model,
+        "run_dir": str(run_dir),
+        "config": config.to_json(),
+        "parameters": int(model.count_params()),
+        "data": {"source": dataset.source, "sha256": dataset.sha256},
+        "epochs_completed": last["epoch"],
+        "train_seconds": sum(r["train_seconds"] for r in history),
+        "test": {k[5:]: v for k, v in last.items() if k.startswith("test_")},
+        "reference": {
+            "metric": metric,
+            "target": spec.reference.target,
+            "value": value,
+            "met": spec.reference.met_by(value),
+            "provenance": spec.reference.provenance,
+        },
+        "plots": [p.name for p in plot_curves(history, run_dir, config.model)],
+        "export": None,
+    }
+    if export_dir is not None:
+        from training.export import export_model
+
+        version_dir = export_model(model, config, dataset, summary, export_dir)
+        summary["export"] = str(version_dir)
+    write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    ref = s["reference"]
+    verdict = "met" if ref["met"] else "NOT met"
+    lines = [
+        f"model        {s['model']} ({s['parameters']:,} parameters, "
+        f"{s['config']['precision']})",
+        f"trained      {s['epochs_completed']} epochs x {s['config']['steps_per_epoch']} steps "
+        f"of {s['config']['batch_size']} in {s['train_seconds']:.1f} s",
+        "test         " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(s["test"].items())),
+        f"reference    {ref['metric']} {ref['value']:.4f} vs target {ref['target']:g}: {verdict}",
+        f"run dir      {s['run_dir']}",
+    ]
+    if s["export"]:
+        lines.append(f"exported     {s['export']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

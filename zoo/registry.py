@@ -1,0 +1,123 @@
+"""The model registry: one place that says what every zoo model is.
+
+A spec is data (frozen dataclasses); the builder is the only code. Parameter counts are never
+stored: `parameter_count(name)` builds the model and counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from typing import Callable, Literal
+
+import keras
+
+Task = Literal["classification", "regression"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a model is trained by default. Every field can be overridden from the train CLI."""
+
+    optimizer: Literal["sgd", "adam"]
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    # None means one full pass over the training set per epoch.
+    steps_per_epoch: int | None = None
+    # "constant", or "warmup_cosine": linear warmup over `warmup_epochs`, then cosine decay to 0.
+    schedule: Literal["constant", "warmup_cosine"] = "constant"
+    warmup_epochs: float = 0.0
+    loss: str = "sparse_categorical_crossentropy"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The result a model must reach with its default recipe, and where that number comes from."""
+
+    metric: Literal["accuracy", "mse"]
+    # accuracy: at least this; mse: at most this.
+    target: float
+    provenance: str
+    # What the report itself measured, when it gave a number.
+    report_value: float | None = None
+
+    def met_by(self, value: float) -> bool:
+        return value >= self.target if self.metric == "accuracy" else value <= self.target
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSignature:
+    name: str
+    shape: tuple[int, ...]  # without the batch dimension
+    dtype: str = "float32"
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., keras.Model]
+    task: Task
+    dataset: str
+    inputs: InputSignature
+    recipe: Recipe
+    reference: Reference
+    description: str
+    # Other datasets the model also trains on (same input shape), e.g. fashion_mnist.
+    alt_datasets: tuple[str, ...] = ()
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        return (self.dataset, *self.alt_datasets)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+class UnknownModelError(KeyError):
+    def __init__(self, name: str):
+        known = sorted(_REGISTRY)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        self.message = f"unknown model {name!r}.{hint} Known models: {', '.join(known)}"
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a spec to the registry. A name can be registered once; a second time raises."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(name) from None
+
+
+def list_models(pattern: str = "*", exclude: str | None = None) -> list[str]:
+    """Registered names matching a shell-style glob, sorted."""
+    names = [n for n in sorted(_REGISTRY) if fnmatch.fnmatchcase(n, pattern)]
+    if exclude:
+        names = [n for n in names if not fnmatch.fnmatchcase(n, exclude)]
+    return names
+
+
+def create_model(name: str, **overrides) -> keras.Model:
+    """Build a fresh, uncompiled model. None-valued overrides are dropped so that CLI defaults
+    never shadow the builder's own."""
+    spec = get_spec(name)
+    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    return spec.builder(**kwargs)
+
+
+def parameter_count(name: str) -> int:
+    return int(create_model(name).count_params())
