@@ -44,14 +44,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
+    def from_json(cls, d: dict) -> TrainConfig:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
     def write(self, path: Path) -> None:
         write_json_atomic(path, self.to_json())
 
     @classmethod
-    def read(cls, path: Path) -> "TrainConfig":
+    def read(cls, path: Path) -> TrainConfig:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
@@ -89,7 +89,8 @@ def resolve_config(
     if steps:
         steps_per_epoch = min(steps, per_pass)
         epochs = math.ceil(steps / steps_per_epoch)
-    for label, value in (("epochs", epochs), ("steps", steps_per_epoch), ("batch size", batch_size)):
+    checks = (("epochs", epochs), ("steps", steps_per_epoch), ("batch size", batch_size))
+    for label, value in checks:
         if value < 1:
             raise ValueError(f"{label} must be at least 1, got {value}")
     return TrainConfig(

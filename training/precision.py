@@ -39,11 +39,12 @@ def resolve(requested: str, hardware: Hardware) -> Resolved:
         raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(CHOICES)}")
     if requested != "auto":
         return Resolved(requested, requested, "asked for explicitly")
+    seen = hardware.describe()
     if any(cc >= (7, 0) for cc in hardware.gpu_compute_capabilities):
-        return Resolved(requested, "mixed_float16", f"CUDA GPU with tensor cores ({hardware.describe()})")
+        return Resolved(requested, "mixed_float16", f"CUDA GPU with tensor cores ({seen})")
     if hardware.cpu_flags & NATIVE_BF16_CPU_FLAGS:
-        return Resolved(requested, "mixed_bfloat16", f"CPU with native bf16 ({hardware.describe()})")
-    return Resolved(requested, "float32", f"no fast reduced precision here ({hardware.describe()})")
+        return Resolved(requested, "mixed_bfloat16", f"CPU with native bf16 ({seen})")
+    return Resolved(requested, "float32", f"no fast reduced precision here ({seen})")
 
 
 def detect_hardware() -> Hardware:

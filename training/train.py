@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
-import time
 from pathlib import Path
 
 import zoo
@@ -21,6 +19,7 @@ from training.config import TrainConfig, resolve_config, write_json_atomic
 
 DEFAULT_RUNS = Path("runs")
 DEFAULT_EXPORTS = Path("exported_models")
+STEPS_PER_EXECUTION = 50
 
 
 class UsageError(Exception):
@@ -37,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = p.add_argument_group("recipe overrides (default: the model's recipe)")
     r.add_argument("--epochs", type=int, help="number of epochs")
-    r.add_argument("--steps", type=int, help="total optimisation steps (rounded up to whole epochs)")
+    r.add_argument("--steps", type=int,                    help="total optimisation steps (rounded up to whole epochs)")
     r.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default: one pass)")
     r.add_argument("--batch-size", type=int)
     r.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
@@ -172,8 +171,14 @@ def compile_model(config: TrainConfig):
     lr = learning_rate_schedule(config)
     optimizer = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}[config.optimizer](lr)
     metrics = ["accuracy"] if config.task == "classification" else []
-    model.compile(optimizer=optimizer, loss=config.loss, metrics=metrics)
+    # Several steps per tf.function call: small models are otherwise bound by Python overhead.
+    model.compile(optimizer=optimizer, loss=config.loss, metrics=metrics,
+                  steps_per_execution=steps_per_execution(config))
     return model
+
+
+def steps_per_execution(config: TrainConfig) -> int:
+    return max(1, min(STEPS_PER_EXECUTION, config.steps_per_epoch))
 
 
 def learning_rate_schedule(config: TrainConfig):
@@ -207,6 +212,8 @@ def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
         steps_per_epoch=config.steps_per_epoch,
         validation_data=data.test_pipeline(dataset, limit=config.test_limit),
         callbacks=callbacks,
+        shuffle=False,  # the pipeline shuffles, seeded
+
         # A progress bar on a terminal, one line per epoch in logs and CI.
         verbose=1 if sys.stdout.isatty() else 2,
     )

@@ -67,7 +67,9 @@ register(
         alt_datasets=("fashion_mnist",),
         inputs=PIXELS,
         description="784 -> 10 softmax regression, zero-initialised, plain gradient descent",
-        recipe=Recipe(optimizer="sgd", learning_rate=0.5, batch_size=100, epochs=5),
+        recipe=Recipe(
+            optimizer="sgd", learning_rate=0.5, batch_size=100, epochs=5, schedule="warmup_cosine"
+        ),
         reference=Reference(
             metric="accuracy",
             target=0.920,

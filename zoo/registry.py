@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import keras
 

@@ -1,0 +1,75 @@
+"""Precision policy: the decision for any hardware (faked only at the detection boundary), and
+the dtype behaviour of mixed policies, exercised for real on the CPU."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import zoo
+from training import precision
+from training.precision import Hardware
+
+
+@pytest.mark.parametrize(
+    ("hardware", "expected"),
+    [
+        (Hardware(gpu_compute_capabilities=((8, 0),)), "mixed_float16"),
+        (Hardware(gpu_compute_capabilities=((7, 0),)), "mixed_float16"),
+        (Hardware(gpu_compute_capabilities=((6, 1),)), "float32"),  # no tensor cores
+        (Hardware(gpu_compute_capabilities=((6, 1), (7, 5))), "mixed_float16"),
+        (Hardware(cpu_flags=frozenset({"avx2", "avx512_bf16"})), "mixed_bfloat16"),
+        (Hardware(cpu_flags=frozenset({"amx_bf16", "amx_tile"})), "mixed_bfloat16"),
+        (Hardware(cpu_flags=frozenset({"avx2", "fma", "avx512f"})), "float32"),
+        (Hardware(), "float32"),
+        # A tensor-core GPU wins over a bf16 CPU.
+        (Hardware(((8, 6),), frozenset({"avx512_bf16"})), "mixed_float16"),
+    ],
+)
+def test_auto_picks_by_hardware(hardware, expected):
+    resolved = precision.resolve("auto", hardware)
+    assert resolved.policy == expected and resolved.requested == "auto" and resolved.reason
+
+
+@pytest.mark.parametrize("choice", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_explicit_choice_is_kept_whatever_the_hardware(choice):
+    assert precision.resolve(choice, Hardware(((8, 0),))).policy == choice
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="auto, float32, mixed_float16, mixed_bfloat16"):
+        precision.resolve("float8", Hardware())
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\nprocessor\t: 1\n")
+    assert precision._cpu_flags(cpuinfo) >= {"avx2", "avx512_bf16"}
+    assert precision._cpu_flags(tmp_path / "absent") == frozenset()
+
+
+def test_detection_on_this_machine_gives_a_valid_policy():
+    hw = precision.detect_hardware()
+    assert precision.resolve("auto", hw).policy in precision.CHOICES
+
+
+@pytest.mark.parametrize(("policy", "compute"), [("mixed_float16", "float16"),
+                                                 ("mixed_bfloat16", "bfloat16")])
+def test_mixed_policy_computes_low_and_keeps_float32_weights_and_softmax(policy, compute):
+    precision.apply(policy)
+    model = zoo.create_model("mlp_128")
+    assert model.get_layer("hidden1").compute_dtype == compute
+    assert all(w.dtype == "float32" for w in model.weights)  # float32 master weights
+    out = model(np.full((2, 28, 28), 128.0, dtype=np.float32))
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    assert np.allclose(np.asarray(out).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_mixed_float16_compiles_with_loss_scaling():
+    from tests.helpers import tiny_config
+    from training.train import compile_model
+
+    precision.apply("mixed_float16")
+    model = compile_model(tiny_config("softmax_regression", policy="mixed_float16"))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)

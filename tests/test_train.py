@@ -1,0 +1,145 @@
+"""The train CLI and run directories: listing, errors, seeds, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import zoo
+from tests.conftest import ROOT, subprocess_env
+from tests.helpers import tiny_run
+from training import checkpoints, data
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_is_grouped():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    for group in ("recipe overrides", "where things go", "--resume", "--precision"):
+        assert group in done.stdout
+
+
+def test_list_shows_every_model_with_computed_parameters():
+    done = run_cli("--list")
+    assert done.returncode == 0, done.stderr
+    for name in zoo.list_models():
+        line = next(ln for ln in done.stdout.splitlines() if ln.startswith(name + " "))
+        assert f"{zoo.parameter_count(name):,}" in line
+        assert zoo.get_spec(name).reference.provenance in line
+
+
+def test_unknown_model_exits_nonzero_with_close_matches():
+    done = run_cli("softmax_regresion")
+    assert done.returncode == 2
+    assert "Did you mean: softmax_regression" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_model_on_a_dataset_it_does_not_take_is_refused():
+    done = run_cli("sinc_shallow_300_tanh", "--dataset", "mnist", "--no-export")
+    assert done.returncode == 2 and "trains on sinc" in done.stderr
+
+
+def test_run_directory_holds_everything(tmp_path, mnist):
+    summary = tiny_run("mlp_128", tmp_path / "run", mnist, steps=12, steps_per_epoch=None)
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "state.json", "summary.json", "model.keras",
+                 "loss.png", "accuracy.png"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch-0001.keras"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "mlp_128" and config["precision"] == "float32"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == summary["epochs_completed"] == 1
+    record = json.loads(lines[0])
+    assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy"} <= set(record)
+    assert summary["test"]["accuracy"] == pytest.approx(record["test_accuracy"])
+
+
+def _history_without_times(run_dir):
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")}
+            for r in checkpoints.read_state(run_dir)["history"]]
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, mnist):
+    runs = {}
+    for label, seed in (("a", 3), ("b", 3), ("c", 4)):
+        tiny_run("deep_cnn", tmp_path / label, mnist, steps=6, batch_size=16, seed=seed)
+        runs[label] = _history_without_times(tmp_path / label)
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+@pytest.mark.skipif(not data.FASHION_MNIST_SYSTEM_DIR.is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize("model", ["mlp_128_64", "deep_cnn"])
+def test_trains_on_fashion_mnist(tmp_path, model):
+    fashion = data.load_dataset("fashion_mnist")
+    summary = tiny_run(model, tmp_path / "run", fashion, dataset_name="fashion_mnist",
+                       steps=4)
+    assert summary["config"]["dataset"] == "fashion_mnist"
+    assert summary["data"]["sha256"] == fashion.sha256
+
+
+def test_a_used_run_directory_is_not_overwritten(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    done = run_cli("softmax_regression", "--run-dir", str(tmp_path), "--no-export")
+    assert done.returncode == 2 and "--resume" in done.stderr
+    assert (tmp_path / "config.json").read_text() == "{}"
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path):
+    done = run_cli("--resume", str(tmp_path))
+    assert done.returncode == 2 and "not a run directory" in done.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(tmp_path):
+    run = tmp_path / "run"
+    args = ["mlp_128", "--epochs", "6", "--steps-per-epoch", "40", "--batch-size", "32",
+            "--train-limit", "4096", "--test-limit", "512", "--seed", "5", "--run-dir", str(run),
+            "--no-export"]
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=ROOT,
+                            env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            state = checkpoints.read_state(run) if (run / "state.json").exists() else None
+            if state and state["epoch"] >= 2:
+                break
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("no second epoch within the deadline")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = checkpoints.read_state(run)
+    assert 2 <= before["epoch"] < 6
+
+    done = run_cli("--resume", str(run), "--no-export")
+    assert done.returncode == 0, done.stderr
+    assert f"from epoch {before['epoch']}/6" in done.stderr
+    after = checkpoints.read_state(run)
+    assert after["epoch"] == 6
+    assert [r["epoch"] for r in after["history"]] == [1, 2, 3, 4, 5, 6]
+    # What was done before the kill is kept as it was, not redone.
+    assert after["history"][: before["epoch"]] == before["history"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3, 4, 5, 6]
+    assert len(list((run / "checkpoints").iterdir())) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_completed"] == 6 and np.isfinite(summary["test"]["loss"])

@@ -1,0 +1,71 @@
+"""Measure an export on its test set, in the runtime a deployment would use.
+
+    python -m training.evaluate exported_models/deep_cnn/1 [--runtime savedmodel|onnx]
+
+The dataset and task come from the version's metadata.json; nothing of the training run is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training import data
+from training.export import run_onnx, run_savedmodel
+
+RUNNERS = {"savedmodel": run_savedmodel, "onnx": run_onnx}
+
+
+def evaluate_export(version_dir: Path, runtime: str = "savedmodel", limit: int | None = None,
+                    data_dir: Path | None = None, batch_size: int = 500) -> dict:
+    version_dir = Path(version_dir)
+    meta_path = version_dir / "metadata.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{version_dir} is not an export version directory "
+                                "(expected exported_models/NAME/VERSION with a metadata.json)")
+    meta = json.loads(meta_path.read_text())
+    dataset = data.load_dataset(meta["data"]["dataset"], data_dir,
+                                seed=meta["training"]["config"]["seed"])
+    x, y = data.as_float_inputs(dataset.x_test[:limit]), dataset.y_test[:limit]
+    target = version_dir / "model.onnx" if runtime == "onnx" else version_dir
+    start = time.perf_counter()
+    out = RUNNERS[runtime](target, x, batch_size)
+    seconds = time.perf_counter() - start
+    result = {"model": meta["name"], "version": meta["version"], "runtime": runtime,
+              "examples": int(len(x)), "seconds": seconds}
+    if meta["task"] == "classification":
+        result["accuracy"] = float(np.mean(out["classes"] == y))
+    else:
+        result["mse"] = float(np.mean((out["y"] - y) ** 2))
+    result["certificate"] = meta["test_metrics"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate",
+                                description="Test-set accuracy (or MSE) of an exported version.")
+    p.add_argument("version_dir", type=Path, help="exported_models/NAME/VERSION")
+    p.add_argument("--runtime", choices=sorted(RUNNERS), default="savedmodel")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test examples")
+    p.add_argument("--data-dir", type=Path)
+    args = p.parse_args(argv)
+    try:
+        r = evaluate_export(args.version_dir, args.runtime, args.limit, args.data_dir)
+    except (FileNotFoundError, data.DataSourceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    metric = "accuracy" if "accuracy" in r else "mse"
+    certified = r["certificate"].get(metric, r["certificate"].get("loss"))
+    print(f"{r['model']} v{r['version']} ({r['runtime']}): {metric} {r[metric]:.4f} on "
+          f"{r['examples']} test examples in {r['seconds']:.2f} s "
+          f"(certificate: {metric} {certified:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
