@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = p.add_argument_group("recipe overrides (default: the model's recipe)")
     r.add_argument("--epochs", type=int, help="number of epochs")
-    r.add_argument("--steps", type=int,                    help="total optimisation steps (rounded up to whole epochs)")
+    r.add_argument("--steps", type=int,
+                   help="total optimisation steps (rounded up to whole epochs)")
     r.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default: one pass)")
     r.add_argument("--batch-size", type=int)
     r.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
