@@ -1,0 +1,187 @@
+"""Exports, for every registered model: trained a few steps for real, exported, and run back in
+SavedModel and ONNX Runtime at two batch sizes against Keras. Plus atomicity and refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+
+import zoo
+from tests.conftest import ROOT, subprocess_env
+from tests.helpers import TRAIN_LIMIT, tiny_config, tiny_run
+from training import data, export, precision
+from training.evaluate import evaluate_export
+
+ALL_MODELS = zoo.list_models()
+STEPS = {"deep_cnn": 6}  # the others are cheap enough for more
+
+
+def _dataset(name, mnist):
+    return mnist if zoo.get_spec(name).dataset == "mnist" else data.load_dataset("sinc")
+
+
+def _fixed_batch_loss(model, ds, n=256):
+    x, y = data.as_float_inputs(ds.x_train[:n]), ds.y_train[:n]
+    loss = keras.losses.get(zoo.get_spec(model.name).recipe.loss)
+    return float(keras.ops.mean(loss(y, model(x, training=False))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_trains_exports_and_agrees_across_runtimes(name, tmp_path, mnist):
+    ds = _dataset(name, mnist)
+    steps = STEPS.get(name, 40)
+    before = _fixed_batch_loss(zoo.create_model(name), ds)
+    summary = tiny_run(name, tmp_path / "run", ds, export_dir=tmp_path / "exports", steps=steps)
+    trained = keras.models.load_model(tmp_path / "run" / "model.keras")
+    assert _fixed_batch_loss(trained, ds) < before, "training did not lower the loss"
+
+    version = tmp_path / "exports" / name / "1"
+    assert summary["export"] == str(version)
+    for f in ("saved_model.pb", "model.onnx", "metadata.json",
+              "assets.extra/tf_serving_warmup_requests"):
+        assert (version / f).is_file(), f
+    meta = json.loads((version / "metadata.json").read_text())
+    spec = zoo.get_spec(name)
+    assert meta["name"] == name and meta["version"] == 1
+    assert meta["parameters"] == zoo.parameter_count(name)
+    assert list(meta["signature"]["inputs"]) == [spec.inputs.name]
+    assert meta["data"]["sha256"] == ds.sha256
+    assert meta["agreement"]["max_abs_diff"]["onnx"] <= 1e-4
+    assert meta["packages"]["tensorflow"] == tf.__version__
+
+    # Fresh inputs, two batch sizes, both runtimes, against the trained Keras model.
+    x = data.as_float_inputs(ds.x_test[-50:])
+    expected = trained.predict(x, verbose=0)
+    out_name = export.output_names(spec.task)[0]
+    for batch_size in (1, 13):
+        for out in (export.run_savedmodel(version, x, batch_size),
+                    export.run_onnx(version / "model.onnx", x, batch_size)):
+            assert out[out_name].dtype == np.float32
+            np.testing.assert_allclose(out[out_name], expected, atol=1e-5)
+            if spec.task == "classification":
+                assert out["classes"].dtype == np.int64
+                assert np.array_equal(out["classes"], expected.argmax(-1))
+    assert evaluate_export(version, "onnx", limit=200)["examples"] == 200
+
+
+@pytest.fixture(scope="module")
+def softmax_run(tmp_path_factory, mnist):
+    root = tmp_path_factory.mktemp("softmax")
+    tiny_run("softmax_regression", root / "run", mnist, export_dir=root / "exports", steps=30)
+    return root
+
+
+def test_signature_names_dtypes_and_dynamic_batch(softmax_run):
+    version = softmax_run / "exports" / "softmax_regression" / "1"
+    fn = tf.saved_model.load(str(version)).signatures["serving_default"]
+    inputs = fn.structured_input_signature[1]
+    assert list(inputs) == ["images"]
+    assert inputs["images"].shape.as_list() == [None, 28, 28]
+    assert inputs["images"].dtype == tf.float32
+    outs = fn.structured_outputs
+    assert outs["probabilities"].dtype == tf.float32 and outs["classes"].dtype == tf.int64
+    session = ort.InferenceSession(str(version / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert session.get_inputs()[0].shape == ["batch", 28, 28]
+    assert sorted(o.name for o in session.get_outputs()) == ["classes", "probabilities"]
+    onnx.checker.check_model(onnx.load(str(version / "model.onnx")), full_check=True)
+
+
+def test_warmup_records_are_prediction_logs(softmax_run):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = (softmax_run / "exports" / "softmax_regression" / "1" / "assets.extra"
+            / "tf_serving_warmup_requests")
+    records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
+    assert len(records) == len(export.WARMUP_BATCH_SIZES)
+    for raw, n in zip(records, export.WARMUP_BATCH_SIZES):
+        log = prediction_log_pb2.PredictionLog.FromString(raw)
+        request = log.predict_log.request
+        assert request.model_spec.name == "softmax_regression"
+        assert request.model_spec.signature_name == "serving_default"
+        assert tf.make_ndarray(request.inputs["images"]).shape == (n, 28, 28)
+
+
+def test_metadata_checksums_match_the_files(softmax_run):
+    version = softmax_run / "exports" / "softmax_regression" / "1"
+    meta = json.loads((version / "metadata.json").read_text())
+    recomputed = export.file_checksums(version)
+    del recomputed["metadata.json"]
+    assert meta["files"] == recomputed
+    assert meta["training"]["config"]["model"] == "softmax_regression"
+    assert 0.0 <= meta["test_metrics"]["accuracy"] <= 1.0
+
+
+def test_export_cli_writes_the_next_version(softmax_run):
+    done = subprocess.run(
+        [sys.executable, "-m", "training.export", str(softmax_run / "run"),
+         "--export-dir", str(softmax_run / "exports")],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("softmax_regression/2")
+    meta = json.loads((softmax_run / "exports/softmax_regression/2/metadata.json").read_text())
+    assert meta["version"] == 2
+
+
+def test_a_disagreeing_export_is_refused_and_leaves_nothing(tmp_path, mnist):
+    precision.apply("float32")
+    model = zoo.create_model("softmax_regression")
+    config = tiny_config("softmax_regression")
+    with pytest.raises(export.ExportError, match="export refused"):
+        # A negative tolerance no runtime can meet: the refusal path, for real.
+        export.export_model(model, config, mnist, {}, tmp_path, tolerance=-1.0)
+    assert list((tmp_path / "softmax_regression").iterdir()) == []
+
+
+def test_a_mixed_precision_model_exports_float32(tmp_path, mnist):
+    summary = tiny_run("mlp_128", tmp_path / "run", mnist, export_dir=tmp_path / "exports",
+                       steps=5, policy="mixed_bfloat16")
+    meta = json.loads((tmp_path / "exports/mlp_128/1/metadata.json").read_text())
+    assert summary["config"]["precision"] == "mixed_bfloat16"
+    assert meta["signature"]["inputs"]["images"]["dtype"] == "float32"
+    assert meta["agreement"]["max_abs_diff"]["savedmodel"] <= 1e-5
+    # bf16 training graph vs the float32 export graph: close, but not the same arithmetic.
+    assert 0.0 < meta["agreement"]["max_abs_diff_vs_training_precision"] < 0.1
+
+
+@pytest.mark.slow
+def test_an_export_killed_midway_leaves_no_version(tmp_path, mnist):
+    tiny_run("deep_cnn", tmp_path / "run", mnist, steps=2, batch_size=16)
+    exports = tmp_path / "exports"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.export", str(tmp_path / "run"), "--export-dir",
+         str(exports)], cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    model_dir = exports / "deep_cnn"
+    deadline = time.monotonic() + 180
+    # Kill it once the temporary holds a SavedModel but before anything is published.
+    while time.monotonic() < deadline and not list(model_dir.glob(".tmp-*/saved_model.pb")):
+        assert proc.poll() is None, "export ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(model_dir.glob(".tmp-*")), "the kill came too late to test anything"
+    assert not [p for p in model_dir.iterdir() if p.name.isdigit()]
+
+    # The next export cleans the dead temporary and publishes version 1.
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train_limit"] == TRAIN_LIMIT
+    done = subprocess.run(
+        [sys.executable, "-m", "training.export", str(tmp_path / "run"), "--export-dir",
+         str(exports)], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
