@@ -1,0 +1,529 @@
+"""Which models and versions are served, and answering requests against them.
+
+The manager holds a `ModelServerConfig` (from --model_config_file, --model_name/--model_base_path,
+or a reload request, which replaces the whole config as in TF Serving), polls each base path
+every `--file_system_poll_wait_seconds` for numbered version directories (hidden or non-numeric
+names are ignored, as TF Serving ignores them), and applies the version policy (latest N by
+default, all, specific). A new version is loaded and warmed with its
+`assets.extra/tf_serving_warmup_requests` before it takes traffic. A version leaving the policy
+stops taking new requests at once and is unloaded when its in-flight requests are done, and only
+once a replacement is available (availability first, like TF Serving's
+AvailabilityPreservingPolicy). A version that fails to load is reported (GetModelStatus: END with
+the error) and skipped; it is retried only when its directory changes, so a half-written version
+is picked up once it is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import backends, tensors
+from serving.batching import Batcher, BatchingOptions, BatchTooLarge, QueueFull
+from serving.metrics import Metrics
+
+log = logging.getLogger("serving")
+State = get_model_status_pb2.ModelVersionStatus.State
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+
+
+class ServingError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def not_found(msg):
+    return ServingError(grpc.StatusCode.NOT_FOUND, msg)
+
+
+def invalid(msg):
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, msg)
+
+
+class LoadedVersion:
+    """One loaded version: its backend, batchers and in-flight request count."""
+
+    def __init__(self, name: str, version: int, path: Path, backend):
+        self.name, self.version, self.path, self.backend = name, version, path, backend
+        self.signatures = backend.signatures
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.batchers: dict[str, Batcher] = {}
+
+    def acquire(self) -> None:
+        self.inflight += 1
+        self.idle.clear()
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+
+
+class ModelState:
+    def __init__(self, config: model_server_config_pb2.ModelConfig):
+        self.config = config
+        self.available: dict[int, LoadedVersion] = {}
+        # version -> (state, error message); what GetModelStatus reports
+        self.status: dict[int, tuple[int, str]] = {}
+        self.failed: dict[int, tuple] = {}  # version -> directory fingerprint at failure
+        self.loading: set[int] = set()
+
+
+def read_warmup_records(path: Path) -> list[predict_pb2.PredictRequest]:
+    """Parse a TFRecord file of PredictionLog (length, crc, data, crc) without TensorFlow I/O."""
+    data = path.read_bytes()
+    requests, pos = [], 0
+    while pos < len(data) and len(requests) < MAX_WARMUP_RECORDS:
+        if pos + 12 > len(data):
+            raise backends.LoadError(f"{path} is truncated at byte {pos}")
+        (length,) = struct.unpack_from("<Q", data, pos)
+        start, end = pos + 12, pos + 12 + length
+        if end + 4 > len(data):
+            raise backends.LoadError(f"{path} is truncated at byte {pos}")
+        entry = prediction_log_pb2.PredictionLog.FromString(data[start:end])
+        if entry.WhichOneof("log_type") == "predict_log":
+            requests.append(entry.predict_log.request)
+        pos = end + 4
+    return requests
+
+
+def fingerprint(path: Path) -> tuple:
+    try:
+        return tuple(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                            for p in path.rglob("*")))
+    except OSError:
+        return ()
+
+
+class Manager:
+    def __init__(self, backend: str = "savedmodel", batching: BatchingOptions | None = None,
+                 poll_seconds: float = 1.0, metrics: Metrics | None = None,
+                 inference_threads: int = 4, discover_root: Path | None = None):
+        self.backend_kind = backend
+        self.batching = batching
+        self.poll_seconds = poll_seconds
+        self.metrics = metrics or Metrics()
+        self.models: dict[str, ModelState] = {}
+        self.discover_root = discover_root
+        self.executor = ThreadPoolExecutor(inference_threads, thread_name_prefix="infer")
+        self.batch_executor = ThreadPoolExecutor(
+            batching.num_batch_threads if batching else 1, thread_name_prefix="batch")
+        self.load_executor = ThreadPoolExecutor(1, thread_name_prefix="load")
+        self._lock = asyncio.Lock()
+        self._unloading: set[asyncio.Task] = set()
+        self._warned_missing: set[str] = set()
+
+    # ---------------------------------------------------------------- configuration and polling
+    @staticmethod
+    def check_config(config: model_server_config_pb2.ModelServerConfig) -> None:
+        if config.WhichOneof("config") != "model_config_list":
+            raise invalid("ModelServerConfig must hold a model_config_list (custom_model_config "
+                          "is not supported)")
+        seen = set()
+        for m in config.model_config_list.config:
+            if not m.name:
+                raise invalid("a model config has no name")
+            if m.name in seen:
+                raise invalid(f"Illegal to list model {m.name} multiple times in config list")
+            seen.add(m.name)
+            if not m.base_path:
+                raise invalid(f"model {m.name} has no base_path")
+            if m.model_platform not in ("", "tensorflow"):
+                raise invalid(f"model {m.name}: model_platform {m.model_platform!r} is not "
+                              "supported (use \"tensorflow\")")
+
+    async def set_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Replace the whole configuration, load what it asks for, and unload what it drops."""
+        self.check_config(config)
+        async with self._lock:
+            wanted = {m.name: m for m in config.model_config_list.config}
+            for name in list(self.models):
+                if name not in wanted:
+                    state = self.models.pop(name)
+                    for v in list(state.available):
+                        self._unload(state, v)
+            for name, m in wanted.items():
+                if name in self.models:
+                    self.models[name].config = m
+                else:
+                    self.models[name] = ModelState(m)
+        await self.poll()
+
+    def discovered_config(self) -> model_server_config_pb2.ModelServerConfig:
+        """Zoo extension: a base path whose children are model directories serves them all."""
+        config = model_server_config_pb2.ModelServerConfig()
+        for d in sorted(self.discover_root.iterdir()) if self.discover_root.is_dir() else []:
+            if d.is_dir() and not d.name.startswith("."):
+                m = config.model_config_list.config.add(name=d.name, base_path=str(d.resolve()),
+                                                        model_platform="tensorflow")
+                del m  # defaults: latest 1
+        return config
+
+    async def poll(self) -> None:
+        if self.discover_root is not None:
+            config = self.discovered_config()
+            names = {m.name for m in config.model_config_list.config}
+            if names != set(self.models):
+                async with self._lock:
+                    for m in config.model_config_list.config:
+                        self.models.setdefault(m.name, ModelState(m))
+                    for name in set(self.models) - names:
+                        state = self.models.pop(name)
+                        for v in list(state.available):
+                            self._unload(state, v)
+        async with self._lock:
+            states = list(self.models.items())
+        await asyncio.gather(*[self._poll_model(name, s) for name, s in states])
+
+    async def poll_forever(self) -> None:
+        if self.poll_seconds <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                await self.poll()
+            except Exception:  # noqa: BLE001 - a bad poll must not stop future polls
+                log.exception("polling failed")
+
+    @staticmethod
+    def on_disk_versions(base: Path) -> dict[int, Path]:
+        out = {}
+        try:
+            for p in base.iterdir():
+                if p.name.isdigit() and int(p.name) > 0 and p.is_dir():
+                    out[int(p.name)] = p
+        except OSError:
+            pass
+        return out
+
+    @staticmethod
+    def policy_versions(config, on_disk: dict[int, Path]) -> set[int]:
+        policy = config.model_version_policy
+        which = policy.WhichOneof("policy_choice")
+        if which == "all":
+            return set(on_disk)
+        if which == "specific":
+            return {v for v in policy.specific.versions if v in on_disk}
+        n = policy.latest.num_versions if which == "latest" and policy.latest.num_versions else 1
+        return set(sorted(on_disk)[-n:])
+
+    async def _poll_model(self, name: str, state: ModelState) -> None:
+        base = Path(state.config.base_path)
+        on_disk = self.on_disk_versions(base)
+        if not on_disk and not base.is_dir() and name not in self._warned_missing:
+            log.warning("model %s: base path %s does not exist", name, base)
+            self._warned_missing.add(name)
+        aspired = self.policy_versions(state.config, on_disk)
+        to_load = []
+        for v in sorted(aspired):
+            if v in state.available or v in state.loading:
+                continue
+            if v in state.failed and state.failed[v] == fingerprint(on_disk[v]):
+                continue
+            to_load.append(v)
+        for v in to_load:
+            state.loading.add(v)
+            state.status[v] = (State.LOADING, "")
+        results = await asyncio.gather(*[self._load(name, state, v, on_disk[v]) for v in to_load])
+        del results
+        # Unload versions outside the policy, but only once an aspired version is available,
+        # unless the directory is gone from disk.
+        aspired_ready = any(v in state.available for v in aspired)
+        for v in list(state.available):
+            if v not in aspired and (aspired_ready or v not in on_disk):
+                self._unload(state, v)
+        for v in list(state.status):
+            if v not in on_disk and v not in state.available and v not in state.loading:
+                if state.status[v][0] != State.END:
+                    state.status[v] = (State.END, "")
+                state.failed.pop(v, None)
+
+    async def _load(self, name: str, state: ModelState, version: int, path: Path) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            backend = await loop.run_in_executor(
+                self.load_executor, backends.load, self.backend_kind, path)
+            loaded = LoadedVersion(name, version, path, backend)
+            warm = await loop.run_in_executor(self.load_executor, self._warmup, loaded)
+        except (backends.LoadError, ServingError, OSError, ValueError) as e:
+            message = e.message if isinstance(e, ServingError) else str(e)
+            log.error("model %s version %d not loaded: %s", name, version, message)
+            state.loading.discard(version)
+            state.failed[version] = fingerprint(path)
+            state.status[version] = (State.END, message)
+            return
+        if self.batching:
+            for sig_name, sig in loaded.signatures.items():
+                if all(s.shape and s.shape[0] == -1 for s in sig.inputs.values()):
+                    loaded.batchers[sig_name] = self._make_batcher(loaded, sig_name)
+        state.loading.discard(version)
+        state.failed.pop(version, None)
+        if self.models.get(name) is not state:  # config changed while loading
+            return
+        state.available[version] = loaded
+        state.status[version] = (State.AVAILABLE, "")
+        log.info("model %s version %d available (%s backend, %d warmup requests, %.1f s)",
+                 name, version, self.backend_kind, warm, time.monotonic() - started)
+
+    def _make_batcher(self, loaded: LoadedVersion, sig_name: str) -> Batcher:
+        m = self.metrics
+        batcher = Batcher(lambda inputs: loaded.backend.run(sig_name, inputs), self.batching,
+                          self.batch_executor,
+                          on_batch=lambda n: m.batch(loaded.name, loaded.version, sig_name, n))
+        m.register_queue(loaded.name, loaded.version, sig_name, lambda: batcher.queued_rows)
+        return batcher
+
+    def _warmup(self, loaded: LoadedVersion) -> int:
+        """Replay the version's warmup requests (synchronously, before it takes traffic)."""
+        path = loaded.path / "assets.extra" / "tf_serving_warmup_requests"
+        if not path.exists():
+            return 0
+        requests = read_warmup_records(path)
+        for request in requests:
+            sig, inputs, outputs = self.prepare(loaded, request)
+            if len(next(iter(inputs.values()))):
+                loaded.backend.run(sig.name, inputs, outputs)
+        return len(requests)
+
+    def _unload(self, state: ModelState, version: int) -> None:
+        loaded = state.available.pop(version)
+        state.status[version] = (State.UNLOADING, "")
+
+        async def finish():
+            await loaded.idle.wait()
+            for sig_name, b in loaded.batchers.items():
+                await b.close()
+                self.metrics.unregister_queue(loaded.name, loaded.version, sig_name)
+            if state.status.get(version, (None,))[0] == State.UNLOADING:
+                state.status[version] = (State.END, "")
+            log.info("model %s version %d unloaded", loaded.name, version)
+
+        task = asyncio.get_running_loop().create_task(finish())
+        self._unloading.add(task)
+        task.add_done_callback(self._unloading.discard)
+
+    async def drain(self) -> None:
+        """Wait for every unload in progress (used at shutdown and by tests)."""
+        while self._unloading:
+            await asyncio.gather(*list(self._unloading))
+
+    # ---------------------------------------------------------------- resolving requests
+    def resolve(self, spec: model_pb2.ModelSpec) -> LoadedVersion:
+        """The version a ModelSpec names, acquired (call `release()` when done)."""
+        if not spec.name:
+            raise invalid("Missing ModelSpec")
+        state = self.models.get(spec.name)
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            label = spec.version_label
+            if state is None or label not in state.config.version_labels:
+                raise invalid(f"Unrecognized servable version label: {label}")
+            version = state.config.version_labels[label]
+            loaded = state.available.get(version)
+            if loaded is None:
+                raise not_found(f"Servable not found for request: Specific({spec.name}, "
+                                f"{version}) (label {label})")
+        elif choice == "version":
+            version = spec.version.value
+            loaded = state.available.get(version) if state else None
+            if loaded is None:
+                raise not_found(f"Servable not found for request: Specific({spec.name}, "
+                                f"{version})")
+        else:
+            if state is None or not state.available:
+                raise not_found(f"Servable not found for request: Latest({spec.name})")
+            loaded = state.available[max(state.available)]
+        loaded.acquire()
+        return loaded
+
+    @staticmethod
+    def prepare(loaded: LoadedVersion, request: predict_pb2.PredictRequest,
+                arrays: dict[str, np.ndarray] | None = None):
+        """Validate a PredictRequest against its signature; return (signature, inputs, outputs).
+        `arrays` replaces request.inputs when the caller (REST) has decoded them already."""
+        sig_name = request.model_spec.signature_name or backends.DEFAULT_SIGNATURE
+        sig = loaded.signatures.get(sig_name)
+        if sig is None:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"Serving signature key \"{sig_name}\" not found. Model "
+                               f"{loaded.name} version {loaded.version} has signatures "
+                               f"{{{','.join(sorted(loaded.signatures))}}}.")
+        given = set(arrays) if arrays is not None else set(request.inputs)
+        expected = set(sig.inputs)
+        if given != expected:
+            raise invalid(
+                f"input size does not match signature: {len(given)}!={len(expected)} "
+                f"len({{{','.join(sorted(given))}}}) != len({{{','.join(sorted(expected))}}}). "
+                f"Sent extra: {{{','.join(sorted(given - expected))}}}. Missing but required: "
+                f"{{{','.join(sorted(expected - given))}}}. ({sig.describe()})")
+        inputs, batch = {}, None
+        for name, spec in sig.inputs.items():
+            if arrays is not None:
+                a = arrays[name]
+            else:
+                proto = request.inputs[name]
+                if proto.dtype != spec.dtype:
+                    raise invalid(f"input \"{name}\" has dtype {tensors.dtype_name(proto.dtype)}"
+                                  f" but {sig.describe()}")
+                try:
+                    a = tensors.to_ndarray(proto)
+                except tensors.TensorError as e:
+                    raise invalid(f"input \"{name}\": {e}") from None
+            if a.ndim != len(spec.shape) or any(
+                    e != -1 and e != g for e, g in zip(spec.shape, a.shape)):
+                raise invalid(f"input \"{name}\" has shape [{','.join(map(str, a.shape))}] but "
+                              f"{sig.describe()}")
+            if spec.shape and spec.shape[0] == -1:
+                if batch is not None and a.shape[0] != batch:
+                    raise invalid(f"input \"{name}\" has batch size {a.shape[0]} but another "
+                                  f"input has {batch}; all inputs must have the same batch size")
+                batch = a.shape[0]
+            inputs[name] = a
+        outputs = None
+        if request.output_filter:
+            seen = set()
+            for alias in request.output_filter:
+                if alias not in sig.outputs:
+                    raise invalid(f"output tensor alias not found in signature: {alias} Outputs "
+                                  f"expected to be in the set {{{','.join(sorted(sig.outputs))}}}.")
+                if alias in seen:
+                    raise invalid(f"duplicate output tensor alias: {alias}")
+                seen.add(alias)
+            outputs = list(request.output_filter)
+        return sig, inputs, outputs
+
+    async def run(self, loaded: LoadedVersion, sig, inputs, outputs) -> dict[str, np.ndarray]:
+        rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        if rows == 0 and all(s.shape and s.shape[0] == -1 for s in sig.outputs.values()):
+            names = outputs or list(sig.outputs)
+            return {k: np.zeros([0, *[max(d, 0) for d in sig.outputs[k].shape[1:]]],
+                                sig.outputs[k].np_dtype) for k in names}
+        batcher = loaded.batchers.get(sig.name)
+        try:
+            if batcher is not None:
+                result = await batcher.submit(inputs)
+                return {k: result[k] for k in (outputs or result)}
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, loaded.backend.run, sig.name, inputs, outputs)
+        except QueueFull as e:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
+        except BatchTooLarge as e:
+            raise invalid(str(e)) from None
+        except ServingError:
+            raise
+        except Exception as e:  # noqa: BLE001 - runtime errors become INVALID_ARGUMENT/INTERNAL
+            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+            if "InvalidArgument" in type(e).__name__ or "INVALID_ARGUMENT" in str(e):
+                raise invalid(msg) from None
+            raise ServingError(grpc.StatusCode.INTERNAL, msg) from None
+
+    async def predict(self, request: predict_pb2.PredictRequest, api: str = "grpc",
+                      arrays: dict[str, np.ndarray] | None = None
+                      ) -> tuple[predict_pb2.PredictResponse | None, dict, LoadedVersion | None]:
+        """Run a PredictRequest. Returns (response proto, output arrays, version)."""
+        started = time.perf_counter()
+        model = request.model_spec.name
+        version, sig_name = "", request.model_spec.signature_name or backends.DEFAULT_SIGNATURE
+        code = "OK"
+        try:
+            loaded = self.resolve(request.model_spec)
+            version = str(loaded.version)
+            try:
+                sig, inputs, outputs = self.prepare(loaded, request, arrays)
+                result = await self.run(loaded, sig, inputs, outputs)
+            finally:
+                loaded.release()
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = model
+            response.model_spec.version.value = loaded.version
+            response.model_spec.signature_name = sig.name
+            if api == "grpc":
+                for k, v in result.items():
+                    tensors.to_proto(v, response.outputs[k])
+            return response, result, loaded
+        except ServingError as e:
+            code = e.code.name
+            raise
+        finally:
+            self.metrics.request(model, version, sig_name, f"{api}:predict", code,
+                                 time.perf_counter() - started)
+
+    def model_status(self, request: get_model_status_pb2.GetModelStatusRequest
+                     ) -> get_model_status_pb2.GetModelStatusResponse:
+        spec = request.model_spec
+        if not spec.name:
+            raise invalid("Missing ModelSpec")
+        state = self.models.get(spec.name)
+        if state is None or not state.status:
+            raise not_found(f"Could not find any versions of model {spec.name}")
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            if spec.version_label not in state.config.version_labels:
+                raise invalid(f"Unrecognized servable version label: {spec.version_label}")
+            versions = [state.config.version_labels[spec.version_label]]
+        elif choice == "version":
+            versions = [spec.version.value]
+        else:
+            versions = sorted(state.status, reverse=True)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for v in versions:
+            if v not in state.status:
+                raise not_found(f"Could not find version {v} of model {spec.name}")
+            st, message = state.status[v]
+            s = response.model_version_status.add(version=v, state=st)
+            s.status.SetInParent()
+            if message:
+                s.status.error_code = 2  # UNKNOWN, as TF Serving reports a failed load
+                s.status.error_message = message
+        return response
+
+    def model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
+                       ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        if not request.metadata_field:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise invalid(f"Metadata field {field} is not supported")
+        loaded = self.resolve(request.model_spec)
+        try:
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = loaded.name
+            response.model_spec.version.value = loaded.version
+            sigmap = get_model_metadata_pb2.SignatureDefMap()
+            for k, v in loaded.backend.signature_defs.items():
+                sigmap.signature_def[k].CopyFrom(v)
+            response.metadata["signature_def"].Pack(sigmap)
+            return response
+        finally:
+            loaded.release()
+
+    def model_names(self) -> list[str]:
+        return sorted(self.models)
+
+    async def close(self) -> None:
+        for state in self.models.values():
+            for loaded in state.available.values():
+                for b in loaded.batchers.values():
+                    await b.close()
+        self.executor.shutdown(wait=False)
+        self.batch_executor.shutdown(wait=False)
+        self.load_executor.shutdown(wait=False)

@@ -1,0 +1,80 @@
+"""Text-format configuration files TF Serving reads, parsed with TF Serving's own schemas.
+
+`ModelServerConfig` ships in tensorflow-serving-api. `SSLConfig` (tensorflow_serving/config/
+ssl_config.proto) and `BatchingParameters` (servables/tensorflow/session_bundle_config.proto) do
+not, so their descriptors are declared here with TF Serving's field names and numbers: a file
+written for `tensorflow_model_server` parses unchanged, and a typo is an error, not a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,  # noqa: F401  (registers google/protobuf/wrappers.proto)
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+_F = descriptor_pb2.FieldDescriptorProto
+
+
+def _build():
+    pool = descriptor_pool.Default()
+    name = "zoo_serving/tf_serving_configs.proto"
+    try:
+        pool.FindFileByName(name)
+    except KeyError:
+        f = descriptor_pb2.FileDescriptorProto(name=name, package="tensorflow.serving",
+                                               syntax="proto3")
+        f.dependency.append("google/protobuf/wrappers.proto")
+        ssl = f.message_type.add(name="SSLConfig")
+        for number, (field, kind) in enumerate(
+                [("server_key", _F.TYPE_STRING), ("server_cert", _F.TYPE_STRING),
+                 ("custom_ca", _F.TYPE_STRING), ("client_verify", _F.TYPE_BOOL)], start=1):
+            ssl.field.add(name=field, number=number, type=kind, label=_F.LABEL_OPTIONAL)
+        batching = f.message_type.add(name="BatchingParameters")
+        for number, (field, wrapper) in enumerate(
+                [("max_batch_size", "Int64Value"), ("batch_timeout_micros", "Int64Value"),
+                 ("max_enqueued_batches", "Int64Value"), ("num_batch_threads", "Int64Value"),
+                 ("thread_pool_name", "StringValue")], start=1):
+            batching.field.add(name=field, number=number, type=_F.TYPE_MESSAGE,
+                               type_name=f".google.protobuf.{wrapper}", label=_F.LABEL_OPTIONAL)
+        batching.field.add(name="allowed_batch_sizes", number=6, type=_F.TYPE_INT64,
+                           label=_F.LABEL_REPEATED)
+        batching.field.add(name="pad_variable_length_inputs", number=7, type=_F.TYPE_BOOL,
+                           label=_F.LABEL_OPTIONAL)
+        pool.Add(f)
+    return (message_factory.GetMessageClass(pool.FindMessageTypeByName(
+                "tensorflow.serving.SSLConfig")),
+            message_factory.GetMessageClass(pool.FindMessageTypeByName(
+                "tensorflow.serving.BatchingParameters")))
+
+
+SSLConfig, BatchingParameters = _build()
+ModelServerConfig = model_server_config_pb2.ModelServerConfig
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing or does not parse; the message names the file."""
+
+
+def parse_text(text: str, message_class, source: str = "<string>"):
+    message = message_class()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        raise ConfigError(f"{source} is not a valid {message_class.DESCRIPTOR.name} text proto: "
+                          f"{e}") from None
+    return message
+
+
+def read_text(path: str | Path, message_class):
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    return parse_text(text, message_class, str(path))

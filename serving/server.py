@@ -1,0 +1,289 @@
+"""A TensorFlow-Serving-compatible model server for exported_models/ (DESIGN.md, "Serving").
+
+    python -m serving.server --model_base_path exported_models --port 8500 --rest_api_port 8501
+    python -m serving.server --model_config_file models.config --enable_batching \\
+        --batching_parameters_file batching.config
+
+gRPC (asyncio): PredictionService (Predict, GetModelMetadata; Classify, Regress and
+MultiInference answer UNIMPLEMENTED, saying why), ModelService (GetModelStatus,
+HandleReloadConfigRequest), grpc.health.v1 and reflection. REST on --rest_api_port (see rest.py).
+Flags keep TF Serving's names; both `--flag=value` and `--flag value` work. Binds 127.0.0.1
+unless --host says otherwise. SIGTERM (or SIGINT) stops accepting, lets requests in flight finish
+(up to --drain_seconds), unloads, and exits 0.
+
+--model_base_path is a model directory holding version directories (served as --model_name, as in
+TF Serving), or, when it holds none and --model_name is not given, a directory of such model
+directories, each served under its own name (new ones are picked up while running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import backends, protos
+from serving.batching import BatchingOptions
+from serving.manager import Manager, ServingError
+from serving.rest import _UNIMPLEMENTED, RestServer
+
+log = logging.getLogger("serving")
+DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: Manager):
+        self.manager = manager
+
+    async def Predict(self, request, context):
+        try:
+            response, _, _ = await self.manager.predict(request)
+            return response
+        except ServingError as e:
+            await context.abort(e.code, e.message)
+
+    async def GetModelMetadata(self, request, context):
+        try:
+            return self.manager.model_metadata(request)
+        except ServingError as e:
+            await context.abort(e.code, e.message)
+
+    async def Classify(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED["classify"])
+
+    async def Regress(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED["regress"])
+
+    async def MultiInference(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED["multi_inference"])
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: Manager):
+        self.manager = manager
+
+    async def GetModelStatus(self, request, context):
+        try:
+            return self.manager.model_status(request)
+        except ServingError as e:
+            await context.abort(e.code, e.message)
+
+    async def HandleReloadConfigRequest(self, request, context):
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self.manager.discover_root = None  # an explicit config replaces discovery
+            await self.manager.set_config(request.config)
+        except ServingError as e:
+            response.status.error_code = e.code.value[0]
+            response.status.error_message = e.message
+            context.set_code(e.code)
+            context.set_details(e.message)
+        return response
+
+
+def _bool(text: str) -> bool:
+    t = str(text).lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m serving.server",
+        description="Serve exported zoo models over TF Serving's gRPC and REST APIs.")
+    g = p.add_argument_group("where (TF Serving flags)")
+    g.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    g.add_argument("--rest_api_port", type=int, default=0,
+                   help="REST port; 0 disables REST (default 0, as TF Serving)")
+    g.add_argument("--ssl_config_file", help="SSLConfig text proto: server_key, server_cert "
+                   "(PEM contents), optional custom_ca and client_verify")
+    g.add_argument("--grpc_channel_arguments", default="",
+                   help="comma-separated key=value gRPC server arguments")
+    g = p.add_argument_group("what (TF Serving flags)")
+    g.add_argument("--model_name", help="model name for --model_base_path (default 'default')")
+    g.add_argument("--model_base_path", help="model directory, or directory of model directories")
+    g.add_argument("--model_config_file", help="ModelServerConfig text proto (overrides the two "
+                   "flags above)")
+    g.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                   help="seconds between polls for new and removed versions; 0 polls once")
+    g.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
+                   help="replay assets.extra/tf_serving_warmup_requests before serving")
+    g = p.add_argument_group("batching (TF Serving flags)")
+    g.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=False)
+    g.add_argument("--batching_parameters_file", help="BatchingParameters text proto")
+    g = p.add_argument_group("zoo server options")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    g.add_argument("--backend", choices=backends.BACKENDS, default="savedmodel",
+                   help="runtime: the SavedModel (as TF Serving) or ONNX Runtime on model.onnx")
+    g.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                   help="largest gRPC message or REST body accepted (default 64 MiB)")
+    g.add_argument("--inference_threads", type=int, default=4,
+                   help="threads running unbatched requests (default 4)")
+    g.add_argument("--drain_seconds", type=float, default=30.0,
+                   help="on SIGTERM, how long requests in flight may take to finish")
+    g.add_argument("--log_level", default="INFO")
+    return p
+
+
+def channel_arguments(text: str) -> list[tuple[str, object]]:
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise protos.ConfigError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        out.append((key, int(value) if value.lstrip("-").isdigit() else value))
+    return out
+
+
+def initial_config(args) -> tuple[model_server_config_pb2.ModelServerConfig | None, Path | None]:
+    """(config, discovery root): exactly one is not None."""
+    if args.model_config_file:
+        config = protos.read_text(args.model_config_file, protos.ModelServerConfig)
+        return config, None
+    if not args.model_base_path:
+        raise protos.ConfigError("give --model_base_path (or --model_config_file)")
+    base = Path(args.model_base_path).resolve()
+    if not base.is_dir():
+        raise protos.ConfigError(f"--model_base_path {args.model_base_path} is not a directory")
+    if args.model_name is None and not Manager.on_disk_versions(base):
+        return None, base
+    config = protos.ModelServerConfig()
+    config.model_config_list.config.add(name=args.model_name or "default", base_path=str(base),
+                                        model_platform="tensorflow")
+    return config, None
+
+
+def server_credentials(path: str) -> grpc.ServerCredentials:
+    ssl = protos.read_text(path, protos.SSLConfig)
+    if not ssl.server_key or not ssl.server_cert:
+        raise protos.ConfigError(f"{path}: server_key and server_cert (PEM contents) are "
+                                 "required")
+    return grpc.ssl_server_credentials(
+        [(ssl.server_key.encode(), ssl.server_cert.encode())],
+        root_certificates=ssl.custom_ca.encode() if ssl.custom_ca else None,
+        require_client_auth=ssl.client_verify)
+
+
+async def serve(args) -> int:
+    batching = None
+    if args.batching_parameters_file and not args.enable_batching:
+        raise protos.ConfigError("--batching_parameters_file needs --enable_batching")
+    if args.enable_batching:
+        batching = BatchingOptions()
+        if args.batching_parameters_file:
+            try:
+                batching = BatchingOptions.from_proto(protos.read_text(
+                    args.batching_parameters_file, protos.BatchingParameters))
+            except ValueError as e:
+                raise protos.ConfigError(f"{args.batching_parameters_file}: {e}") from None
+    config, root = initial_config(args)
+    creds = server_credentials(args.ssl_config_file) if args.ssl_config_file else None
+    options = [("grpc.max_receive_message_length", args.max_request_bytes),
+               ("grpc.max_send_message_length", -1),
+               ("grpc.so_reuseport", 0),
+               *channel_arguments(args.grpc_channel_arguments)]
+
+    manager = Manager(args.backend, batching, args.file_system_poll_wait_seconds,
+                      inference_threads=args.inference_threads, discover_root=root)
+    if not args.enable_model_warmup:
+        manager._warmup = lambda loaded: 0
+    try:
+        if config is not None:
+            await manager.set_config(config)
+        else:
+            await manager.poll()
+    except ServingError as e:
+        raise protos.ConfigError(e.message) from None
+
+    server = grpc.aio.server(options=options)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(manager), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = (prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+                model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
+    address = f"{args.host}:{args.port}"
+    try:
+        port = (server.add_secure_port(address, creds) if creds
+                else server.add_insecure_port(address))
+    except RuntimeError as e:
+        raise protos.ConfigError(f"cannot listen on {address} for gRPC: {e}") from None
+    await server.start()
+    for name in ("", *services[:2]):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    print(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{port}", file=sys.stderr,
+          flush=True)
+    rest = None
+    if args.rest_api_port:
+        if args.rest_api_port == args.port:
+            raise protos.ConfigError("--rest_api_port cannot be the same as --port")
+        rest = RestServer(manager, args.max_request_bytes)
+        try:
+            rest_port = await rest.start(args.host, args.rest_api_port)
+        except OSError as e:
+            await server.stop(None)
+            raise protos.ConfigError(f"cannot listen on {args.host}:{args.rest_api_port} for "
+                                     f"REST: {e.strerror}") from None
+        print(f"[serving] REST on http://{args.host}:{rest_port}", file=sys.stderr, flush=True)
+    served = ", ".join(f"{n} v{','.join(map(str, sorted(s.available))) or ' (none)'}"
+                       for n, s in sorted(manager.models.items()))
+    print(f"[serving] models: {served or '(none yet)'}; backend {args.backend}; batching "
+          f"{'on' if batching else 'off'}", file=sys.stderr, flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    poller = loop.create_task(manager.poll_forever())
+    await stop.wait()
+
+    print(f"[serving] stopping: draining requests in flight (up to {args.drain_seconds:g} s)",
+          file=sys.stderr, flush=True)
+    poller.cancel()
+    await health_servicer.enter_graceful_shutdown()
+    stops = [server.stop(args.drain_seconds)]
+    if rest:
+        stops.append(rest.stop(args.drain_seconds))
+    await asyncio.gather(*stops)
+    await manager.close()
+    print("[serving] stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return asyncio.run(serve(args))
+    except protos.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
