@@ -58,51 +58,38 @@ def mlp(hidden: tuple[int, ...], name: str, activation: str = "relu") -> keras.M
     return keras.Model(inputs, _softmax_out(x), name=name)
 
 
-register(
-    ModelSpec(
-        name="softmax_regression",
-        builder=softmax_regression,
-        task="classification",
-        dataset="mnist",
-        alt_datasets=("fashion_mnist",),
-        inputs=PIXELS,
-        description="784 -> 10 softmax regression, zero-initialised, plain gradient descent",
-        recipe=Recipe(
-            optimizer="sgd", learning_rate=0.5, batch_size=100, epochs=5, schedule="warmup_cosine"
-        ),
-        reference=Reference(
-            metric="accuracy",
-            target=0.920,
-            report_value=0.9223,
-            provenance=f"{REPORT_2}: 91.86% after 1,000 steps of batch 100, 92.23% after 10,000",
-        ),
-    )
+def _register(name, builder, description: str, recipe: Recipe, reference: Reference) -> None:
+    register(ModelSpec(name=name, builder=builder, task="classification", dataset="mnist",
+                       alt_datasets=("fashion_mnist",), inputs=PIXELS, description=description,
+                       recipe=recipe, reference=reference))
+
+
+_register(
+    "softmax_regression",
+    softmax_regression,
+    "784 -> 10 softmax regression, zero-initialised, plain gradient descent",
+    Recipe(optimizer="sgd", learning_rate=0.5, batch_size=100, epochs=5,
+           schedule="warmup_cosine"),
+    Reference(
+        metric="accuracy",
+        target=0.920,
+        report_value=0.9223,
+        provenance=f"{REPORT_2}: 91.86% after 1,000 steps of batch 100, 92.23% after 10,000",
+    ),
 )
 
-register(
-    ModelSpec(
-        name="deep_cnn",
-        builder=deep_cnn,
-        task="classification",
-        dataset="mnist",
-        alt_datasets=("fashion_mnist",),
-        inputs=PIXELS,
-        description="conv 5x5x32 + pool, conv 5x5x64 + pool, dense 1024 ReLU, dropout, softmax",
-        recipe=Recipe(
-            optimizer="adam",
-            learning_rate=2e-3,
-            batch_size=128,
-            epochs=4,
-            schedule="warmup_cosine",
-            warmup_epochs=0.25,
-        ),
-        reference=Reference(
-            metric="accuracy",
-            target=0.994,
-            report_value=0.9927,
-            provenance=f"{REPORT_2}: 99.27% after 20,000 iterations",
-        ),
-    )
+_register(
+    "deep_cnn",
+    deep_cnn,
+    "conv 5x5x32 + pool, conv 5x5x64 + pool, dense 1024 ReLU, dropout, softmax",
+    Recipe(optimizer="adam", learning_rate=2e-3, batch_size=128, epochs=4,
+           schedule="warmup_cosine", warmup_epochs=0.25),
+    Reference(
+        metric="accuracy",
+        target=0.994,
+        report_value=0.9927,
+        provenance=f"{REPORT_2}: 99.27% after 20,000 iterations",
+    ),
 )
 
 _MLPS = {
@@ -112,27 +99,15 @@ _MLPS = {
 }
 
 for _name, (_hidden, _description) in _MLPS.items():
-    register(
-        ModelSpec(
-            name=_name,
-            builder=lambda hidden=_hidden, name=_name: mlp(hidden, name),
-            task="classification",
-            dataset="mnist",
-            alt_datasets=("fashion_mnist",),
-            inputs=PIXELS,
-            description=_description,
-            recipe=Recipe(
-                optimizer="adam",
-                learning_rate=2e-3,
-                batch_size=128,
-                epochs=10,
-                schedule="warmup_cosine",
-                warmup_epochs=0.5,
-            ),
-            reference=Reference(
-                metric="accuracy",
-                target=0.975,
-                provenance=f"{REPORT_1}, Figs 7-10: loss and accuracy curves, no test figure given",
-            ),
-        )
+    _register(
+        _name,
+        lambda hidden=_hidden, name=_name: mlp(hidden, name),
+        _description,
+        Recipe(optimizer="adam", learning_rate=2e-3, batch_size=128, epochs=10,
+               schedule="warmup_cosine", warmup_epochs=0.5),
+        Reference(
+            metric="accuracy",
+            target=0.975,
+            provenance=f"{REPORT_1}, Figs 7-10: loss and accuracy curves, no test figure given",
+        ),
     )
