@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make run    set up .venv, get MNIST, train softmax_regression, export it, evaluate the export
-#   make test   set up .venv, run the tests
+#   make test   set up .venv, lint, run the tests
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -21,6 +21,7 @@ run: $(VENV)/.installed
 	$(PY) -m training.evaluate exported_models/$(MODEL)/$$(ls exported_models/$(MODEL) | grep -E '^[0-9]+$$' | sort -n | tail -1)
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 test-fast: $(VENV)/.installed
