@@ -1,0 +1,311 @@
+"""What every study shares: its command line, its report (PNGs + one JSON with every plotted
+number, the config and the cost), progress lines, and small training helpers built on
+`training.train.compile_model` and `training.data`'s pipelines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import zoo  # noqa: E402
+from training import data, precision  # noqa: E402
+from training.config import TrainConfig, resolve_config, write_json_atomic  # noqa: E402
+
+DEFAULT_OUT = Path("reports")
+
+
+class UsageError(Exception):
+    """A mistake of the user's: printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def build_parser(name: str, description: str, default_model: str | None = None,
+                 model_help: str = "a registered zoo model") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m analysis.{name}", description=description)
+    g = p.add_argument_group("what to study")
+    if default_model is not None:
+        g.add_argument("--model", default=default_model,
+                       help=f"{model_help} (default: %(default)s)")
+    g.add_argument("--precision", choices=precision.CHOICES, default="auto",
+                   help="dtype policy for training; curvature always runs in float32/float64 "
+                   "(default: %(default)s)")
+    r = p.add_argument_group("run size and repeatability")
+    r.add_argument("--quick", action="store_true",
+                   help="shrink everything to seconds (tests, smoke checks)")
+    r.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    o = p.add_argument_group("where things go")
+    o.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"report root; this study writes OUT/{name}/ (default: %(default)s)")
+    o.add_argument("--data-dir", type=Path, help=f"where datasets are (also ${data.ENV_DATA_DIR})")
+    return p
+
+
+def run(main: Callable[[argparse.Namespace], dict], parser: argparse.ArgumentParser,
+        argv: list[str] | None = None) -> int:
+    """Parse, run, print where the report went; user mistakes become one line and status 2."""
+    args = parser.parse_args(argv)
+    try:
+        result = main(args)
+    except (UsageError, zoo.UnknownModelError, data.DataSourceError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {result['json']}")
+    return 0
+
+
+def check_model(name: str, task: str | None = None, dataset: str | None = None) -> zoo.ModelSpec:
+    spec = zoo.get_spec(name)
+    if task and spec.task != task:
+        fits = ", ".join(n for n in zoo.list_models() if zoo.get_spec(n).task == task)
+        raise UsageError(f"{name} is a {spec.task} model; this study needs a {task} model "
+                         f"({fits})")
+    if dataset and dataset not in spec.datasets:
+        fits = ", ".join(n for n in zoo.list_models() if dataset in zoo.get_spec(n).datasets)
+        raise UsageError(f"{name} does not train on {dataset}; models that do: {fits}")
+    return spec
+
+
+# ----------------------------------------------------------------------------- report
+
+
+class Study:
+    """One study run: output directory, cost counters, progress, figures, the JSON."""
+
+    def __init__(self, name: str, args: argparse.Namespace, **config):
+        self.name = name
+        self.out_dir = Path(args.out) / name
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        self.config.update(config)
+        self.costs: Counter = Counter()
+        self.figures: list[dict] = []
+        self.start = time.perf_counter()
+        self._phases: dict[str, tuple[float, int]] = {}
+        self.log(f"writing to {self.out_dir}")
+
+    def count(self, kind: str, n: int = 1) -> None:
+        """Record work done: 'loss_evaluations', 'gradients', 'hvps', 'training_steps'..."""
+        self.costs[kind] += int(n)
+
+    def log(self, message: str) -> None:
+        print(f"[{self.name} {time.perf_counter() - self.start:7.1f}s] {message}",
+              file=sys.stderr, flush=True)
+
+    def progress(self, i: int, n: int, message: str = "", phase: str = "") -> None:
+        """Progress line for item i (1-based) of n of a phase, with the phase's time left."""
+        now = time.perf_counter()
+        if i <= 1 or phase not in self._phases:
+            self._phases[phase] = (now, i - 1)
+        t0, i0 = self._phases[phase]
+        eta = (now - t0) / (i - i0) * (n - i) if i > i0 else None
+        left = f"  (~{eta:.0f}s left)" if eta is not None and i < n else ""
+        self.log(f"{phase + ' ' if phase else ''}{i}/{n} {message}{left}")
+
+    def savefig(self, fig, filename: str, caption: str) -> Path:
+        path = self.out_dir / filename
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        self.figures.append({"file": filename, "caption": caption})
+        return path
+
+    def finish(self, results: dict, claims: list[dict] | None = None) -> dict:
+        """Write OUT/NAME/NAME.json. `claims`: [{report_figure, claim, measured}] for the page."""
+        wall = time.perf_counter() - self.start
+        doc = {
+            "study": self.name,
+            "config": self.config,
+            "results": results,
+            "figures": self.figures,
+            "claims": claims or [],
+            "cost": {"wall_seconds": round(wall, 3), **dict(self.costs)},
+            "environment": environment(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        path = self.out_dir / f"{self.name}.json"
+        # write_json_atomic uses allow_nan (default); sanitise first so NaN fails loudly here.
+        clean = to_json(doc)
+        json.dumps(clean, allow_nan=False)
+        write_json_atomic(path, clean)
+        self.log(f"done in {wall:.1f}s; {path}")
+        return {"json": str(path), "doc": clean}
+
+
+def to_json(obj):
+    """numpy scalars/arrays -> plain Python; non-finite floats are refused."""
+    if isinstance(obj, dict):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_json(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        if not math.isfinite(f):
+            raise ValueError(f"non-finite number {f} in a report; the study diverged")
+        return f
+    return obj
+
+
+def environment() -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__, "machine": platform.machine()}
+
+
+def band(ax, x, runs: np.ndarray, label: str, color=None, log: bool = False):
+    """Mean line and min-max band (plus +-1 std, darker) of runs (n_runs, n_points)."""
+    runs = np.asarray(runs, dtype=float)
+    mean = np.exp(np.log(runs).mean(0)) if log else runs.mean(0)
+    (line,) = ax.plot(x, mean, label=f"{label} (n={len(runs)})", color=color)
+    c = line.get_color()
+    ax.fill_between(x, runs.min(0), runs.max(0), color=c, alpha=0.15, linewidth=0)
+    if not log and len(runs) > 1:
+        sd = runs.std(0)
+        ax.fill_between(x, mean - sd, mean + sd, color=c, alpha=0.2, linewidth=0)
+    return {"label": label, "mean": mean, "min": runs.min(0), "max": runs.max(0),
+            "std": runs.std(0)}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_config(model: str, args: argparse.Namespace, seed: int | None = None,
+                 dataset_size: int | None = None, **overrides) -> TrainConfig:
+    """The model's recipe with overrides, precision resolved exactly as the train CLI does."""
+    resolved = precision.resolve(args.precision, precision.detect_hardware())
+    spec = zoo.get_spec(model)
+    if dataset_size is None:
+        dataset_size = 4096 if spec.dataset == "sinc" else 60000
+    return resolve_config(
+        model,
+        precision_requested=resolved.requested,
+        precision=resolved.policy,
+        precision_reason=resolved.reason,
+        train_size=dataset_size,
+        seed=args.seed if seed is None else seed,
+        **overrides,
+    )
+
+
+def load(name: str, args: argparse.Namespace) -> data.Dataset:
+    return data.load_dataset(name, getattr(args, "data_dir", None), seed=args.seed)
+
+
+class EpochRecorder:
+    """A Keras callback recording per-epoch metrics and wall time, and calling `every` hooks."""
+
+    def __new__(cls, *a, **k):
+        import keras
+
+        class _Recorder(keras.callbacks.Callback):
+            def __init__(self, on_epoch=None, study=None, label=""):
+                super().__init__()
+                self.records: list[dict] = []
+                self.on_epoch = on_epoch
+                self.study, self.label = study, label
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                rec = {"epoch": epoch + 1, "seconds": time.perf_counter() - self._t0}
+                for k, v in logs.items():
+                    key = "test_" + k[4:] if k.startswith("val_") else "train_" + k
+                    rec[key] = float(v)
+                self.records.append(rec)
+                if self.on_epoch:
+                    self.on_epoch(epoch + 1, self.model)
+                if self.study:
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in rec.items() if k != "epoch")
+                    self.study.log(f"{self.label} epoch {epoch + 1}: {shown}")
+
+        return _Recorder(*a, **k)
+
+
+def fit(config: TrainConfig, ds: data.Dataset, study: Study | None = None, label: str = "",
+        on_epoch=None, validate: bool = True, model=None):
+    """Compile with the training package's recipe machinery and fit; returns (model, records).
+
+    `on_epoch(epoch, model)` is also called once with epoch 0 before training (the init)."""
+    import keras
+
+    from training.train import compile_model
+
+    precision.apply(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    if model is None:
+        model = compile_model(config)
+    if on_epoch:
+        on_epoch(0, model)
+    recorder = EpochRecorder(on_epoch=on_epoch, study=study, label=label)
+    model.fit(
+        data.train_pipeline(ds, config.batch_size, config.seed, config.train_limit),
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        validation_data=data.test_pipeline(ds, limit=config.test_limit) if validate else None,
+        callbacks=[recorder],
+        shuffle=False,
+        verbose=0,
+    )
+    if study:
+        study.count("training_steps", config.epochs * config.steps_per_epoch)
+    return model, recorder.records
+
+
+def flat_weights(model, trainable_only: bool = True) -> np.ndarray:
+    vs = model.trainable_variables if trainable_only else model.variables
+    return np.concatenate([np.asarray(v.numpy(), dtype=np.float64).ravel() for v in vs])
+
+
+def set_flat_weights(model, flat: np.ndarray) -> None:
+    i = 0
+    for v in model.trainable_variables:
+        n = int(np.prod(v.shape))
+        v.assign(np.asarray(flat[i:i + n]).reshape(v.shape).astype(v.dtype))
+        i += n
+    if i != flat.size:
+        raise ValueError(f"weight vector has {flat.size} entries, the model {i}")
+
+
+def evaluate(model, x, y, task: str, batch_size: int = 2000) -> dict:
+    """Loss (and accuracy for classifiers) of a model on arrays, in float64 arithmetic."""
+    import keras
+
+    losses, correct = [], 0
+    loss_fn = keras.losses.get("sparse_categorical_crossentropy" if task == "classification"
+                               else "mse")
+    for i in range(0, len(x), batch_size):
+        xb = np.asarray(x[i:i + batch_size], dtype=np.float32)
+        yb = y[i:i + batch_size]
+        p = np.asarray(model(xb, training=False), dtype=np.float64)
+        losses.append(np.asarray(loss_fn(yb, p), dtype=np.float64).reshape(len(xb), -1).mean(1))
+        if task == "classification":
+            correct += int((p.argmax(1) == yb).sum())
+    out = {"loss": float(np.concatenate(losses).mean())}
+    if task == "classification":
+        out["accuracy"] = correct / len(x)
+    return out
