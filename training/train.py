@@ -207,7 +207,9 @@ def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), profile_batch=0),
     ]
     model.fit(
-        data.train_pipeline(dataset, config.batch_size, config.seed, config.train_limit),
+        # A resumed run must not replay the shuffle order of epoch 1: offset the seed.
+        data.train_pipeline(dataset, config.batch_size, config.seed + initial_epoch,
+                            config.train_limit),
         epochs=config.epochs,
         initial_epoch=initial_epoch,
         steps_per_epoch=config.steps_per_epoch,
