@@ -1,0 +1,46 @@
+# Production image: train and export the chosen zoo models, then serve them with the official
+# TensorFlow Serving image (the real tensorflow_model_server), through a generated models.config.
+#
+#   docker build --build-arg MODELS="softmax_regression deep_cnn" -t keras-model-zoo-serving .
+#   docker run -p 8500:8500 -p 8501:8501 keras-model-zoo-serving
+#   docker run ... keras-model-zoo-serving --enable_batching     # extra flags are forwarded
+#
+# TF_SERVING_VERSION matches the tensorflow pin in pyproject.toml; the official image tags are
+# plain versions (e.g. 2.18.0, 2.18.0-gpu).
+
+ARG TF_SERVING_VERSION=2.21.0
+
+# ---------------------------------------------------------------- build: train and export
+FROM python:3.11-slim AS build
+ARG MODELS="softmax_regression"
+ARG TRAIN_ARGS=""
+ENV PIP_NO_CACHE_DIR=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+WORKDIR /src
+COPY pyproject.toml ./
+COPY zoo ./zoo
+COPY training ./training
+COPY serving ./serving
+COPY analysis ./analysis
+RUN pip install --no-cache-dir .
+# Each model is trained with its registered recipe (TRAIN_ARGS may shorten it) and exported as
+# /models/NAME/1; the config lists them all under the image's /models.
+# hadolint ignore=SC2086
+RUN for model in $MODELS; do \
+        python -m training.train "$model" $TRAIN_ARGS --export-dir /models \
+            --run-dir "/tmp/runs/$model" || exit 1; \
+    done \
+    && python -m serving.config /models --base-path-prefix /models > /models/models.config \
+    && cat /models/models.config
+
+# ---------------------------------------------------------------- serve: TF Serving
+FROM tensorflow/serving:${TF_SERVING_VERSION}
+ARG HEALTH_MODEL=softmax_regression
+ENV HEALTH_MODEL=${HEALTH_MODEL}
+COPY --from=build /models /models
+EXPOSE 8500 8501
+# The REST status of one served model must say AVAILABLE (bash's /dev/tcp: the image has no curl).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8501 && printf 'GET /v1/models/%s HTTP/1.0\\r\\n\\r\\n' \"$HEALTH_MODEL\" >&3 && grep -q AVAILABLE <&3"]
+ENTRYPOINT ["/usr/bin/tensorflow_model_server", "--port=8500", "--rest_api_port=8501", \
+            "--model_config_file=/models/models.config", "--file_system_poll_wait_seconds=60"]
+CMD []

