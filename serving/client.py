@@ -32,14 +32,15 @@ STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "U
 
 
 def service_config(max_attempts: int = 4) -> str:
-    return json.dumps({"methodConfig": [{
-        "name": [{"service": "tensorflow.serving.PredictionService"},
-                 {"service": "tensorflow.serving.ModelService"},
-                 {"service": "grpc.health.v1.Health"}],
-        "retryPolicy": {"maxAttempts": max_attempts, "initialBackoff": "0.05s",
-                        "maxBackoff": "1s", "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"]},
-    }]})
+    """Retry UNAVAILABLE only, with exponential backoff; max_attempts 1 means no retries."""
+    method = {"name": [{"service": "tensorflow.serving.PredictionService"},
+                       {"service": "tensorflow.serving.ModelService"},
+                       {"service": "grpc.health.v1.Health"}]}
+    if max_attempts >= 2:
+        method["retryPolicy"] = {"maxAttempts": max_attempts, "initialBackoff": "0.05s",
+                                 "maxBackoff": "1s", "backoffMultiplier": 2,
+                                 "retryableStatusCodes": ["UNAVAILABLE"]}
+    return json.dumps({"methodConfig": [method]})
 
 
 class ClientError(RuntimeError):

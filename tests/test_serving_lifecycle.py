@@ -1,0 +1,264 @@
+# ruff: noqa: F811  (pytest fixtures imported from serving_fixtures are redefined as arguments)
+"""Server lifecycle against real server processes: hot reload under traffic, half-written and
+hidden version directories, version policies and reload requests, SIGTERM with requests in
+flight, TLS, and dynamic batching (each caller gets its own rows; a full queue is UNAVAILABLE)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from serving import protos, tensors
+from serving.client import ClientError, ZooClient
+from tests.serving_fixtures import (  # noqa: F401
+    ServerProcess,
+    copy_model,
+    digits,
+    exported,
+    onnx_reference,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def versions(client, model):
+    try:
+        return {s["version"]: s["state"] for s in client.status(model)}
+    except ClientError:
+        return {}
+
+
+def test_hot_reload_half_written_and_removed_versions_under_traffic(exported, digits, tmp_path):
+    base = tmp_path / "models"
+    model_dir = copy_model(exported, "softmax_regression", base, versions=(1,))
+    (model_dir / ".tmp-123-abc").mkdir()  # an export in progress: never a version
+    server = ServerProcess("--model_base_path", str(model_dir), "--model_name", "m",
+                           "--file_system_poll_wait_seconds", "0.2", log=tmp_path / "server.log")
+    x = digits[0][:2]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    tensors.to_proto(x, request.inputs["images"])
+    seen, failures, stop = [], [], threading.Event()
+
+    def traffic():
+        with grpc.insecure_channel(server.address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    seen.append(stub.Predict(request, timeout=10).model_spec.version.value)
+                except grpc.RpcError as e:
+                    failures.append(f"{e.code().name}: {e.details()}")
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        with ZooClient(server.address, timeout=10) as client:
+            wait_for(lambda: len(seen) > 20, what="traffic on version 1")
+            # A new version appears atomically (built in a hidden sibling, then renamed).
+            shutil.copytree(model_dir / "1", model_dir / ".tmp-456-def")
+            os.rename(model_dir / ".tmp-456-def", model_dir / "2")
+            wait_for(lambda: versions(client, "m") == {2: "AVAILABLE", 1: "END"},
+                     what="version 2 replacing version 1")
+            n = len(seen)
+            wait_for(lambda: len(seen) > n + 20, what="traffic on version 2")
+            assert seen[-1] == 2
+            # A half-written version (no rename): reported, skipped; version 2 keeps serving.
+            (model_dir / "3").mkdir()
+            pb = (model_dir / "2" / "saved_model.pb").read_bytes()
+            (model_dir / "3" / "saved_model.pb").write_bytes(pb[: len(pb) // 2])
+            wait_for(lambda: versions(client, "m").get(3) == "END", what="version 3 failing")
+            status = {s["version"]: s for s in client.status("m")}
+            assert status[3]["error"] and status[2]["state"] == "AVAILABLE"
+            n = len(seen)
+            wait_for(lambda: len(seen) > n + 20, what="traffic while version 3 is broken")
+            assert set(seen[n:]) == {2}
+            # Completing it makes it load.
+            for item in (model_dir / "2").iterdir():
+                target = model_dir / "3" / item.name
+                if item.is_dir():
+                    shutil.copytree(item, target)
+                else:
+                    shutil.copy2(item, target)
+            wait_for(lambda: versions(client, "m").get(3) == "AVAILABLE",
+                     what="completed version 3 loading")
+            wait_for(lambda: seen[-1] == 3, what="traffic on version 3")
+            # Removing the served version falls back to the newest remaining one.
+            shutil.rmtree(model_dir / "3")
+            wait_for(lambda: versions(client, "m").get(2) == "AVAILABLE"
+                     and versions(client, "m").get(3) == "END", what="fallback to version 2")
+            n = len(seen)
+            wait_for(lambda: len(seen) > n + 20, what="traffic after removal")
+            assert 0 not in versions(client, "m") and len(versions(client, "m")) == 3
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        code = server.stop()
+    assert failures == [], failures[:5]
+    assert code == 0
+    assert set(seen) == {1, 2, 3}
+    assert "not loaded" in server.logs()
+
+
+def test_version_policies_labels_and_reload_config(exported, digits, tmp_path):
+    base = tmp_path / "models"
+    soft = copy_model(exported, "softmax_regression", base, versions=(1, 2, 3))
+    cnn = copy_model(exported, "deep_cnn", base)
+    config = write_config(tmp_path / "models.config", {
+        "soft": {"base": soft, "policy": "specific { versions: 1 versions: 3 }",
+                 "labels": {"stable": 1, "canary": 3}},
+        "cnn": {"base": cnn}})
+    server = ServerProcess("--model_config_file", str(config),
+                           "--file_system_poll_wait_seconds", "0", log=tmp_path / "server.log")
+    try:
+        with ZooClient(server.address, timeout=60) as client:
+            assert versions(client, "soft") == {1: "AVAILABLE", 3: "AVAILABLE"}
+            x = digits[0][:1]
+            assert client.predict("soft", x, label="canary")["classes"].shape == (1,)
+            with pytest.raises(ClientError) as e:
+                client.predict("soft", x, version=2)
+            assert e.value.code == "NOT_FOUND"
+            # A reload replaces the whole config: cnn goes, soft serves all versions.
+            new = protos.parse_text(
+                f'model_config_list {{ config {{ name: "soft" base_path: "{soft}" '
+                'model_platform: "tensorflow" model_version_policy { all {} } } }',
+                protos.ModelServerConfig)
+            client.reload_config(new)
+            assert versions(client, "soft") == {1: "AVAILABLE", 2: "AVAILABLE",
+                                                3: "AVAILABLE"}
+            with pytest.raises(ClientError) as e:
+                client.predict("cnn", x)
+            assert e.value.code == "NOT_FOUND"
+            # An invalid config is refused and changes nothing.
+            bad = protos.ModelServerConfig()
+            for _ in range(2):
+                bad.model_config_list.config.add(name="soft", base_path=str(soft))
+            with pytest.raises(ClientError) as e:
+                client.reload_config(bad)
+            assert e.value.code == "INVALID_ARGUMENT"
+            assert client.predict("soft", x, version=2)["classes"].shape == (1,)
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits_0(exported, digits, tmp_path):
+    server = ServerProcess("--model_base_path", str(exported / "deep_cnn"), "--model_name",
+                           "cnn", "--inference_threads", "1", log=tmp_path / "server.log")
+    x = np.repeat(digits[0], 8, axis=0)  # 512 digits: a request takes a while on 2 cores
+    with ZooClient(server.address, timeout=120) as client:
+        client.predict("cnn", x[:1])
+        with cf.ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(client.predict, "cnn", x) for _ in range(6)]
+            time.sleep(0.5)
+            assert not all(f.done() for f in futures), "requests finished before SIGTERM"
+            started = time.time()
+            code = server.stop(timeout=120)
+            results = [f.result() for f in futures]
+        assert all(r["classes"].shape == (512,) for r in results)
+        assert code == 0, server.logs()
+        assert time.time() - started < 60
+        with pytest.raises(ClientError) as e:
+            ZooClient(server.address, timeout=2, max_attempts=1).predict("cnn", x[:1])
+        assert e.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    assert "[serving] stopped" in server.logs()
+
+
+def test_tls_with_a_generated_certificate(exported, digits, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    ssl = protos.SSLConfig(server_key=key.read_text(), server_cert=cert.read_text())
+    ssl_file = tmp_path / "ssl.config"
+    ssl_file.write_text(text_format.MessageToString(ssl))
+    server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
+                           "--model_name", "m", "--ssl_config_file", str(ssl_file),
+                           log=tmp_path / "server.log")
+    try:
+        with ZooClient(server.address, ca_file=str(cert), timeout=10) as client:
+            assert client.predict("m", digits[0][:3])["classes"].shape == (3,)
+        with ZooClient(server.address, timeout=3, max_attempts=1) as plain:
+            with pytest.raises(ClientError) as e:
+                plain.predict("m", digits[0][:1])
+            assert e.value.code == "UNAVAILABLE"
+    finally:
+        assert server.stop() == 0
+
+
+def test_batching_returns_each_caller_its_own_rows_and_strips_padding(exported, digits,
+                                                                      tmp_path):
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 20000 }\n"
+                      "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 1 }\n"
+                      "allowed_batch_sizes: 4\nallowed_batch_sizes: 8\n")
+    server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
+                           "--model_name", "m", "--enable_batching", "--batching_parameters_file",
+                           str(params), log=tmp_path / "server.log")
+    x = digits[0]
+    reference = onnx_reference(exported / "softmax_regression" / "1", x)["probabilities"]
+    slices = [(i, i + 1 + i % 3) for i in range(0, 60, 3)]  # 20 callers, 1-3 rows each
+    try:
+        with ZooClient(server.address, rest_address=server.rest, timeout=30) as client:
+            client.predict("m", x[:1])
+            with cf.ThreadPoolExecutor(20) as pool:
+                results = list(pool.map(lambda s: client.predict("m", x[s[0]:s[1]]), slices))
+            for (a, b), r in zip(slices, results):
+                assert r["probabilities"].shape == (b - a, 10)
+                np.testing.assert_allclose(r["probabilities"], reference[a:b], atol=1e-5)
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://{server.rest}/monitoring/prometheus/metrics",
+                                        timeout=10) as r:
+                text = r.read().decode()
+        total = next(float(s.split()[-1]) for s in text.splitlines()
+                     if s.startswith("zoo_serving_batch_size_sum"))
+        count = next(float(s.split()[-1]) for s in text.splitlines()
+                     if s.startswith("zoo_serving_batch_size_count"))
+        assert total % 4 == 0  # every batch padded to an allowed size
+        assert count < len(slices) + 1  # requests were combined
+    finally:
+        assert server.stop() == 0
+
+
+def test_full_batching_queue_answers_unavailable_at_once(exported, digits, tmp_path):
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 1 }\nmax_enqueued_batches { value: 1 }\n"
+                      "num_batch_threads { value: 1 }\n")
+    server = ServerProcess("--model_base_path", str(exported / "deep_cnn"), "--model_name",
+                           "cnn", "--enable_batching", "--batching_parameters_file", str(params),
+                           log=tmp_path / "server.log")
+    try:
+        with ZooClient(server.address, timeout=60, max_attempts=1) as client:
+            client.predict("cnn", digits[0][:1])
+
+            def call(_):
+                t = time.perf_counter()
+                try:
+                    client.predict("cnn", digits[0][:1])
+                    return "OK", time.perf_counter() - t
+                except ClientError as e:
+                    return e.code, time.perf_counter() - t
+
+            with cf.ThreadPoolExecutor(24) as pool:
+                outcomes = list(pool.map(call, range(48)))
+        codes = [c for c, _ in outcomes]
+        assert set(codes) <= {"OK", "UNAVAILABLE"}
+        assert codes.count("UNAVAILABLE") > 0 and codes.count("OK") > 0
+        refused = [t for c, t in outcomes if c == "UNAVAILABLE"]
+        assert np.median(refused) < 0.5
+    finally:
+        assert server.stop() == 0
