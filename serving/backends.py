@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -84,29 +85,47 @@ class SavedModelBackend:
         self.signature_defs = graphs[0].signature_def
         import tensorflow as tf
 
+        # Run the graph through a Session callable, as TF Serving does: for small models this
+        # costs ~40% less per call than calling the restored ConcreteFunction.
+        graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=graph)
         try:
-            loaded = tf.saved_model.load(str(path), tags=["serve"])
+            with graph.as_default():
+                tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(path))
         except Exception as e:  # noqa: BLE001 - TF raises many error types for bad files
+            self._session.close()
             raise LoadError(f"TensorFlow cannot load {path}: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
-        self._loaded = loaded  # keeps variables alive
-        self._functions = dict(loaded.signatures)
-        self._constant = tf.constant
+        self._callables: dict[tuple, tuple] = {}
+        self._lock = threading.Lock()
         self.signatures: dict[str, Signature] = {}
         for key, sig in self.signature_defs.items():
-            if key not in self._functions or sig.method_name != PREDICT_METHOD:
+            if sig.method_name != PREDICT_METHOD or not sig.inputs or not sig.outputs:
                 continue
             self.signatures[key] = Signature(
                 key, {k: _spec_from_tensor_info(v) for k, v in sig.inputs.items()},
                 {k: _spec_from_tensor_info(v) for k, v in sig.outputs.items()}, sig)
 
+    def _callable(self, signature: str, outputs: tuple[str, ...]):
+        key = (signature, outputs)
+        entry = self._callables.get(key)
+        if entry is None:
+            with self._lock:
+                sig = self.signature_defs[signature]
+                feeds = sorted(sig.inputs)
+                fn = self._session.make_callable([sig.outputs[k].name for k in outputs],
+                                                 [sig.inputs[k].name for k in feeds])
+                entry = self._callables[key] = (fn, feeds)
+        return entry
+
     def run(self, signature: str, inputs: dict[str, np.ndarray],
             outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        fn = self._functions[signature]
-        c = self._constant
-        result = fn(**{k: c(v) for k, v in inputs.items()})
-        keys = outputs or result.keys()
-        return {k: result[k].numpy() for k in keys}
+        names = tuple(outputs) if outputs else tuple(self.signatures[signature].outputs)
+        fn, feeds = self._callable(signature, names)
+        return dict(zip(names, fn(*[inputs[k] for k in feeds])))
+
+    def close(self) -> None:
+        self._session.close()
 
 
 _ONNX_TYPES = {"tensor(float)": types_pb2.DT_FLOAT, "tensor(double)": types_pb2.DT_DOUBLE,

@@ -331,6 +331,9 @@ class Manager:
             for sig_name, b in loaded.batchers.items():
                 await b.close()
                 self.metrics.unregister_queue(loaded.name, loaded.version, sig_name)
+            close = getattr(loaded.backend, "close", None)
+            if close:
+                close()
             if state.status.get(version, (None,))[0] == State.UNLOADING:
                 state.status[version] = (State.END, "")
             log.info("model %s version %d unloaded", loaded.name, version)
