@@ -130,7 +130,10 @@ def test_resume_after_kill_9(tmp_path):
     before = checkpoints.read_state(run)
     assert 2 <= before["epoch"] < 6
 
-    done = run_cli("--resume", str(run), "--no-export")
+    wrong = run_cli("deep_cnn", "--resume", str(run), "--no-export")
+    assert wrong.returncode == 2 and "is a run of mlp_128, not deep_cnn" in wrong.stderr
+
+    done = run_cli("mlp_128", "--resume", str(run), "--no-export")
     assert done.returncode == 0, done.stderr
     assert f"from epoch {before['epoch']}/6" in done.stderr
     after = checkpoints.read_state(run)

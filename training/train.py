@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_from_args(args: argparse.Namespace) -> dict:
     if args.resume:
         return resume(args.resume, export_dir=None if args.no_export else args.export_dir,
-                      data_dir=args.data_dir)
+                      data_dir=args.data_dir, model=args.model)
     if not args.model:
         raise UsageError("name a model to train (python -m training.train --list shows them)")
     spec = zoo.get_spec(args.model)
@@ -127,11 +127,15 @@ def default_run_dir(config: TrainConfig) -> Path:
     return DEFAULT_RUNS / config.model / f"{stamp}-s{config.seed}"
 
 
-def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None) -> dict:
+def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None,
+           model: str | None = None) -> dict:
+    """Continue a run with the config it was started with (recipe flags are not re-read)."""
     config_path = Path(run_dir) / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
     config = TrainConfig.read(config_path)
+    if model and model != config.model:
+        raise UsageError(f"{run_dir} is a run of {config.model}, not {model}")
     dataset = data.load_dataset(config.dataset, data_dir, seed=config.seed)
     return train(config, Path(run_dir), dataset, export_dir=export_dir, resuming=True)
 
