@@ -90,8 +90,13 @@ class SavedModelBackend:
         graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=graph)
         try:
-            with graph.as_default():
-                tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(path))
+            level = tf.get_logger().level
+            tf.get_logger().setLevel("ERROR")  # the v1 loader's deprecation notice
+            try:
+                with graph.as_default():
+                    tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(path))
+            finally:
+                tf.get_logger().setLevel(level)
         except Exception as e:  # noqa: BLE001 - TF raises many error types for bad files
             self._session.close()
             raise LoadError(f"TensorFlow cannot load {path}: {type(e).__name__}: "

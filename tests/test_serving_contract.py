@@ -368,3 +368,31 @@ def test_rest_list_models_and_prometheus_metrics(contract_server, client, digits
                 and 'model="deep_cnn"' in s and 'code="OK"' in s and "grpc" in s)
     assert float(line.rsplit(" ", 1)[1]) >= 1
     assert "zoo_serving_request_latency_seconds_bucket" in text
+
+
+# --------------------------------------------------------------------------- the client CLI
+def run_cli(contract_server, *args):
+    import subprocess
+    import sys
+
+    from tests.serving_fixtures import ENV, ROOT
+
+    rest_args = ["--rest", contract_server[1]] if contract_server[1] else []
+    return subprocess.run([sys.executable, "-m", "serving.client", "--address",
+                           contract_server[0], *rest_args, *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_predicts_mnist_digits_and_prints_accuracy(contract_server):
+    r = run_cli(contract_server, "predict", "softmax_regression", "--mnist-test", "16")
+    assert r.returncode == 0, r.stderr
+    accuracy = float(r.stdout.splitlines()[-1].split()[1])
+    assert 0.5 < accuracy <= 1.0
+
+
+def test_cli_errors_are_one_readable_line(contract_server):
+    r = run_cli(contract_server, "status", "no_such_model")
+    assert r.returncode == 1
+    lines = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+    assert lines == ["error: NOT_FOUND: Could not find any versions of model no_such_model"]
+    assert "Traceback" not in r.stderr
