@@ -60,6 +60,10 @@ def run(main: Callable[[argparse.Namespace], dict], parser: argparse.ArgumentPar
         argv: list[str] | None = None) -> int:
     """Parse, run, print where the report went; user mistakes become one line and status 2."""
     args = parser.parse_args(argv)
+    import tensorflow as tf
+
+    # Studies build many models on purpose; TF's "retracing" advice is noise here.
+    tf.get_logger().setLevel("ERROR")
     try:
         result = main(args)
     except (UsageError, zoo.UnknownModelError, data.DataSourceError, ValueError) as e:

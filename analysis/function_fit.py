@@ -1,0 +1,174 @@
+"""Report 1, Figs 1-6: three ~600-weight networks fitting y = sin(5*pi*x)/(5*pi*x) (or any
+function of x given by --function), over several seeds: predictions against the ground truth,
+training-loss curves and gradient-norm curves (bands over seeds), final test MSE, and whether
+depth helps and tanh beats sigmoid in our runs.
+
+    python -m analysis.function_fit
+    python -m analysis.function_fit --function "np.sin(3*x) * np.exp(-x**2)" --seeds 5
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+import zoo
+from analysis import common, hvp
+from training import data
+
+NAME = "function_fit"
+DEFAULT_MODELS = ("sinc_shallow_300_tanh", "sinc_deep_50_10_4_tanh", "sinc_deep_60_8_6_sigmoid")
+SAFE = {"np": np, "sin": np.sin, "cos": np.cos, "exp": np.exp, "pi": np.pi, "abs": np.abs,
+        "tanh": np.tanh, "sqrt": np.sqrt}
+
+
+def build_parser():
+    p = common.build_parser(NAME, __doc__.split("\n\n")[0])
+    g = p.add_argument_group("study")
+    g.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
+                   help="regression zoo models with input x (default: the report's three)")
+    g.add_argument("--function", default=None,
+                   help="numpy expression in x (default: the report's sin(5*pi*x)/(5*pi*x))")
+    g.add_argument("--seeds", type=int, default=3, help="runs per model (default: %(default)s)")
+    g.add_argument("--epochs", type=int, help="default: the recipe's")
+    return p
+
+
+def dataset(args) -> data.Dataset:
+    ds = data.make_sinc(seed=args.seed)
+    if not args.function:
+        return ds
+
+    def f(x):
+        try:
+            y = eval(args.function, {"__builtins__": {}}, {**SAFE, "x": x.astype(np.float64)})
+        except Exception as e:  # noqa: BLE001 - a user's expression
+            raise common.UsageError(f"--function {args.function!r} failed: {e}") from None
+        y = np.broadcast_to(np.asarray(y, dtype=np.float64), x.shape)
+        if not np.all(np.isfinite(y)):
+            raise common.UsageError(f"--function {args.function!r} is not finite on [-1, 1]")
+        return y.astype(np.float32)
+
+    return data.Dataset("function", ds.x_train, f(ds.x_train), ds.x_test, f(ds.x_test),
+                        source=f"generated: y = {args.function}, x as for sinc")
+
+
+def main(args) -> dict:
+    for m in args.models:
+        spec = common.check_model(m, task="regression")
+        if spec.inputs.shape != (1,):
+            raise common.UsageError(f"{m} does not take a scalar x")
+    if args.quick:
+        args.seeds = min(args.seeds, 2)
+        args.epochs = args.epochs or 3
+    study = common.Study(NAME, args, function=args.function or "sin(5*pi*x)/(5*pi*x)")
+    ds = dataset(args)
+    per_model = {}
+    total = len(args.models) * args.seeds
+    done = 0
+    for name in args.models:
+        runs = []
+        for s in range(args.seeds):
+            seed = args.seed + s
+            config = common.train_config(name, args, seed=seed, epochs=args.epochs,
+                                         steps_per_epoch=8 if args.quick else None,
+                                         dataset_size=len(ds.x_train))
+            curve = {"loss": [], "grad_norm": []}
+            obj_holder = {}
+
+            def on_epoch(epoch, model, curve=curve, holder=obj_holder):
+                if "obj" not in holder:  # float32 model: the Objective shares its weights
+                    holder["obj"] = hvp.Objective(model, "mse", ds.x_train, ds.y_train,
+                                                  dtype="float32")
+                loss, g = holder["obj"].value_and_gradient()
+                curve["loss"].append(loss)
+                curve["grad_norm"].append(float(np.linalg.norm(g)))
+
+            model, records = common.fit(config, ds, on_epoch=on_epoch, validate=False)
+            study.count("gradients", obj_holder["obj"].gradients)
+            pred = np.asarray(model(ds.x_test, training=False), np.float64).ravel()
+            mse = float(np.mean((pred - ds.y_test.ravel()) ** 2))
+            runs.append({"seed": seed, "test_mse": mse, "prediction": pred, **curve,
+                         "seconds": sum(r["seconds"] for r in records)})
+            done += 1
+            study.progress(done, total, f"{name} seed {seed}: test MSE {mse:.3g}", phase="fits")
+        mses = np.array([r["test_mse"] for r in runs])
+        per_model[name] = {
+            "parameters": zoo.parameter_count(name),
+            "description": zoo.get_spec(name).description,
+            "test_mse_mean": float(mses.mean()), "test_mse_std": float(mses.std()),
+            "test_mse_runs": mses, "runs": runs,
+        }
+    verdict = _verdict(per_model)
+    _plots(study, ds, per_model)
+    claims = [
+        {"report_figure": "report 1, Figs 1-6",
+         "claim": "at ~600 weights, deeper networks fit the function better",
+         "measured": verdict["depth_helps_text"]},
+        {"report_figure": "report 1, Figs 1-6",
+         "claim": "tanh beats sigmoid at equal size",
+         "measured": verdict["tanh_beats_sigmoid_text"]},
+    ]
+    return study.finish({"x_test": ds.x_test.ravel(), "y_test": ds.y_test.ravel(),
+                         "models": per_model, "verdict": verdict}, claims)
+
+
+def _verdict(per_model) -> dict:
+    m = {k: v["test_mse_runs"] for k, v in per_model.items()}
+    out = {}
+    shallow, deep_tanh, deep_sig = DEFAULT_MODELS
+    if shallow in m and deep_tanh in m:
+        wins = int(sum(d < s for d in m[deep_tanh] for s in m[shallow]))
+        helps = bool(np.mean(m[deep_tanh]) < np.mean(m[shallow]))
+        out["depth_helps"] = helps
+        out["depth_helps_text"] = (
+            f"{'yes' if helps else 'no'}: mean test MSE deep tanh {np.mean(m[deep_tanh]):.3g} vs "
+            f"shallow tanh {np.mean(m[shallow]):.3g} over {len(m[shallow])} seeds "
+            f"(deep better in {wins}/{len(m[shallow]) * len(m[deep_tanh])} pairs)")
+    if deep_tanh in m and deep_sig in m:
+        wins = int(sum(t < s for t in m[deep_tanh] for s in m[deep_sig]))
+        beats = bool(np.mean(m[deep_tanh]) < np.mean(m[deep_sig]))
+        out["tanh_beats_sigmoid"] = beats
+        out["tanh_beats_sigmoid_text"] = (
+            f"{'yes' if beats else 'no'}: mean test MSE deep tanh {np.mean(m[deep_tanh]):.3g} vs "
+            f"deep sigmoid {np.mean(m[deep_sig]):.3g} "
+            f"(tanh better in {wins}/{len(m[deep_tanh]) * len(m[deep_sig])} pairs)")
+    out.setdefault("depth_helps_text", "not measured (the report's models were not all run)")
+    out.setdefault("tanh_beats_sigmoid_text", "not measured (the report's models were not all run)")
+    return out
+
+
+def _plots(study, ds, per_model):
+    import matplotlib.pyplot as plt
+
+    x = ds.x_test.ravel()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(x, ds.y_test.ravel(), "k", lw=2, label="ground truth")
+    for name, r in per_model.items():
+        preds = np.array([run["prediction"] for run in r["runs"]])
+        common.band(ax, x, preds, f"{name} (MSE {r['test_mse_mean']:.2g})")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.legend(fontsize=8)
+    ax.set_title("predictions vs ground truth (mean and spread over seeds)")
+    study.savefig(fig, "predictions.png", "Report 1 Figs 1-2: every model's prediction against "
+                  "the ground truth on a 1,000-point test grid; band = spread over seeds")
+    for key, label, fname, figs in (("loss", "training loss (MSE, full set)", "loss.png",
+                                     "Figs 3-4"),
+                                    ("grad_norm", "gradient norm (full set)", "grad_norm.png",
+                                     "Figs 5-6")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, r in per_model.items():
+            curves = np.array([run[key] for run in r["runs"]])
+            common.band(ax, np.arange(curves.shape[1]), curves, name, log=True)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+        study.savefig(fig, fname, f"Report 1 {figs}: {label} per epoch; line = geometric mean "
+                      "over seeds, band = min-max")
+
+
+if __name__ == "__main__":
+    sys.exit(common.run(main, build_parser()))
