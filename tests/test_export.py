@@ -42,6 +42,7 @@ def _fixed_batch_loss(model, ds, n=256):
 def test_every_model_trains_exports_and_agrees_across_runtimes(name, tmp_path, mnist):
     ds = _dataset(name, mnist)
     steps = STEPS.get(name, 40)
+    keras.utils.set_random_seed(0)  # the same initial weights train() will start from
     before = _fixed_batch_loss(zoo.create_model(name), ds)
     summary = tiny_run(name, tmp_path / "run", ds, export_dir=tmp_path / "exports", steps=steps)
     trained = keras.models.load_model(tmp_path / "run" / "model.keras")
@@ -57,7 +58,7 @@ def test_every_model_trains_exports_and_agrees_across_runtimes(name, tmp_path, m
     assert meta["name"] == name and meta["version"] == 1
     assert meta["parameters"] == zoo.parameter_count(name)
     assert list(meta["signature"]["inputs"]) == [spec.inputs.name]
-    assert meta["data"]["sha256"] == ds.sha256
+    assert meta["data"]["sha256"] == ds.sha256 and meta["data"]["source"] == ds.source
     assert meta["agreement"]["max_abs_diff"]["onnx"] <= 1e-4
     assert meta["packages"]["tensorflow"] == tf.__version__
 

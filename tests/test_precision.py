@@ -49,9 +49,18 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert precision._cpu_flags(tmp_path / "absent") == frozenset()
 
 
-def test_detection_on_this_machine_gives_a_valid_policy():
+def test_gpu_detection_reads_tensorflows_device_details(monkeypatch):
+    import tensorflow as tf
+
+    # Faked at the boundary only: what TensorFlow would report on a two-GPU machine.
+    gpus = ["GPU:0", "GPU:1"]
+    details = {"GPU:0": {"compute_capability": (7, 5)}, "GPU:1": {}}
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: gpus if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: details[d])
     hw = precision.detect_hardware()
-    assert precision.resolve("auto", hw).policy in precision.CHOICES
+    assert hw.gpu_compute_capabilities == ((7, 5),)
+    assert precision.resolve("auto", hw).policy == "mixed_float16"
 
 
 @pytest.mark.parametrize(("policy", "compute"), [("mixed_float16", "float16"),

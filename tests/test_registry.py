@@ -34,7 +34,12 @@ def test_model_builds_and_matches_its_spec(name):
     out_dim = model.outputs[0].shape[-1]
     assert out_dim == (10 if spec.task == "classification" else 1)
     # The last activation stays float32 even under mixed precision.
-    assert model.layers[-1].dtype_policy.compute_dtype == "float32"
+    from training import precision
+
+    precision.apply("mixed_bfloat16")
+    mixed = zoo.create_model(name)
+    assert mixed.layers[1].compute_dtype == "bfloat16"
+    assert mixed.layers[-1].dtype_policy.compute_dtype == "float32"
     assert spec.reference.provenance and spec.recipe.epochs >= 1
     assert spec.dataset in spec.datasets
 

@@ -91,6 +91,12 @@ def test_trains_on_fashion_mnist(tmp_path, model):
                        steps=4)
     assert summary["config"]["dataset"] == "fashion_mnist"
     assert summary["data"]["sha256"] == fashion.sha256
+    # Not the MNIST model: its own export name, and no MNIST reference to meet.
+    from training.config import TrainConfig
+    from training.export import export_name
+
+    assert export_name(TrainConfig.from_json(summary["config"])) == f"{model}_fashion_mnist"
+    assert summary["reference"]["met"] is None
 
 
 def test_a_used_run_directory_is_not_overwritten(tmp_path):
@@ -98,6 +104,30 @@ def test_a_used_run_directory_is_not_overwritten(tmp_path):
     done = run_cli("softmax_regression", "--run-dir", str(tmp_path), "--no-export")
     assert done.returncode == 2 and "--resume" in done.stderr
     assert (tmp_path / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--lr", "-1"], "learning rate must be positive"),
+    (["--steps", "10", "--epochs", "2"], "not both"),
+    (["--dataset", "sinc"], "trains on mnist/fashion_mnist".replace("/", ", ")),
+])
+def test_bad_overrides_are_refused_with_a_reason(flags, message):
+    done = run_cli("softmax_regression", "--no-export", *flags)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_resume_refuses_recipe_flags(tmp_path):
+    done = run_cli("--resume", str(tmp_path), "--epochs", "9")
+    assert done.returncode == 2 and "drop --epochs" in done.stderr
+
+
+def test_steps_is_the_exact_total():
+    from tests.helpers import tiny_config
+
+    config = tiny_config("softmax_regression", steps=100, batch_size=32)  # 64 steps a pass
+    assert (config.epochs, config.steps_per_epoch) == (2, 50)
 
 
 def test_resume_of_something_that_is_not_a_run(tmp_path):
@@ -143,6 +173,10 @@ def test_resume_after_kill_9(tmp_path):
     assert after["history"][: before["epoch"]] == before["history"]
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3, 4, 5, 6]
-    assert len(list((run / "checkpoints").iterdir())) == 1
+    (checkpoint,) = (run / "checkpoints").iterdir()
+    # Optimizer state survived the kill: its step counter counts every step of all six epochs.
+    import keras
+
+    assert int(keras.models.load_model(checkpoint).optimizer.iterations.numpy()) == 6 * 40
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_completed"] == 6 and np.isfinite(summary["test"]["loss"])

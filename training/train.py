@@ -15,11 +15,14 @@ from pathlib import Path
 
 import zoo
 from training import checkpoints, data, precision
-from training.config import TrainConfig, resolve_config, write_json_atomic
+from training.config import ConfigError, TrainConfig, resolve_config, write_json_atomic
+from training.export import ExportError
 
 DEFAULT_RUNS = Path("runs")
 DEFAULT_EXPORTS = Path("exported_models")
 STEPS_PER_EXECUTION = 50
+RECIPE_FLAGS = ("epochs", "steps", "steps_per_epoch", "batch_size", "learning_rate", "dataset",
+                "precision", "run_dir", "train_limit", "test_limit")
 
 
 class UsageError(Exception):
@@ -42,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int)
     r.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
     r.add_argument("--dataset", choices=data.DATASETS, help="default: the model's own dataset")
-    r.add_argument("--precision", choices=precision.CHOICES, default="auto",
-                   help="dtype policy; auto picks by hardware (default: %(default)s)")
+    r.add_argument("--precision", choices=precision.CHOICES, default=None,
+                   help="dtype policy; auto picks by hardware (default: auto)")
     r.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
 
     o = p.add_argument_group("where things go")
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             print(list_models_table())
             return 0
         summary = run_from_args(args)
-    except (UsageError, zoo.UnknownModelError, data.DataSourceError, ValueError,
+    except (UsageError, zoo.UnknownModelError, data.DataSourceError, ConfigError, ExportError,
             FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -92,12 +95,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_from_args(args: argparse.Namespace) -> dict:
     if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in RECIPE_FLAGS if getattr(args, k) is not None]
+        if given:
+            raise UsageError(f"--resume continues a run with its own config.json; "
+                             f"drop {', '.join(given)}")
         return resume(args.resume, export_dir=None if args.no_export else args.export_dir,
                       data_dir=args.data_dir, model=args.model)
     if not args.model:
         raise UsageError("name a model to train (python -m training.train --list shows them)")
     spec = zoo.get_spec(args.model)
-    resolved = precision.resolve(args.precision, precision.detect_hardware())
+    if args.dataset and args.dataset not in spec.datasets:  # before any loading or download
+        raise UsageError(f"{args.model} trains on {', '.join(spec.datasets)}, not {args.dataset}")
+    resolved = precision.resolve(args.precision or "auto", precision.detect_hardware())
     dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir, seed=args.seed)
     config = resolve_config(
         args.model,
@@ -118,6 +127,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
     run_dir = args.run_dir or default_run_dir(config)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run directory {run_dir} is not empty; use --resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
     return train(config, run_dir, dataset,
                  export_dir=None if args.no_export else args.export_dir)
 
@@ -157,6 +167,7 @@ def train(config: TrainConfig, run_dir: Path, dataset: data.Dataset,
     if resuming and checkpoints.read_state(run_dir):
         model, state = checkpoints.load_checkpoint(run_dir)
         initial_epoch, history = state["epoch"], state["history"]
+        checkpoints.write_metrics(run_dir, history)  # in case a kill left it one epoch behind
         print(f"[resume] {run_dir} from epoch {initial_epoch}/{config.epochs}", file=sys.stderr)
     else:
         config.write(run_dir / "config.json")
@@ -165,7 +176,7 @@ def train(config: TrainConfig, run_dir: Path, dataset: data.Dataset,
     fit_model(model, config, dataset, run_dir, history, initial_epoch)
     state = checkpoints.read_state(run_dir)
     history = state["history"] if state else history
-    model.save(run_dir / "model.keras")
+    checkpoints.save_model_atomic(model, run_dir / "model.keras")
     return finish(model, config, dataset, run_dir, history, export_dir)
 
 
@@ -247,24 +258,27 @@ def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
             "metric": metric,
             "target": spec.reference.target,
             "value": value,
-            "met": spec.reference.met_by(value),
+            # The reference is for the spec's own dataset; elsewhere there is none to meet.
+            "met": spec.reference.met_by(value) if config.dataset == spec.dataset else None,
             "provenance": spec.reference.provenance,
         },
         "plots": [p.name for p in plot_curves(history, run_dir, config.model)],
         "export": None,
     }
+    # Written before the export too: a refused or killed export must not lose the run's result.
+    write_json_atomic(run_dir / "summary.json", summary)
     if export_dir is not None:
         from training.export import export_model
 
         version_dir = export_model(model, config, dataset, summary, export_dir)
         summary["export"] = str(version_dir)
-    write_json_atomic(run_dir / "summary.json", summary)
+        write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
 
 def format_summary(s: dict) -> str:
     ref = s["reference"]
-    verdict = "met" if ref["met"] else "NOT met"
+    verdict = {True: "met", False: "NOT met", None: "not applicable on this dataset"}[ref["met"]]
     lines = [
         f"model        {s['model']} ({s['parameters']:,} parameters, "
         f"{s['config']['precision']})",
