@@ -31,7 +31,8 @@ def build_parser():
                    help="examples per HVP batch (memory) (default: %(default)s)")
     h.add_argument("--dtype", choices=("float32", "float64"),
                    help="curvature arithmetic (default: float64 up to 200k parameters)")
-    h.add_argument("--method", choices=hvp.METHODS, default="forward_over_reverse")
+    h.add_argument("--method", choices=hvp.METHODS, default="double_backprop",
+                   help="HVP method (CPU: double backprop 2.0x a gradient, fwd-over-rev 2.9x)")
     h.add_argument("--top-k", type=int, default=5)
     h.add_argument("--lanczos-steps", type=int, default=40)
     h.add_argument("--trace-samples", type=int, default=100)

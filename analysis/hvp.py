@@ -65,7 +65,7 @@ class Objective:
     """
 
     def __init__(self, model, loss: str | Callable, x, y, *, dtype: str = "float64",
-                 batch_size: int | None = None, method: str = "forward_over_reverse"):
+                 batch_size: int | None = None, method: str = "double_backprop"):
         import keras
         import tensorflow as tf
 
