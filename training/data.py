@@ -344,18 +344,30 @@ def as_float_inputs(x: np.ndarray) -> np.ndarray:
 
 
 def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = None):
-    """Shuffled, repeated, batched, prefetched. Repeats forever; the caller sets steps."""
+    """Shuffled each epoch, batched, prefetched; repeats forever (the caller sets steps).
+
+    Shuffling permutes indices once per epoch and gathers whole batches: an element-wise
+    tf.data shuffle of 60,000 images cost ~0.4 s an epoch here, competing with training for
+    the same two cores. The permutation of epoch e depends only on (seed, e): repeatable."""
     import tensorflow as tf
 
     x, y = ds.x_train, ds.y_train
     if limit:
         x, y = x[:limit], y[:limit]
+    n = len(x)
+    per_epoch = n // batch_size
+    xt, yt = tf.constant(x), tf.constant(y)
+
+    def epoch_batches(epoch):
+        noise = tf.random.stateless_uniform([n], seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+        order = tf.argsort(noise)[: per_epoch * batch_size]
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(order, (per_epoch, batch_size)))
+
     return (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .batch(batch_size, drop_remainder=True)
-        .map(_cast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        tf.data.Dataset.range(2**62)
+        .flat_map(epoch_batches)
+        .map(lambda idx: (tf.cast(tf.gather(xt, idx), tf.float32), tf.gather(yt, idx)),
+             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )
 
