@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make run    set up .venv, get MNIST, train softmax_regression, export it, evaluate the export
+#   make run    set up .venv, get MNIST, train softmax_regression, export and evaluate it,
+#               serve it and classify test digits through gRPC
 #   make test   set up .venv, lint, run the tests
 PYTHON ?= python3.11
 VENV   := .venv
@@ -16,9 +17,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+GRPC_PORT ?= 8500
+REST_PORT ?= 8501
+
+# Train, export, evaluate the export, then serve it and classify test digits through gRPC.
 run: $(VENV)/.installed
 	$(PY) -m training.train $(MODEL)
 	$(PY) -m training.evaluate exported_models/$(MODEL)/$$(ls exported_models/$(MODEL) | grep -E '^[0-9]+$$' | sort -n | tail -1)
+	@$(PY) -m serving.server --model_base_path exported_models --port $(GRPC_PORT) \
+	    --rest_api_port $(REST_PORT) & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null' EXIT; \
+	for i in $$(seq 120); do \
+	  $(PY) -m serving.client --address 127.0.0.1:$(GRPC_PORT) status $(MODEL) >/dev/null 2>&1 && break; \
+	  kill -0 $$pid 2>/dev/null || { echo "server did not start"; exit 1; }; sleep 1; \
+	done; \
+	$(PY) -m serving.client --address 127.0.0.1:$(GRPC_PORT) predict $(MODEL) --mnist-test 100 \
+	  && kill -TERM $$pid && wait $$pid && echo "server stopped"
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
