@@ -117,7 +117,8 @@ class Study:
         if i <= 1 or phase not in self._phases:
             self._phases[phase] = (now, i - 1)
         t0, i0 = self._phases[phase]
-        eta = (now - t0) / (i - i0) * (n - i) if i > i0 else None
+        # The first item of a phase has no timing yet (it set the phase's clock).
+        eta = (now - t0) / (i - i0) * (n - i) if i > i0 and now > t0 else None
         left = f"  (~{eta:.0f}s left)" if eta is not None and i < n else ""
         self.log(f"{phase + ' ' if phase else ''}{i}/{n} {message}{left}")
 
@@ -251,9 +252,11 @@ class EpochRecorder:
 
 
 def fit(config: TrainConfig, ds: data.Dataset, study: Study | None = None, label: str = "",
-        on_epoch=None, validate: bool = True, model=None):
+        on_epoch=None, validate: bool = True, model=None, build=None):
     """Compile with the training package's recipe machinery and fit; returns (model, records).
 
+    `model`: an already compiled model to go on training; `build()`: makes the uncompiled
+    model instead of the zoo's (called after seeding, so its initialisation is repeatable).
     `on_epoch(epoch, model)` is also called once with epoch 0 before training (the init)."""
     import keras
 
@@ -262,7 +265,7 @@ def fit(config: TrainConfig, ds: data.Dataset, study: Study | None = None, label
     precision.apply(config.precision)
     keras.utils.set_random_seed(config.seed)
     if model is None:
-        model = compile_model(config)
+        model = compile_model(config, build() if build else None)
     if on_epoch:
         on_epoch(0, model)
     recorder = EpochRecorder(on_epoch=on_epoch, study=study, label=label)

@@ -180,10 +180,11 @@ def train(config: TrainConfig, run_dir: Path, dataset: data.Dataset,
     return finish(model, config, dataset, run_dir, history, export_dir)
 
 
-def compile_model(config: TrainConfig):
+def compile_model(config: TrainConfig, model=None):
+    """Compile `model` (default: a fresh zoo.create_model(config.model)) with the recipe."""
     import keras
 
-    model = zoo.create_model(config.model)
+    model = zoo.create_model(config.model) if model is None else model
     lr = learning_rate_schedule(config)
     optimizer = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}[config.optimizer](lr)
     metrics = ["accuracy"] if config.task == "classification" else []
