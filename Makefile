@@ -9,7 +9,7 @@ MODEL  ?= softmax_regression
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test test-fast lint data train evaluate benchmarks clean
+.PHONY: run test test-fast lint data train evaluate benchmarks report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ benchmarks: $(VENV)/.installed
 	$(PY) -m benchmarks.reference_accuracy
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.export_agreement
+
+# Every analysis study in full (<= 30 min on 2 cores), then reports/index.html, checked and
+# screenshotted in headless Chromium. QUICK=1: the same pipeline at smoke-test size.
+report: $(VENV)/.installed
+	$(PY) -m analysis.report --run $(if $(QUICK),--quick)
 
 clean:
 	rm -rf runs reports .pytest_cache
