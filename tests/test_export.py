@@ -186,3 +186,37 @@ def test_an_export_killed_midway_leaves_no_version(tmp_path, mnist):
         timeout=300)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
+
+
+def test_stale_temporaries_are_judged_by_their_lock_not_their_pid(tmp_path):
+    from training.export import remove_stale_temporaries, temporary_dir
+
+    # Named after a live PID (ours) but nobody holds its lock: a killed exporter whose PID was
+    # reused. It is stale.
+    reused = tmp_path / f".tmp-{os.getpid()}-aaaaaa"
+    reused.mkdir()
+    (tmp_path / f"{reused.name}.lock").touch()
+    no_lock = tmp_path / ".tmp-1-bbbbbb"
+    no_lock.mkdir()
+    # A live exporter in another process holds its lock: kept.
+    live = tmp_path / ".tmp-2-cccccc"
+    live.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl,sys,time; f=open(sys.argv[1],'w'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+         str(tmp_path / f"{live.name}.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with temporary_dir(tmp_path) as ours:  # and our own, in this process
+            remove_stale_temporaries(tmp_path)
+            assert ours.exists() and live.exists()
+            assert not reused.exists() and not no_lock.exists()
+            assert not (tmp_path / f"{reused.name}.lock").exists()
+        assert not ours.exists() and not list(tmp_path.glob(f"{ours.name}*"))
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    remove_stale_temporaries(tmp_path)  # its holder died: the kernel released its flock
+    assert not live.exists()
+    assert not list(tmp_path.iterdir())

@@ -12,11 +12,12 @@ folder sees a whole version or none, and a refused or killed export leaves no ve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import importlib.metadata
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -95,9 +96,7 @@ def export_model(model, config: TrainConfig, dataset: data.Dataset, summary: dic
     model_dir = Path(export_base) / export_name(config)
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(model_dir)
-    tmp = model_dir / f".tmp-{os.getpid()}-{os.urandom(3).hex()}"
-    tmp.mkdir()
-    try:
+    with temporary_dir(model_dir) as tmp:
         inference = float32_copy(model, config.model)
         serve, signature = serving_function(inference, spec)
         write_saved_model(inference, serve, tmp)
@@ -109,9 +108,6 @@ def export_model(model, config: TrainConfig, dataset: data.Dataset, summary: dic
         metadata = build_metadata(config, spec, dataset, summary, inference, agreement,
                                   test_metrics)
         version = publish(tmp, model_dir, metadata)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"[export] {model_dir / str(version)}: max |Keras - SavedModel| "
           f"{agreement['max_abs_diff']['savedmodel']:.2e}, max |Keras - ONNX Runtime| "
           f"{agreement['max_abs_diff']['onnx']:.2e} on {agreement['examples']} test inputs",
@@ -119,22 +115,49 @@ def export_model(model, config: TrainConfig, dataset: data.Dataset, summary: dic
     return model_dir / str(version)
 
 
+@contextlib.contextmanager
+def temporary_dir(model_dir: Path):
+    """A fresh `.tmp-*` directory for one export, removed unless published. Its exporter holds
+    an flock on `.tmp-*.lock` while it lives; the kernel drops the lock when the process dies
+    however it dies, so a lock that can be taken marks a stale temporary (a PID could be
+    reused by an unrelated process; a lock cannot)."""
+    name = f".tmp-{os.getpid()}-{os.urandom(3).hex()}"
+    lock_path, pending = model_dir / f"{name}.lock", model_dir / f".lock-{name}"
+    # Locked under a name the cleaner ignores, then renamed (same inode, same lock): a cleaner
+    # never sees an unlocked lock file of a live exporter. A kill inside these two lines leaves
+    # an empty .lock-* file behind, nothing else.
+    with open(pending, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(pending, lock_path)
+        tmp = model_dir / name
+        tmp.mkdir()
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already if it was published
+            lock_path.unlink(missing_ok=True)
+
+
 def remove_stale_temporaries(model_dir: Path) -> None:
-    """Delete temporaries left by exports that were killed (their process is gone)."""
-    for tmp in model_dir.glob(".tmp-*"):
-        m = re.match(r"\.tmp-(\d+)-", tmp.name)
-        if m and not _process_alive(int(m.group(1))):
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Delete temporaries (and lone lock files) left by exports that were killed."""
+    for path in model_dir.glob(".tmp-*"):
+        tmp = path.with_suffix("") if path.suffix == ".lock" else path
+        lock_path = tmp.with_name(tmp.name + ".lock")
+        if _exporter_alive(lock_path):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        lock_path.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def _exporter_alive(lock_path: Path) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        with open(lock_path) as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False  # a temporary without its lock was never (or is no longer) owned
+    except BlockingIOError:
         return True
-    return True
+    return False
 
 
 def write_saved_model(model, serve, path: Path) -> None:
