@@ -180,3 +180,28 @@ def test_resume_after_kill_9(tmp_path):
     assert int(keras.models.load_model(checkpoint).optimizer.iterations.numpy()) == 6 * 40
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_completed"] == 6 and np.isfinite(summary["test"]["loss"])
+
+
+def test_resuming_a_finished_exported_run_does_nothing_and_a_lost_export_is_redone(tmp_path):
+    run, exports = tmp_path / "run", tmp_path / "exports"
+    first = run_cli("softmax_regression", "--steps", "40", "--test-limit", "256",
+                    "--run-dir", str(run), "--export-dir", str(exports))
+    assert first.returncode == 0, first.stderr
+    versions = exports / "softmax_regression"
+    assert sorted(p.name for p in versions.iterdir()) == ["1"]
+
+    again = run_cli("--resume", str(run), "--export-dir", str(exports))
+    assert again.returncode == 0, again.stderr
+    assert f"is finished and exported as {versions / '1'}" in again.stderr
+    assert sorted(p.name for p in versions.iterdir()) == ["1"]  # no second copy
+
+    # The export was lost (deleted, or a kill during export left none): resuming exports again.
+    import shutil
+
+    shutil.rmtree(versions / "1")
+    redo = run_cli("--resume", str(run), "--export-dir", str(exports))
+    assert redo.returncode == 0, redo.stderr
+    assert "finished and exported" not in redo.stderr
+    assert sorted(p.name for p in versions.iterdir()) == ["1"]
+    meta = json.loads((versions / "1" / "metadata.json").read_text())
+    assert meta["training"]["run_dir"] == str(run)

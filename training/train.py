@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 
@@ -167,6 +168,10 @@ def train(config: TrainConfig, run_dir: Path, dataset: data.Dataset,
     if resuming and checkpoints.read_state(run_dir):
         model, state = checkpoints.load_checkpoint(run_dir)
         initial_epoch, history = state["epoch"], state["history"]
+        if initial_epoch >= config.epochs and (done := published_export(run_dir, export_dir)):
+            print(f"[resume] {run_dir} is finished and exported as {done['export']}",
+                  file=sys.stderr)
+            return done
         checkpoints.write_metrics(run_dir, history)  # in case a kill left it one epoch behind
         print(f"[resume] {run_dir} from epoch {initial_epoch}/{config.epochs}", file=sys.stderr)
     else:
@@ -178,6 +183,21 @@ def train(config: TrainConfig, run_dir: Path, dataset: data.Dataset,
     history = state["history"] if state else history
     checkpoints.save_model_atomic(model, run_dir / "model.keras")
     return finish(model, config, dataset, run_dir, history, export_dir)
+
+
+def published_export(run_dir: Path, export_dir: Path | None) -> dict | None:
+    """The summary of a finished run whose export under `export_dir` was published (its
+    metadata.json names this run), else None: resuming it has nothing left to do."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        version = Path(summary["export"])
+        meta = json.loads((version / "metadata.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if export_dir is None or version.parent.parent.resolve() != Path(export_dir).resolve():
+        return None
+    ran = meta.get("training", {}).get("run_dir")
+    return summary if ran and Path(ran).resolve() == Path(run_dir).resolve() else None
 
 
 def compile_model(config: TrainConfig, model=None):
