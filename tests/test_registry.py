@@ -105,3 +105,28 @@ def test_reference_direction():
     mse = Reference(metric="mse", target=0.1, provenance="x")
     assert acc.met_by(0.95) and not acc.met_by(0.85)
     assert mse.met_by(0.05) and not mse.met_by(0.2)
+
+
+def test_register_as_a_decorator_names_the_model_after_its_builder():
+    from zoo import registry
+
+    fields = dict(task="regression", dataset="sinc", inputs=InputSignature("x", (1,)),
+                  recipe=Recipe(optimizer="adam", learning_rate=1e-3, batch_size=8, epochs=1,
+                                loss="mse"),
+                  reference=Reference(metric="mse", target=1.0, provenance="test"),
+                  description="test")
+
+    @zoo.register(**fields)
+    def zz_decorated(width: int = 3):
+        return keras.Sequential([keras.Input((1,)), keras.layers.Dense(width),
+                                 keras.layers.Dense(1)])
+
+    try:
+        assert zoo.get_spec("zz_decorated").builder is zz_decorated  # returned unchanged
+        assert zoo.create_model("zz_decorated", width=5).count_params() == 2 * 5 + 6
+        with pytest.raises(ValueError, match="already registered"):
+            zoo.register(**fields)(zz_decorated)
+        with pytest.raises(TypeError):
+            zoo.register(zoo.get_spec("zz_decorated"), name="other")
+    finally:
+        del registry._REGISTRY["zz_decorated"]

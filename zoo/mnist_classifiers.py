@@ -29,6 +29,23 @@ def _softmax_out(x, name: str = "probabilities"):
     return layers.Activation("softmax", dtype="float32", name=name)(x)
 
 
+# What every MNIST classifier shares in its spec.
+MNIST = {"task": "classification", "dataset": "mnist", "alt_datasets": ("fashion_mnist",),
+         "inputs": PIXELS}
+
+
+@register(
+    **MNIST,
+    description="784 -> 10 softmax regression, zero-initialised, plain gradient descent",
+    recipe=Recipe(optimizer="sgd", learning_rate=0.5, batch_size=100, epochs=5,
+                  schedule="warmup_cosine"),
+    reference=Reference(
+        metric="accuracy",
+        target=0.920,
+        report_value=0.9223,
+        provenance=f"{REPORT_2}: 91.86% after 1,000 steps of batch 100, 92.23% after 10,000",
+    ),
+)
 def softmax_regression() -> keras.Model:
     inputs, x = _pixels_in()
     x = layers.Flatten(name="flatten")(x)
@@ -37,6 +54,18 @@ def softmax_regression() -> keras.Model:
     return keras.Model(inputs, outputs, name="softmax_regression")
 
 
+@register(
+    **MNIST,
+    description="conv 5x5x32 + pool, conv 5x5x64 + pool, dense 1024 ReLU, dropout, softmax",
+    recipe=Recipe(optimizer="adam", learning_rate=2e-3, batch_size=128, epochs=4,
+                  schedule="warmup_cosine", warmup_epochs=0.25),
+    reference=Reference(
+        metric="accuracy",
+        target=0.994,
+        report_value=0.9927,
+        provenance=f"{REPORT_2}: 99.27% after 20,000 iterations",
+    ),
+)
 def deep_cnn(dropout: float = 0.4) -> keras.Model:
     inputs, x = _pixels_in()
     x = layers.Reshape((28, 28, 1), name="add_channel")(x)
@@ -58,40 +87,6 @@ def mlp(hidden: tuple[int, ...], name: str, activation: str = "relu") -> keras.M
     return keras.Model(inputs, _softmax_out(x), name=name)
 
 
-def _register(name, builder, description: str, recipe: Recipe, reference: Reference) -> None:
-    register(ModelSpec(name=name, builder=builder, task="classification", dataset="mnist",
-                       alt_datasets=("fashion_mnist",), inputs=PIXELS, description=description,
-                       recipe=recipe, reference=reference))
-
-
-_register(
-    "softmax_regression",
-    softmax_regression,
-    "784 -> 10 softmax regression, zero-initialised, plain gradient descent",
-    Recipe(optimizer="sgd", learning_rate=0.5, batch_size=100, epochs=5,
-           schedule="warmup_cosine"),
-    Reference(
-        metric="accuracy",
-        target=0.920,
-        report_value=0.9223,
-        provenance=f"{REPORT_2}: 91.86% after 1,000 steps of batch 100, 92.23% after 10,000",
-    ),
-)
-
-_register(
-    "deep_cnn",
-    deep_cnn,
-    "conv 5x5x32 + pool, conv 5x5x64 + pool, dense 1024 ReLU, dropout, softmax",
-    Recipe(optimizer="adam", learning_rate=2e-3, batch_size=128, epochs=4,
-           schedule="warmup_cosine", warmup_epochs=0.25),
-    Reference(
-        metric="accuracy",
-        target=0.994,
-        report_value=0.9927,
-        provenance=f"{REPORT_2}: 99.27% after 20,000 iterations",
-    ),
-)
-
 _MLPS = {
     "mlp_128": ((128,), "784-128-10, the shallow ~100k-weight MLP"),
     "mlp_107_64_64_64_16": ((107, 64, 64, 64, 16), "784-107-64-64-64-16-10, the deep ~100k MLP"),
@@ -99,15 +94,16 @@ _MLPS = {
 }
 
 for _name, (_hidden, _description) in _MLPS.items():
-    _register(
-        _name,
-        lambda hidden=_hidden, name=_name: mlp(hidden, name),
-        _description,
-        Recipe(optimizer="adam", learning_rate=2e-3, batch_size=128, epochs=10,
-               schedule="warmup_cosine", warmup_epochs=0.5),
-        Reference(
+    register(ModelSpec(
+        name=_name,
+        builder=lambda hidden=_hidden, name=_name: mlp(hidden, name),
+        description=_description,
+        **MNIST,
+        recipe=Recipe(optimizer="adam", learning_rate=2e-3, batch_size=128, epochs=10,
+                      schedule="warmup_cosine", warmup_epochs=0.5),
+        reference=Reference(
             metric="accuracy",
             target=0.975,
             provenance=f"{REPORT_1}, Figs 7-10: loss and accuracy curves, no test figure given",
         ),
-    )
+    ))

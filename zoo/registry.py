@@ -89,8 +89,24 @@ class UnknownModelError(KeyError):
         return self.message
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    """Add a spec to the registry. A name can be registered once; a second time raises."""
+def register(spec: ModelSpec | None = None, /, **fields):
+    """Add a model to the registry; a name can be registered once, a second time raises.
+
+    As a decorator over the builder, the spec's other fields as keywords (`name` defaults to the
+    builder's name); the builder is returned unchanged:
+
+        @register(task="classification", dataset="mnist", inputs=..., recipe=..., ...)
+        def softmax_regression() -> keras.Model: ...
+
+    Or with a whole spec, for builders made in a loop: `register(ModelSpec(...))`."""
+    if spec is None:
+        def decorator(builder: Callable[..., keras.Model]):
+            register(ModelSpec(**{"name": builder.__name__, **fields, "builder": builder}))
+            return builder
+
+        return decorator
+    if fields:
+        raise TypeError("register(spec) takes no other arguments")
     if spec.name in _REGISTRY:
         raise ValueError(f"model {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
