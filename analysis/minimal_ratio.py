@@ -288,6 +288,10 @@ def main(args) -> dict:
             **{k: counts[k] for k in ("positive", "negative", "near_zero", "tolerance")},
             "minimal_ratio": counts["ratio"], "minimal_ratio_nonzero": counts["ratio_nonzero"],
             "ratio_by_tolerance": [minimal_ratio(ev, t)["ratio"] for t in TOLERANCE_SWEEP],
+            "ratio_nonzero_by_tolerance": [minimal_ratio(ev, t)["ratio_nonzero"]
+                                           for t in TOLERANCE_SWEEP],
+            # at roundoff level: structural null directions of the network on this data
+            "numerically_zero": minimal_ratio(ev, 1e-12)["near_zero"],
             "proxy": float(np.mean(dl > 0)), "proxy_quadratic": float(np.mean(quad > 0)),
             "proxy_hessian_only": float(np.mean(curv > 0)),
             "eigenvalues": ev,
@@ -315,7 +319,8 @@ def main(args) -> dict:
 
 def _summary(args, runs, n, total, timings) -> dict:
     col = {k: np.array([r[k] for r in runs]) for k in
-           ("loss", "minimal_ratio", "proxy", "proxy_quadratic", "grad_norm", "hg_norm")}
+           ("loss", "minimal_ratio", "minimal_ratio_nonzero", "proxy", "proxy_quadratic",
+            "proxy_hessian_only", "grad_norm", "hg_norm", "numerically_zero")}
     kinds = {k: int(sum(r["kind"] == k for r in runs))
              for k in ("critical", "gradient_flat", "not_converged")}
     crit = col["grad_norm"] <= args.grad_tol
@@ -328,11 +333,18 @@ def _summary(args, runs, n, total, timings) -> dict:
         "model": args.model, "parameters": n, "runs": runs,
         "tolerance_sweep": list(TOLERANCE_SWEEP),
         "mean_ratio_by_tolerance": np.mean([r["ratio_by_tolerance"] for r in runs], axis=0),
+        "mean_ratio_nonzero_by_tolerance": np.mean([r["ratio_nonzero_by_tolerance"]
+                                                    for r in runs], axis=0),
+        "mean_numerically_zero": float(col["numerically_zero"].mean()),
         "kinds": kinds,
         "spearman_ratio_vs_loss": _spearman(col["loss"], col["minimal_ratio"]),
         "spearman_ratio_vs_loss_critical": _spearman(col["loss"][crit],
                                                      col["minimal_ratio"][crit]),
+        "spearman_ratio_nonzero_vs_loss": _spearman(col["loss"], col["minimal_ratio_nonzero"]),
         "pearson_proxy_vs_ratio": corr(col["proxy"], col["minimal_ratio"]),
+        "pearson_proxy_vs_ratio_nonzero": corr(col["proxy"], col["minimal_ratio_nonzero"]),
+        "mean_minimal_ratio_nonzero": float(col["minimal_ratio_nonzero"].mean()),
+        "mean_proxy_hessian_only": float(col["proxy_hessian_only"].mean()),
         "mean_abs_proxy_minus_quadratic": float(np.abs(col["proxy"]
                                                        - col["proxy_quadratic"]).mean()),
         "mean_minimal_ratio": float(col["minimal_ratio"].mean()),
@@ -365,7 +377,12 @@ def _claims(args, res) -> list[dict]:
                      f"minimal ratio {res['mean_minimal_ratio']:.3f} with |lambda| <= "
                      f"{args.eig_tol:g} max|lambda| counted as zero; {k['critical']} critical "
                      f"points (|g| <= {args.grad_tol:g}), {k['gradient_flat']} gradient-flat, "
-                     f"{k['not_converged']} not converged"},
+                     f"{k['not_converged']} not converged. Of {res['parameters']} eigenvalues "
+                     f"{res['mean_numerically_zero']:.0f} (mean) are zero to roundoff "
+                     f"(|lambda| <= 1e-12 max|lambda|): structural null directions that cap "
+                     f"the fraction; positive / (positive + negative) outside the band: mean "
+                     f"{res['mean_minimal_ratio_nonzero']:.3f}, Spearman with loss "
+                     f"{res['spearman_ratio_nonzero_vs_loss']:+.2f}"},
         {"report_figure": "report 1, Fig 14",
          "claim": "the perturbation proxy (fraction of random perturbations raising the loss) "
                   "measures the same thing",
@@ -373,8 +390,10 @@ def _claims(args, res) -> list[dict]:
                      f"{res['mean_minimal_ratio']:.3f}; Pearson(proxy, ratio) "
                      f"{res['pearson_proxy_vs_ratio']:+.2f}; the proxy follows the quadratic "
                      f"model g.d + d'Hd/2 (mean |difference| "
-                     f"{res['mean_abs_proxy_minus_quadratic']:.3f}), i.e. curvature weighted by "
-                     f"eigenvalue size, not a count of positive eigenvalues"},
+                     f"{res['mean_abs_proxy_minus_quadratic']:.3f}); the sign of d'Hd alone is "
+                     f"positive for {res['mean_proxy_hessian_only']:.3f} of draws: the proxy "
+                     f"weighs curvature by eigenvalue size (and by |g| where g is not ~0), it "
+                     f"does not count positive eigenvalues"},
     ]
 
 
@@ -392,9 +411,11 @@ def _plots(study, args, runs, res):
     markers = {"critical": "o", "gradient_flat": "s", "not_converged": "x"}
     norm = LogNorm(vmin=max(gn.min(), 1e-300), vmax=max(gn.max(), gn.min() * 1.0001, 1e-300))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
-    for ax, vals, label in ((axes[0], ratio, "minimal ratio (fraction of eigenvalues > tol)"),
-                            (axes[1], proxy, "proxy: fraction of perturbations raising loss")):
+    ratio_nz = np.array([r["minimal_ratio_nonzero"] for r in runs])
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), sharex=True)
+    for ax, vals, label in ((axes[0], ratio, "minimal ratio: positive / all eigenvalues"),
+                            (axes[1], ratio_nz, "positive / (positive + negative)"),
+                            (axes[2], proxy, "proxy: fraction of perturbations raising loss")):
         sc = None
         for kind, mk in markers.items():
             sel = kinds == kind
@@ -408,21 +429,25 @@ def _plots(study, args, runs, res):
         ax.legend(fontsize=8)
         fig.colorbar(sc, ax=ax, label="gradient norm |g|")
     axes[0].set_title(f"{args.model}: minimal ratio vs loss ({len(runs)} runs)")
-    axes[1].set_title(f"perturbation proxy ({args.perturbations} draws, "
+    axes[1].set_title(f"the zero band (|lambda| <= {args.eig_tol:g} max) left out")
+    axes[2].set_title(f"perturbation proxy ({args.perturbations} draws, "
                       f"sigma {args.perturb_scale:g})")
     study.savefig(fig, "minimal_ratio_vs_loss.png",
                   "Report 1 Fig 14: left, fraction of positive Hessian eigenvalues (exact, "
                   f"float64; |lambda| <= {args.eig_tol:g} max|lambda| counted as zero) at the end "
                   "of gradient-norm minimisation, against the loss there, coloured by |g|, "
-                  "marker = critical / gradient-flat / not converged; right, the perturbation "
+                  "marker = critical / gradient-flat / not converged; middle, positive / "
+                  "(positive + negative), the zero band left out; right, the perturbation "
                   "proxy of public solutions at the same points")
 
     fig, ax = plt.subplots(figsize=(6.2, 5))
     ax.scatter(ratio, proxy, c=gn, cmap="viridis", norm=norm, s=26, label="measured proxy")
     ax.scatter(ratio, quad, facecolors="none", edgecolors="r", s=40,
                label="quadratic-model prediction g.d + d'Hd/2 > 0")
+    ax.scatter(ratio_nz, proxy, marker="^", color="gray", s=22,
+               label="proxy against positive / (positive + negative)")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="proxy = ratio")
-    ax.set_xlabel("minimal ratio (exact eigenvalues)")
+    ax.set_xlabel("minimal ratio (exact eigenvalues; triangles: zero band left out)")
     ax.set_ylabel("perturbation proxy")
     ax.set_title(f"proxy vs exact (Pearson {res['pearson_proxy_vs_ratio']:+.2f})")
     ax.legend(fontsize=8)
@@ -449,11 +474,13 @@ def _plots(study, args, runs, res):
     ax = axes[1]
     tol = np.array(res["tolerance_sweep"])
     per = np.array([r["ratio_by_tolerance"] for r in runs])
-    common.band(ax, tol, per, "minimal ratio")
+    common.band(ax, tol, per, "positive / all")
+    common.band(ax, tol, np.array([r["ratio_nonzero_by_tolerance"] for r in runs]),
+                "positive / (positive + negative)")
     ax.axvline(args.eig_tol, color="k", ls="--", lw=0.8, label=f"eig-tol {args.eig_tol:g}")
     ax.set_xscale("log")
     ax.set_xlabel("zero band: |lambda| <= tol x max|lambda|")
-    ax.set_ylabel("fraction of eigenvalues > band")
+    ax.set_ylabel("fraction")
     ax.set_title("how much the count depends on the tolerance")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
