@@ -348,6 +348,9 @@ def _summary(args, runs, n, total, timings) -> dict:
         "mean_abs_proxy_minus_quadratic": float(np.abs(col["proxy"]
                                                        - col["proxy_quadratic"]).mean()),
         "mean_minimal_ratio": float(col["minimal_ratio"].mean()),
+        # ||Hg|| / (max|lambda| ||g||): ~1 if g lay along the top eigenvector, ~0 in H's kernel
+        "median_hg_over_lambda_max_g": float(np.median([r["hg_over_lambda_max_g"]
+                                                        for r in runs])),
         "mean_proxy": float(col["proxy"].mean()),
         "timing": {"total_seconds": total, "runs": len(runs),
                    "seconds_per_run_median": float(np.median(timings)),
@@ -377,7 +380,9 @@ def _claims(args, res) -> list[dict]:
                      f"minimal ratio {res['mean_minimal_ratio']:.3f} with |lambda| <= "
                      f"{args.eig_tol:g} max|lambda| counted as zero; {k['critical']} critical "
                      f"points (|g| <= {args.grad_tol:g}), {k['gradient_flat']} gradient-flat, "
-                     f"{k['not_converged']} not converged. Of {res['parameters']} eigenvalues "
+                     f"{k['not_converged']} not converged (median ||Hg|| / (max|lambda| ||g||) "
+                     f"{res['median_hg_over_lambda_max_g']:.2g}: g lies almost in H's kernel). "
+                     f"Of {res['parameters']} eigenvalues "
                      f"{res['mean_numerically_zero']:.0f} (mean) are zero to roundoff "
                      f"(|lambda| <= 1e-12 max|lambda|): structural null directions that cap "
                      f"the fraction; positive / (positive + negative) outside the band: mean "
