@@ -316,3 +316,15 @@ def evaluate(model, x, y, task: str, batch_size: int = 2000) -> dict:
     if task == "classification":
         out["accuracy"] = correct / len(x)
     return out
+
+
+def pca(points: np.ndarray, k: int = 2, center: np.ndarray | None = None) -> dict:
+    """PCA of row vectors by SVD: `components` (k, n) unit rows, `projected` (m, k), and the
+    `explained` variance ratio of every component (not only the first k), largest first.
+    `center` defaults to the mean; trajectories may centre on their end point instead."""
+    points = np.asarray(points, dtype=np.float64)
+    c = points.mean(0) if center is None else np.asarray(center, dtype=np.float64)
+    _, s, vt = np.linalg.svd(points - c, full_matrices=False)
+    var = s ** 2
+    return {"center": c, "components": vt[:k], "projected": (points - c) @ vt[:k].T,
+            "explained": var / var.sum() if var.sum() > 0 else var}
