@@ -42,7 +42,7 @@ def linear_path_alphas(points: int) -> np.ndarray:
     end, at the same spacing."""
     step = 1.0 / (points - 1)
     k = max(1, round(0.25 / step))
-    return np.arange(-k, points + k) * step
+    return np.arange(-k, points + k) / (points - 1)  # exactly 0.0 and 1.0
 
 
 def filter_normalised(direction: list[np.ndarray], weights: list[np.ndarray]) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ import pytest
 
 import zoo
 from analysis import common
-from analysis.landscape import Surface, filter_normalised
+from analysis.landscape import Surface, build_parser, filter_normalised, linear_path_alphas, main
 from tests.test_analysis_studies import run_study
 
 
@@ -54,12 +54,27 @@ def test_landscape_quick(tmp_path):
     assert z[2, 2] <= z.min() * 1.5  # a basin around the solution
     # the straight path: a = 0 is the initialisation, a = 1 the solution
     lp = r["linear_path"]
-    a = np.array(lp["a"])
-    at1 = int(np.argmin(np.abs(a - 1)))
-    assert a[at1] == pytest.approx(1) and lp["loss"][at1] == pytest.approx(trained)
-    at0 = int(np.argmin(np.abs(a)))
-    assert a[at0] == pytest.approx(0) and lp["loss"][at0] > trained
+    assert lp["loss"][lp["a"].index(1.0)] == trained  # a = 1.0 and 0.0 lie exactly on the grid
+    assert lp["loss"][lp["a"].index(0.0)] == r["init"]["loss"] > trained
+    assert lp["a"][0] < 0 and lp["a"][-1] > 1
+    # the float32 copy agrees with the model evaluated in the precision it trained in
+    assert r["trained_in_training_precision"]["loss"] == pytest.approx(trained, rel=0.05)
     t = r["trajectory"]
     assert np.array(t["coords"]).shape == (3, 2)  # init + 2 epochs
     np.testing.assert_allclose(t["coords"][-1], [0, 0], atol=1e-6)  # centred on the solution
-    assert doc["cost"]["loss_evaluations"] == 1 + 7 + 25 + 25 + 7
+    assert 0 <= t["explained_variance"][1] <= t["explained_variance"][0] <= 1
+    # trained (float32 copy and own precision), 1-D, 2-D, trajectory plane, path, init
+    assert doc["cost"]["loss_evaluations"] == 2 + 7 + 25 + 25 + len(lp["a"]) + 1
+
+
+def test_linear_path_grid_passes_exactly_through_init_and_solution():
+    for n in (5, 7, 41):
+        a = linear_path_alphas(n).tolist()
+        assert 0.0 in a and 1.0 in a and a[0] < 0 and a[-1] > 1
+        np.testing.assert_allclose(np.diff(a), 1 / (n - 1))
+
+
+def test_landscape_rejects_an_even_grid(tmp_path):
+    args = build_parser().parse_args(["--grid", "4", "--out", str(tmp_path)])
+    with pytest.raises(common.UsageError, match="odd"):
+        main(args)
