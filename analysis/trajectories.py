@@ -110,19 +110,24 @@ def main(args) -> dict:
         walk = common.pca(null[:, :, sl].reshape(-1, null[:, :, sl].shape[-1]))
         # Each run alone: the comparison of Antognini & Sohl-Dickstein (across runs, the
         # distances between the random initialisations dominate both).
-        own = [common.pca(t[:, sl])["explained"][:5] for t in points]
-        own_null = [common.pca(t[:, sl])["explained"][:5] for t in null]
+        own = [common.pca(t[:, sl]) for t in points]
+        own_null = [common.pca(t[:, sl]) for t in null]
         views[view] = {
             "parameters": int(points[:, :, sl].shape[-1]),
-            "per_run_explained_variance": np.mean([_pad(e) for e in own], axis=0),
-            "per_run_null_explained_variance": np.mean([_pad(e) for e in own_null], axis=0),
+            "per_run_explained_variance": np.mean([_pad(o["explained"]) for o in own], axis=0),
+            "per_run_null_explained_variance": np.mean([_pad(o["explained"]) for o in own_null],
+                                                       axis=0),
+            # each run in its own PCA plane (centred on its mean)
+            "per_run_projected": np.array([o["projected"] for o in own]),
+            "per_run_null_projected": np.array([o["projected"] for o in own_null]),
             "projected": real["projected"].reshape(args.runs, len(epochs), 2),
             "explained_variance": real["explained"][:5],
             "null_projected": walk["projected"].reshape(args.runs, len(epochs), 2),
             "null_explained_variance": walk["explained"][:5],
         }
     runs = [{"seed": args.seed + r, "color": f"C{r % 10}", "metric": metric[r],
-             "step_norms": np.linalg.norm(np.diff(points[r], axis=0), axis=1)}
+             "step_norms": np.linalg.norm(np.diff(points[r], axis=0), axis=1),
+             "null_step_norms": np.linalg.norm(np.diff(null[r], axis=0), axis=1)}
             for r in range(args.runs)]
     results = {"model": args.model, "layer": layer, "metric": _metric_name(spec),
                "collected_epochs": epochs, "runs": runs, "views": views,
@@ -155,6 +160,19 @@ def _slice(model, idx: list[int]) -> slice:
     return slice(start, start + sum(sizes[i] for i in idx))
 
 
+def _label_points(ax, pts, metric, color, extent) -> None:
+    """Label the first and last points, and those in between far enough from the last label."""
+    pts = np.asarray(pts)
+    scale = np.where(np.asarray(extent) > 0, extent, 1.0)
+    last = None
+    for i, ((x, y), m) in enumerate(zip(pts, metric)):
+        far = last is None or np.max(np.abs((pts[i] - last) / scale)) > 0.04
+        if i in (0, len(pts) - 1) or far:
+            ax.annotate(f"{m:.2f}", (x, y), fontsize=6, color=color, xytext=(2, 2),
+                        textcoords="offset points")
+            last = pts[i]
+
+
 def _metric_name(spec) -> str:
     return "test accuracy" if spec.task == "classification" else "test loss"
 
@@ -173,9 +191,8 @@ def _plots(study, args, r):
                 ax.plot(pts[:, 0], pts[:, 1], "-o", color=run["color"], ms=3, lw=1,
                         label=f"seed {run['seed']}")
                 if row == 0:
-                    for (x, y), m in zip(pts, run["metric"]):
-                        ax.annotate(f"{m:.2f}", (x, y), fontsize=6, color=run["color"],
-                                    xytext=(2, 2), textcoords="offset points")
+                    _label_points(ax, pts, run["metric"], run["color"], np.ptp(
+                        np.reshape(v[key], (-1, 2)), axis=0))
             ax.set_xlabel(f"PC1 ({ev[0]:.0%} of variance)")
             ax.set_ylabel(f"PC2 ({ev[1]:.0%} of variance)")
             ax.set_title(f"{view} ({v['parameters']:,} weights): {title}")
@@ -187,6 +204,32 @@ def _plots(study, args, r):
                   f"{len(r['runs'])} runs in the plane of their first two principal components "
                   "(whole model, one layer), labelled with test accuracy; below, random walks "
                   "with the same starts and step lengths, PCA'd the same way")
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 10))
+    for col, (view, v) in enumerate(views.items()):
+        for row, (key, ev_key, title) in enumerate(
+                (("per_run_projected", "per_run_explained_variance", "training"),
+                 ("per_run_null_projected", "per_run_null_explained_variance",
+                  "random-walk null"))):
+            ax, ev = axes[row, col], v[ev_key]
+            for run, pts in zip(r["runs"], v[key]):
+                pts = np.asarray(pts)
+                ax.plot(pts[:, 0], pts[:, 1], "-o", color=run["color"], ms=3, lw=1,
+                        label=f"seed {run['seed']}")
+                ax.plot(pts[0, 0], pts[0, 1], "s", color=run["color"], ms=6)
+                ax.plot(pts[-1, 0], pts[-1, 1], "*", color=run["color"], mec="k", ms=10)
+            ax.set_xlabel(f"own PC1 (mean {ev[0]:.0%} of a run's variance)")
+            ax.set_ylabel(f"own PC2 (mean {ev[1]:.0%})")
+            ax.set_title(f"{view}: {title}, each run in its own PCA plane")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{args.model}: each run (square = init, star = its last point) projected on "
+                 "its own first two principal components")
+    study.savefig(fig, "trajectories_per_run.png", "Each run alone, in the plane of its own "
+                  "first two principal components; below, each "
+                  "random walk with the same step lengths: a random walk's PCA also looks like "
+                  "a smooth curve (Antognini & Sohl-Dickstein 2018), with a little less of its "
+                  "variance in two components")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     k = np.arange(1, 6)

@@ -14,6 +14,7 @@ def test_collected_epochs_are_the_init_and_every_multiple():
     assert collected_epochs(6, 3) == [0, 3, 6]
     assert collected_epochs(7, 3) == [0, 3, 6]
     assert collected_epochs(2, 1) == [0, 1, 2]
+    assert collected_epochs(24, 3) == [0, 3, 6, 9, 12, 15, 18, 21, 24]
     with pytest.raises(common.UsageError, match="--every"):
         collected_epochs(2, 3)
 
@@ -51,9 +52,18 @@ def test_trajectories_quick(tmp_path):
         for key in ("explained_variance", "null_explained_variance"):
             ev = np.array(view[key])
             assert np.all((ev >= 0) & (ev <= 1 + 1e-12)) and np.all(np.diff(ev) <= 1e-12)
+        for key in ("per_run_projected", "per_run_null_projected"):
+            assert np.array(view[key]).shape == (3, 3, 2)  # each run in its own PCA plane
+        for key in ("per_run_explained_variance", "per_run_null_explained_variance"):
+            ev = np.array(view[key])
+            assert np.all((ev >= 0) & (ev <= 1 + 1e-12)) and np.all(np.diff(ev) <= 1e-12)
     for run in runs:
         assert len(run["metric"]) == 3 and len(run["step_norms"]) == 2
         assert all(s > 0 for s in run["step_norms"])
+        # the plotted null walked the real run's step lengths
+        np.testing.assert_allclose(run["null_step_norms"], run["step_norms"], rtol=1e-9)
+    assert {f["file"] for f in doc["figures"]} == {"trajectories_pca.png", "explained_variance.png",
+                                                    "trajectories_per_run.png"}
     # training raises the test accuracy it is labelled with
     assert np.mean([run["metric"][-1] for run in runs]) > np.mean([run["metric"][0]
                                                                     for run in runs])
