@@ -149,7 +149,9 @@ def main(args) -> dict:
 
 
 def _pad(explained: np.ndarray, k: int = 5) -> np.ndarray:
-    return np.pad(explained, (0, k - len(explained))) if len(explained) < k else explained
+    """Exactly k entries: the first k, padded with zeros when there are fewer."""
+    explained = np.asarray(explained)[:k]
+    return np.pad(explained, (0, k - len(explained)))
 
 
 def _slice(model, idx: list[int]) -> slice:

@@ -30,6 +30,13 @@ def test_random_walk_null_keeps_starts_and_step_lengths():
     assert not np.allclose(walk, real)
 
 
+def test_explained_variance_lists_have_five_entries_whatever_the_number_of_points():
+    from analysis.trajectories import _pad
+
+    assert _pad(np.array([0.7, 0.3])).tolist() == [0.7, 0.3, 0, 0, 0]
+    assert _pad(np.linspace(0.5, 0.1, 9)).tolist() == np.linspace(0.5, 0.1, 9)[:5].tolist()
+
+
 def test_pca_of_points_on_a_line_has_one_component():
     t = np.linspace(0, 1, 7)[:, None]
     direction = np.array([[3.0, 4.0, 0.0]]) / 5
