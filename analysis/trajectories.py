@@ -96,6 +96,7 @@ def main(args) -> dict:
                 study.count("loss_evaluations")
 
         model, _ = common.fit(config, ds, validate=False, on_epoch=collect)
+        study.count("training_steps", config.epochs * config.steps_per_epoch)
         layer, idx = layer_variables(model, layer)
         points.append(np.array(weights))
         metric.append([s.get("accuracy", s["loss"]) for s in scores])

@@ -53,6 +53,7 @@ def test_trajectories_quick(tmp_path):
     assert len(runs) == 3
     assert len({run["color"] for run in runs}) == 3  # one colour per run
     assert r["layer"] == "hidden1"
+    assert doc["cost"]["training_steps"] > 0 and doc["cost"]["loss_evaluations"] == 3 * 3
     for view in r["views"].values():
         for key in ("projected", "null_projected"):
             assert np.array(view[key]).shape == (3, 3, 2)  # runs x collected epochs x 2
