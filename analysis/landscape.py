@@ -33,6 +33,9 @@ def build_parser():
     g.add_argument("--points", type=int, default=41, help="1-D points (default: %(default)s)")
     g.add_argument("--span", type=float, default=1.0,
                    help="directions are scaled over [-span, span] (default: %(default)s)")
+    g.add_argument("--directions", type=int, default=3,
+                   help="1-D slices along this many independent filter-normalised directions, "
+                   "the first two being the 2-D plane's axes (default: %(default)s)")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     return p
 
@@ -93,7 +96,7 @@ def main(args) -> dict:
     spec = common.check_model(args.model)
     if args.quick:
         args.epochs, args.train_limit, args.eval_images = 2, 1024, 256
-        args.grid, args.points = 5, 7
+        args.grid, args.points, args.directions = 5, 7, min(args.directions, 2)
     if args.grid < 3 or args.points < 3 or args.grid % 2 == 0 or args.points % 2 == 0:
         raise common.UsageError("--grid and --points must be odd and at least 3, so that the "
                                 f"grids pass through the solution (got {args.grid}, "
@@ -115,11 +118,17 @@ def main(args) -> dict:
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     rng = np.random.default_rng(args.seed)
     weights = _split(theta, shapes)
-    d1, d2 = (np.concatenate([v.ravel() for v in filter_normalised(
-        [rng.standard_normal(s) for s in shapes], weights)]) for _ in range(2))
+    if args.directions < 1:
+        raise common.UsageError(f"--directions must be at least 1, got {args.directions}")
+    dirs = [np.concatenate([v.ravel() for v in filter_normalised(
+        [rng.standard_normal(s) for s in shapes], weights)])
+        for _ in range(max(2, args.directions))]
+    d1, d2 = dirs[:2]
 
     alphas = np.linspace(-args.span, args.span, args.points)
-    line = surface.along(theta, [d1], alphas[:, None], "1-D")
+    lines = [surface.along(theta, [d], alphas[:, None], f"1-D direction {i + 1}")
+             for i, d in enumerate(dirs[:args.directions])]
+    line = lines[0]
     ticks = np.linspace(-args.span, args.span, args.grid)
     grid = np.array([(a, b) for b in ticks for a in ticks])
     plane = surface.along(theta, [d1, d2], grid, "2-D")
@@ -144,7 +153,8 @@ def main(args) -> dict:
         "evaluated_on": f"first {len(x)} training examples",
         "trained": trained, "init": init,
         "trained_in_training_precision": {"precision": config.precision, **own_precision},
-        "one_d": {"alpha": alphas, **line},
+        "one_d": {"alpha": alphas, **line,
+                  **{f"{k}_per_direction": np.array([ln[k] for ln in lines]) for k in line}},
         "two_d": {"alpha": ticks, "beta": ticks,
                   "loss": plane["loss"].reshape(args.grid, args.grid)},
         "trajectory": {"epochs": list(range(len(path))), "coords": proj,
@@ -157,14 +167,15 @@ def main(args) -> dict:
     _plots(study, args, results)
     lp = results["linear_path"]["loss"]
     mid = lp[(ab >= 0) & (ab <= 1)]
+    ends = np.array([[ln["loss"][0], ln["loss"][-1]] for ln in lines])
     monotone = "monotone" if np.all(np.diff(mid) <= 1e-9) else "not monotone"
     claims = [{"report_figure": "beyond the reports (Li et al. 2018; Goodfellow et al. 2015)",
                "claim": "around a trained network the loss is a basin in filter-normalised "
                         "directions, and the straight path from initialisation to solution "
                         "descends without a barrier",
                "measured": f"{args.model}: loss {trained['loss']:.3g} at the solution, "
-                           f"{line['loss'][0]:.3g} / {line['loss'][-1]:.3g} at alpha = "
-                           f"-/+{args.span:g} along a filter-normalised direction, "
+                           f"{ends.min():.3g} to {ends.max():.3g} at alpha = -/+{args.span:g} "
+                           f"along {len(lines)} filter-normalised directions, "
                            f"{plane['loss'].max():.3g} at the 2-D grid's worst corner; "
                            f"init -> solution: {monotone} between a=0 and 1 "
                            f"({lp[0]:.3g} -> {lp[-1]:.3g} over a in [{ab[0]:.2f}, "
@@ -189,7 +200,12 @@ def _plots(study, args, r):
 
     log = colors.LogNorm()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(r["one_d"]["alpha"], r["one_d"]["loss"], color="C0", label="loss")
+    for i, loss in enumerate(r["one_d"]["loss_per_direction"][1:], 2):
+        ax.plot(r["one_d"]["alpha"], loss, color="C0", lw=0.8, alpha=0.5,
+                label=f"direction {i}")
+    ax.plot(r["one_d"]["alpha"], r["one_d"]["loss"], color="C0", lw=2, label="direction 1")
+    if len(r["one_d"]["loss_per_direction"]) > 1:
+        ax.legend(fontsize=8, loc="upper center")
     ax.set_yscale("log")
     ax.set_xlabel("alpha (filter-normalised direction)")
     ax.set_ylabel("training loss")
@@ -199,8 +215,10 @@ def _plots(study, args, r):
         ax2.plot(r["one_d"]["alpha"], r["one_d"]["accuracy"], "--", color="C1")
         ax2.set_ylabel("training accuracy (dashed)")
     ax.set_title(f"{args.model}: 1-D slice through the solution")
-    study.savefig(fig, "landscape_1d.png", "Loss (and accuracy) along one filter-normalised "
-                  "random direction through the trained weights (Li et al. 2018, Fig 2 style)")
+    study.savefig(fig, "landscape_1d.png", "Loss (and, dashed, accuracy) along filter-normalised "
+                  "random directions through the trained weights (Li et al. 2018, Fig 2 "
+                  "style): direction 1 bold, the other directions thin, showing how much the "
+                  "slice depends on the random draw")
 
     fig = plt.figure(figsize=(13, 5.5))
     ax = fig.add_subplot(1, 2, 1)

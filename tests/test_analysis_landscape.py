@@ -49,6 +49,10 @@ def test_landscape_quick(tmp_path):
     # the centre of the 1-D slice and of the 2-D grid is the trained model itself
     i = len(r["one_d"]["alpha"]) // 2
     assert r["one_d"]["alpha"][i] == 0 and r["one_d"]["loss"][i] == pytest.approx(trained)
+    per = np.array(r["one_d"]["loss_per_direction"])
+    assert per.shape == (2, 7) and np.all(per[:, i] == trained)  # quick: 2 directions
+    np.testing.assert_array_equal(per[0], r["one_d"]["loss"])
+    assert not np.allclose(per[0], per[1])  # independent directions
     z = np.array(r["two_d"]["loss"])
     assert z.shape == (5, 5) and z[2, 2] == pytest.approx(trained)
     assert z[2, 2] <= z.min() * 1.5  # a basin around the solution
@@ -63,8 +67,8 @@ def test_landscape_quick(tmp_path):
     assert np.array(t["coords"]).shape == (3, 2)  # init + 2 epochs
     np.testing.assert_allclose(t["coords"][-1], [0, 0], atol=1e-6)  # centred on the solution
     assert 0 <= t["explained_variance"][1] <= t["explained_variance"][0] <= 1
-    # trained (float32 copy and own precision), 1-D, 2-D, trajectory plane, path, init
-    assert doc["cost"]["loss_evaluations"] == 2 + 7 + 25 + 25 + len(lp["a"]) + 1
+    # trained (float32 copy and own precision), 1-D x 2, 2-D, trajectory plane, path, init
+    assert doc["cost"]["loss_evaluations"] == 2 + 2 * 7 + 25 + 25 + len(lp["a"]) + 1
 
 
 def test_linear_path_grid_passes_exactly_through_init_and_solution():
