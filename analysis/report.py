@@ -103,7 +103,7 @@ def _summary_table(docs) -> str:
         cost = doc.get("cost", {})
         work = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in cost.items()
                          if k != "wall_seconds")
-        figs = ", ".join(c.get("report_figure", "") for c in doc.get("claims", []))
+        figs = "; ".join(dict.fromkeys(c.get("report_figure", "") for c in doc.get("claims", [])))
         rows.append(f"<tr><td><a href='#{name}'>{name}</a></td><td>{e(figs)}</td>"
                     f"<td class=num>{cost.get('wall_seconds', 0):.0f} s</td><td>{e(work)}</td>"
                     "</tr>")
