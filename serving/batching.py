@@ -11,6 +11,7 @@ waiting, a new request is refused at once with UNAVAILABLE instead of queueing w
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import os
 import time
@@ -78,9 +79,10 @@ class Batcher:
 
     def __init__(self, run, options: BatchingOptions, executor, on_batch=None):
         self.run, self.options, self.executor, self.on_batch = run, options, executor, on_batch
-        self.tasks: list[_Task] = []
+        self.tasks: collections.deque[_Task] = collections.deque()
         self.queued_rows = 0
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()   # set when the queue goes from empty to non-empty
+        self._full = asyncio.Event()   # set when a full batch is waiting
         self._threads = asyncio.Semaphore(options.num_batch_threads)
         self._running: set[asyncio.Task] = set()
         self._loop_task = asyncio.get_running_loop().create_task(self._schedule())
@@ -103,7 +105,12 @@ class Batcher:
         future = asyncio.get_running_loop().create_future()
         self.tasks.append(_Task(inputs, rows, future))
         self.queued_rows += rows
-        self._wake.set()
+        # Wake the scheduler only when it has something new to decide (not on every request:
+        # each wake-up re-arms a timeout, which cost more than the request itself).
+        if len(self.tasks) == 1:
+            self._wake.set()
+        if self.queued_rows >= o.max_batch_size:
+            self._full.set()
         return await future
 
     async def _schedule(self) -> None:
@@ -116,18 +123,17 @@ class Batcher:
                 continue
             await self._threads.acquire()
             # Wait for a full batch or the oldest request's timeout, whichever comes first.
-            while self.tasks and self.queued_rows < o.max_batch_size:
+            if self.tasks and self.queued_rows < o.max_batch_size:
                 remaining = self.tasks[0].enqueued + timeout - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), remaining)
-                except TimeoutError:
-                    break
+                if remaining > 0:
+                    self._full.clear()
+                    try:
+                        await asyncio.wait_for(self._full.wait(), remaining)
+                    except TimeoutError:
+                        pass
             batch, rows = [], 0
             while self.tasks and rows + self.tasks[0].rows <= o.max_batch_size:
-                t = self.tasks.pop(0)
+                t = self.tasks.popleft()
                 batch.append(t)
                 rows += t.rows
             self.queued_rows -= rows
