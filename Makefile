@@ -53,9 +53,10 @@ benchmarks: $(VENV)/.installed
 	$(PY) -m benchmarks.export_agreement
 
 # Every analysis study in full (<= 30 min on 2 cores), then reports/index.html, checked and
-# screenshotted in headless Chromium. QUICK=1: the same pipeline at smoke-test size.
+# screenshotted in headless Chromium. QUICK=1: the same pipeline at smoke-test size, written to
+# reports/quick/ so that it never replaces the full results.
 report: $(VENV)/.installed
-	$(PY) -m analysis.report --run $(if $(QUICK),--quick)
+	$(PY) -m analysis.report --run $(if $(QUICK),--quick --out reports/quick)
 
 clean:
 	rm -rf runs reports .pytest_cache
