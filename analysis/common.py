@@ -23,13 +23,22 @@ import numpy as np  # noqa: E402
 
 import zoo  # noqa: E402
 from training import data, precision  # noqa: E402
-from training.config import TrainConfig, resolve_config, write_json_atomic  # noqa: E402
+from training.config import (  # noqa: E402
+    ConfigError,
+    TrainConfig,
+    resolve_config,
+    write_json_atomic,
+)
 
 DEFAULT_OUT = Path("reports")
 
 
 class UsageError(Exception):
     """A mistake of the user's: printed as one line, exit status 2."""
+
+
+class DivergedError(Exception):
+    """A study produced a non-finite number: printed as one line, exit status 2."""
 
 
 # ----------------------------------------------------------------------------- command line
@@ -66,7 +75,9 @@ def run(main: Callable[[argparse.Namespace], dict], parser: argparse.ArgumentPar
     tf.get_logger().setLevel("ERROR")
     try:
         result = main(args)
-    except (UsageError, zoo.UnknownModelError, data.DataSourceError, ValueError) as e:
+    # Only errors that explain themselves; any other exception is a bug and keeps its traceback.
+    except (UsageError, DivergedError, ConfigError, zoo.UnknownModelError,
+            data.DataSourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report: {result['json']}")
@@ -167,7 +178,7 @@ def to_json(obj):
     if isinstance(obj, (np.floating, float)):
         f = float(obj)
         if not math.isfinite(f):
-            raise ValueError(f"non-finite number {f} in a report; the study diverged")
+            raise DivergedError(f"non-finite number {f} in a report; the study diverged")
         return f
     return obj
 

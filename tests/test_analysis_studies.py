@@ -101,3 +101,27 @@ def test_grad_norm(tmp_path):
     # training lowers the loss
     assert np.mean(runs[0]["loss"][-10:]) < np.mean(runs[0]["loss"][:10])
     assert doc["cost"]["gradients"] == 80
+
+
+def test_run_prints_explained_errors_in_one_line_and_keeps_tracebacks_of_bugs(capsys):
+    from analysis import common
+
+    parser = common.build_parser("demo", "demo")
+
+    def mistaken(args):
+        raise common.UsageError("--model must be a classifier")
+
+    assert common.run(mistaken, parser, []) == 2
+    assert capsys.readouterr().err.strip().endswith("error: --model must be a classifier")
+
+    def diverged(args):
+        return {"json": common.to_json({"loss": float("nan")})}
+
+    assert common.run(diverged, parser, []) == 2
+    assert "the study diverged" in capsys.readouterr().err
+
+    def buggy(args):
+        raise ValueError("x and y must have same first dimension")
+
+    with pytest.raises(ValueError, match="same first dimension"):
+        common.run(buggy, parser, [])
