@@ -180,27 +180,45 @@ def _metric_name(spec) -> str:
     return "test accuracy" if spec.task == "classification" else "test loss"
 
 
+def _pca_grid(r, real: tuple[str, str], null: tuple[str, str], per_run: bool):
+    """Columns: the views (whole model, one layer); rows: training, then its random-walk null.
+    `real`/`null`: the keys of the projected points and of their explained variance."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 10))
+    for col, (view, v) in enumerate(r["views"].items()):
+        for row, ((key, ev_key), title) in enumerate(((real, "training"),
+                                                      (null, "random-walk null"))):
+            ax, ev = axes[row, col], v[ev_key]
+            for run, pts in zip(r["runs"], v[key]):
+                pts = np.asarray(pts)
+                ax.plot(pts[:, 0], pts[:, 1], "-o", color=run["color"], ms=3, lw=1,
+                        label=f"seed {run['seed']}")
+                if per_run:
+                    ax.plot(pts[0, 0], pts[0, 1], "s", color=run["color"], ms=6)
+                    ax.plot(pts[-1, 0], pts[-1, 1], "*", color=run["color"], mec="k", ms=10)
+                elif row == 0:
+                    _label_points(ax, pts, run["metric"], run["color"], np.ptp(
+                        np.reshape(v[key], (-1, 2)), axis=0))
+            if per_run:
+                ax.set_xlabel(f"own PC1 (mean {ev[0]:.0%} of a run's variance)")
+                ax.set_ylabel(f"own PC2 (mean {ev[1]:.0%})")
+                ax.set_title(f"{view}: {title}, each run in its own PCA plane")
+            else:
+                ax.set_xlabel(f"PC1 ({ev[0]:.0%} of variance)")
+                ax.set_ylabel(f"PC2 ({ev[1]:.0%} of variance)")
+                ax.set_title(f"{view} ({v['parameters']:,} weights): {title}")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    return fig
+
+
 def _plots(study, args, r):
     import matplotlib.pyplot as plt
 
     views = r["views"]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 10))
-    for col, (view, v) in enumerate(views.items()):
-        for row, (key, ev_key, title) in enumerate(
-                (("projected", "explained_variance", "training"),
-                 ("null_projected", "null_explained_variance", "random-walk null"))):
-            ax, ev = axes[row, col], v[ev_key]
-            for run, pts in zip(r["runs"], v[key]):
-                ax.plot(pts[:, 0], pts[:, 1], "-o", color=run["color"], ms=3, lw=1,
-                        label=f"seed {run['seed']}")
-                if row == 0:
-                    _label_points(ax, pts, run["metric"], run["color"], np.ptp(
-                        np.reshape(v[key], (-1, 2)), axis=0))
-            ax.set_xlabel(f"PC1 ({ev[0]:.0%} of variance)")
-            ax.set_ylabel(f"PC2 ({ev[1]:.0%} of variance)")
-            ax.set_title(f"{view} ({v['parameters']:,} weights): {title}")
-            ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig = _pca_grid(r, ("projected", "explained_variance"),
+                    ("null_projected", "null_explained_variance"), per_run=False)
     fig.suptitle(f"{args.model}: weights at epochs {r['collected_epochs']}, "
                  f"{r['optimizer']}; labels: {r['metric']}")
     study.savefig(fig, "trajectories_pca.png", "Report 1 Fig 11: weight trajectories of "
@@ -208,24 +226,8 @@ def _plots(study, args, r):
                   "(whole model, one layer), labelled with test accuracy; below, random walks "
                   "with the same starts and step lengths, PCA'd the same way")
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 10))
-    for col, (view, v) in enumerate(views.items()):
-        for row, (key, ev_key, title) in enumerate(
-                (("per_run_projected", "per_run_explained_variance", "training"),
-                 ("per_run_null_projected", "per_run_null_explained_variance",
-                  "random-walk null"))):
-            ax, ev = axes[row, col], v[ev_key]
-            for run, pts in zip(r["runs"], v[key]):
-                pts = np.asarray(pts)
-                ax.plot(pts[:, 0], pts[:, 1], "-o", color=run["color"], ms=3, lw=1,
-                        label=f"seed {run['seed']}")
-                ax.plot(pts[0, 0], pts[0, 1], "s", color=run["color"], ms=6)
-                ax.plot(pts[-1, 0], pts[-1, 1], "*", color=run["color"], mec="k", ms=10)
-            ax.set_xlabel(f"own PC1 (mean {ev[0]:.0%} of a run's variance)")
-            ax.set_ylabel(f"own PC2 (mean {ev[1]:.0%})")
-            ax.set_title(f"{view}: {title}, each run in its own PCA plane")
-            ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig = _pca_grid(r, ("per_run_projected", "per_run_explained_variance"),
+                    ("per_run_null_projected", "per_run_null_explained_variance"), per_run=True)
     fig.suptitle(f"{args.model}: each run (square = init, star = its last point) projected on "
                  "its own first two principal components")
     study.savefig(fig, "trajectories_per_run.png", "Each run alone, in the plane of its own "
