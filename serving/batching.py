@@ -75,7 +75,8 @@ class _Task:
 
 
 class Batcher:
-    """One queue; `run(inputs) -> outputs` is a synchronous function run in `executor`."""
+    """One queue; `run(inputs) -> outputs` is a synchronous function run in `executor`, or on
+    the event loop itself when `executor` is None (for models cheaper than a thread hand-off)."""
 
     def __init__(self, run, options: BatchingOptions, executor, on_batch=None):
         self.run, self.options, self.executor, self.on_batch = run, options, executor, on_batch
@@ -165,8 +166,11 @@ class Batcher:
             if self.on_batch:
                 self.on_batch(size)
             try:
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self.run, inputs)
+                if self.executor is None:
+                    outputs = self.run(inputs)
+                else:
+                    outputs = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, self.run, inputs)
             except Exception as e:  # noqa: BLE001 - handed to every caller in the batch
                 for t in batch:
                     if not t.future.done():

@@ -67,6 +67,7 @@ class LoadedVersion:
         self.idle.set()
         self.batchers: dict[str, Batcher] = {}
         self.inline = False  # run on the event loop: cheaper than a thread hop for tiny models
+        self.inline_batches = False  # the same for a full batch (max_batch_size rows)
 
     def acquire(self) -> None:
         self.inflight += 1
@@ -287,11 +288,13 @@ class Manager:
         log.info("model %s version %d available (%s backend, %d warmup requests, %.1f s%s)",
                  name, version, self.backend_kind, warm, time.monotonic() - started,
                  ", small requests inline" if loaded.inline else "")
+        if loaded.inline_batches:
+            log.info("model %s version %d: batches run on the event loop", name, version)
 
     def _make_batcher(self, loaded: LoadedVersion, sig_name: str) -> Batcher:
         m = self.metrics
         batcher = Batcher(lambda inputs: loaded.backend.run(sig_name, inputs), self.batching,
-                          self.batch_executor,
+                          None if loaded.inline_batches else self.batch_executor,
                           on_batch=lambda n: m.batch(loaded.name, loaded.version, sig_name, n))
         m.register_queue(loaded.name, loaded.version, sig_name, lambda: batcher.queued_rows)
         return batcher
@@ -313,14 +316,24 @@ class Manager:
         # A version whose small requests take well under the cost of a thread hand-off is run
         # on the event loop itself (measured here, after warmup).
         if small and self.inline_threshold > 0:
-            times = []
-            for _ in range(5):
-                for sig_name, inputs, outputs in small:
-                    t = time.perf_counter()
-                    loaded.backend.run(sig_name, inputs, outputs)
-                    times.append(time.perf_counter() - t)
-            loaded.inline = float(np.median(times)) < self.inline_threshold
+            seconds = np.median([self._median_seconds(loaded, *r) for r in small])
+            loaded.inline = float(seconds) < self.inline_threshold
+            if loaded.inline and self.batching:
+                sig_name, inputs, outputs = small[0]
+                rows = self.batching.max_batch_size
+                full = {k: np.resize(v, (rows, *v.shape[1:])) for k, v in inputs.items()}
+                loaded.inline_batches = self._median_seconds(
+                    loaded, sig_name, full, outputs) < self.inline_threshold
         return len(requests)
+
+    @staticmethod
+    def _median_seconds(loaded: LoadedVersion, sig_name, inputs, outputs, repeats=5) -> float:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            loaded.backend.run(sig_name, inputs, outputs)
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
 
     def _unload(self, state: ModelState, version: int) -> None:
         loaded = state.available.pop(version)

@@ -197,10 +197,11 @@ async def serve(args) -> int:
                 raise protos.ConfigError(f"{args.batching_parameters_file}: {e}") from None
     config, root = initial_config(args)
     creds = server_credentials(args.ssl_config_file) if args.ssl_config_file else None
-    options = [("grpc.max_receive_message_length", args.max_request_bytes),
+    # gRPC core takes the first of repeated keys: the user's arguments go first to win
+    options = [*channel_arguments(args.grpc_channel_arguments),
+               ("grpc.max_receive_message_length", args.max_request_bytes),
                ("grpc.max_send_message_length", -1),
-               ("grpc.so_reuseport", 0),
-               *channel_arguments(args.grpc_channel_arguments)]
+               ("grpc.so_reuseport", 0)]
 
     manager = Manager(args.backend, batching, args.file_system_poll_wait_seconds,
                       inference_threads=args.inference_threads, discover_root=root)
