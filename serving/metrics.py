@@ -38,8 +38,10 @@ def _labels(names, values, extra=()):
 class Metrics:
     REQUEST_LABELS = ("model", "version", "signature", "api", "code")
     LATENCY_LABELS = ("model", "version", "signature", "api")
+    BATCH_LABELS = ("model", "version", "signature")
 
-    def __init__(self):
+    def __init__(self, extra_labels: tuple[tuple[str, str], ...] = ()):
+        self.extra_labels = extra_labels  # e.g. (("worker", "0"),) in a --workers server
         self._lock = threading.Lock()
         self.requests: dict[tuple, int] = defaultdict(int)
         self.latency: dict[tuple, Histogram] = {}
@@ -71,35 +73,49 @@ class Metrics:
         with self._lock:
             self.queue_depth.pop((model, version, signature), None)
 
-    def render(self) -> str:
-        out = []
+    def families(self) -> list[list]:
+        """[[name, help, type, [sample lines]], ...]: plain lists, so that the workers of a
+        --workers server can send theirs to the one answering a scrape (see workers.py)."""
+        extra = list(self.extra_labels)
         with self._lock:
-            out += ["# HELP zoo_serving_requests_total Requests answered, by final status code.",
-                    "# TYPE zoo_serving_requests_total counter"]
-            for key, n in sorted(self.requests.items()):
-                out.append(f"zoo_serving_requests_total{_labels(self.REQUEST_LABELS, key)} {n}")
-            out += self._histograms("zoo_serving_request_latency_seconds",
-                                    "Time from request received to response ready.",
-                                    self.LATENCY_LABELS, self.latency)
-            out += self._histograms("zoo_serving_batch_size",
-                                    "Rows in each batch run (after padding).",
-                                    ("model", "version", "signature"), self.batch_size)
-            out += ["# HELP zoo_serving_batch_queue_rows Rows waiting in a batching queue.",
-                    "# TYPE zoo_serving_batch_queue_rows gauge"]
-            for key, fn in sorted(self.queue_depth.items()):
-                out.append(f"zoo_serving_batch_queue_rows"
-                           f"{_labels(('model', 'version', 'signature'), key)} {fn()}")
+            requests = [f"zoo_serving_requests_total{_labels(self.REQUEST_LABELS, key, extra)} {n}"
+                        for key, n in sorted(self.requests.items())]
+            latency = self._histogram("zoo_serving_request_latency_seconds", self.LATENCY_LABELS,
+                                      self.latency, extra)
+            batches = self._histogram("zoo_serving_batch_size", self.BATCH_LABELS,
+                                      self.batch_size, extra)
+            queues = [f"zoo_serving_batch_queue_rows{_labels(self.BATCH_LABELS, key, extra)} "
+                      f"{fn()}" for key, fn in sorted(self.queue_depth.items())]
+        return [["zoo_serving_requests_total", "Requests answered, by final status code.",
+                 "counter", requests],
+                ["zoo_serving_request_latency_seconds",
+                 "Time from request received to response ready.", "histogram", latency],
+                ["zoo_serving_batch_size", "Rows in each batch run (after padding).", "histogram",
+                 batches],
+                ["zoo_serving_batch_queue_rows", "Rows waiting in a batching queue.", "gauge",
+                 queues]]
+
+    def render(self, others: list[list[list]] = ()) -> str:
+        """Prometheus text of these metrics and, under the same headers, `others`' families."""
+        merged = {f[0]: f for f in self.families()}
+        for families in others:
+            for name, _, _, samples in families:
+                if name in merged:
+                    merged[name][3] += samples
+        out = []
+        for name, help_text, kind, samples in merged.values():
+            out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
         return "\n".join(out) + "\n"
 
     @staticmethod
-    def _histograms(name, help_text, label_names, table):
-        out = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    def _histogram(name, label_names, table, extra) -> list[str]:
+        out = []
         for key, h in sorted(table.items()):
             cumulative = 0
             for bound, c in zip([*h.buckets, "+Inf"], h.counts):
                 cumulative += c
-                out.append(f"{name}_bucket{_labels(label_names, key, [('le', bound)])} "
+                out.append(f"{name}_bucket{_labels(label_names, key, [*extra, ('le', bound)])} "
                            f"{cumulative}")
-            out.append(f"{name}_sum{_labels(label_names, key)} {h.sum}")
-            out.append(f"{name}_count{_labels(label_names, key)} {h.count}")
+            out.append(f"{name}_sum{_labels(label_names, key, extra)} {h.sum}")
+            out.append(f"{name}_count{_labels(label_names, key, extra)} {h.count}")
         return out

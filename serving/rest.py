@@ -61,8 +61,8 @@ class HttpError(Exception):
 
 
 class RestServer:
-    def __init__(self, manager: Manager, max_body_bytes: int = 64 << 20):
-        self.manager = manager
+    def __init__(self, manager: Manager, max_body_bytes: int = 64 << 20, peers=None):
+        self.manager, self.peers = manager, peers  # peers: sibling workers (workers.Peers)
         self.max_body_bytes = max_body_bytes
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -70,9 +70,9 @@ class RestServer:
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         self._server = await asyncio.start_server(self._connection, host, port,
-                                                  limit=1 << 16)
+                                                  limit=1 << 16, reuse_port=reuse_port or None)
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self, grace: float) -> None:
@@ -162,11 +162,17 @@ class RestServer:
             pass
 
     # ------------------------------------------------------------------ routes
+    async def metrics_text(self) -> str:
+        if self.peers is None:
+            return self.manager.metrics.render()
+        others, notes = await self.peers.metric_families()
+        return self.manager.metrics.render(others) + "".join(n + "\n" for n in notes)
+
     async def dispatch(self, method: str, target: str, headers: dict, body: bytes):
         path = target.split("?", 1)[0]
         try:
             if method == "GET" and path == "/monitoring/prometheus/metrics":
-                return 200, self.manager.metrics.render()
+                return 200, await self.metrics_text()
             if method == "GET" and path in ("/v1/models", "/v1/models/"):
                 return 200, self.list_models()
             m = MODEL_PATH.match(path)

@@ -38,10 +38,12 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, protos
+from serving import backends, protos, workers
 from serving.batching import BatchingOptions
 from serving.manager import Manager, ServingError
+from serving.metrics import Metrics
 from serving.rest import _UNIMPLEMENTED, RestServer
+from serving.workers import Peers
 
 log = logging.getLogger("serving")
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
@@ -75,8 +77,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: Manager):
-        self.manager = manager
+    def __init__(self, manager: Manager, peers: Peers | None = None):
+        self.manager, self.peers = manager, peers
 
     async def GetModelStatus(self, request, context):
         try:
@@ -86,15 +88,29 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     async def HandleReloadConfigRequest(self, request, context):
         response = model_management_pb2.ReloadConfigResponse()
+        # In a --workers server every worker applies the reload before anyone answers.
+        forward = self.peers is not None and not self.peers.is_peer(context)
+        local, *others = await asyncio.gather(
+            self._reload_here(request.config),
+            *([self.peers.reload(request)] if forward else []))
+        failures = [*([] if local is None else [(None, *local)]), *(others[0] if others else [])]
+        if failures:
+            who, code, message = failures[0]
+            if who is not None:
+                message = f"worker {who}: {message}"
+            response.status.error_code = code.value[0]
+            response.status.error_message = message
+            context.set_code(code)
+            context.set_details(message)
+        return response
+
+    async def _reload_here(self, config) -> tuple[grpc.StatusCode, str] | None:
         try:
             self.manager.discover_root = None  # an explicit config replaces discovery
-            await self.manager.set_config(request.config)
+            await self.manager.set_config(config)
         except ServingError as e:
-            response.status.error_code = e.code.value[0]
-            response.status.error_message = e.message
-            context.set_code(e.code)
-            context.set_details(e.message)
-        return response
+            return e.code, e.message
+        return None
 
 
 def _bool(text: str) -> bool:
@@ -138,6 +154,11 @@ def parser() -> argparse.ArgumentParser:
                    help="largest gRPC message or REST body accepted (default 64 MiB)")
     g.add_argument("--inference_threads", type=int, default=4,
                    help="threads running unbatched requests (default 4)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the ports (SO_REUSEPORT), to use more than "
+                        "one core; each loads its own copy of the models (default 1)")
+    g.add_argument("--worker_index", type=int, help=argparse.SUPPRESS)  # set by workers.py
+    g.add_argument("--worker_peers", help=argparse.SUPPRESS)
     g.add_argument("--drain_seconds", type=float, default=30.0,
                    help="on SIGTERM, how long requests in flight may take to finish")
     g.add_argument("--log_level", default="INFO")
@@ -197,14 +218,19 @@ async def serve(args) -> int:
                 raise protos.ConfigError(f"{args.batching_parameters_file}: {e}") from None
     config, root = initial_config(args)
     creds = server_credentials(args.ssl_config_file) if args.ssl_config_file else None
+    peers = None
+    if args.worker_index is not None:
+        peers = Peers(args.worker_index, [int(p) for p in args.worker_peers.split(",")])
     # gRPC core takes the first of repeated keys: the user's arguments go first to win
     options = [*channel_arguments(args.grpc_channel_arguments),
                ("grpc.max_receive_message_length", args.max_request_bytes),
                ("grpc.max_send_message_length", -1),
-               ("grpc.so_reuseport", 0)]
+               ("grpc.so_reuseport", int(peers is not None))]
 
+    metrics = Metrics((("worker", str(peers.index)),) if peers else ())
     manager = Manager(args.backend, batching, args.file_system_poll_wait_seconds,
-                      inference_threads=args.inference_threads, discover_root=root)
+                      metrics=metrics, inference_threads=args.inference_threads,
+                      discover_root=root)
     if not args.enable_model_warmup:
         manager._warmup = lambda loaded: 0
     try:
@@ -218,7 +244,8 @@ async def serve(args) -> int:
     server = grpc.aio.server(options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(manager), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, peers),
+                                                              server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = (prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
@@ -232,6 +259,10 @@ async def serve(args) -> int:
                 else server.add_insecure_port(address))
     except RuntimeError as e:
         raise protos.ConfigError(f"cannot listen on {address} for gRPC: {e}") from None
+    if peers:
+        server.add_generic_rpc_handlers([peers.metrics_handler(metrics)])
+        if not server.add_insecure_port(peers.own_address):
+            raise protos.ConfigError(f"cannot listen on {peers.own_address} (worker port)")
     await server.start()
     for name in ("", *services[:2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -241,9 +272,10 @@ async def serve(args) -> int:
     if args.rest_api_port:
         if args.rest_api_port == args.port:
             raise protos.ConfigError("--rest_api_port cannot be the same as --port")
-        rest = RestServer(manager, args.max_request_bytes)
+        rest = RestServer(manager, args.max_request_bytes, peers)
         try:
-            rest_port = await rest.start(args.host, args.rest_api_port)
+            rest_port = await rest.start(args.host, args.rest_api_port,
+                                         reuse_port=peers is not None)
         except OSError as e:
             await server.stop(None)
             raise protos.ConfigError(f"cannot listen on {args.host}:{args.rest_api_port} for "
@@ -270,14 +302,23 @@ async def serve(args) -> int:
         stops.append(rest.stop(args.drain_seconds))
     await asyncio.gather(*stops)
     await manager.close()
+    if peers:
+        await peers.close()
     print("[serving] stopped", file=sys.stderr, flush=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    if args.workers < 1:
+        print("error: --workers must be >= 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.worker_index is None:
+        return workers.supervise(args, argv)
+    who = "%(name)s" if args.worker_index is None else f"%(name)s worker {args.worker_index}"
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {who}: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return asyncio.run(serve(args))

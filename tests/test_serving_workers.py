@@ -1,0 +1,134 @@
+# ruff: noqa: F811  (pytest fixtures imported from serving_fixtures are redefined as arguments)
+"""`--workers N` against real server processes: connections spread over the workers, each
+answering correctly; a reload sent to one worker reaches all of them before it is answered;
+metrics cover every worker; SIGTERM drains all; a dead worker takes the server down."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving import protos, tensors, workers
+from tests.serving_fixtures import (  # noqa: F401
+    ENV,
+    ROOT,
+    ServerProcess,
+    digits,
+    exported,
+    onnx_reference,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+CONNECTIONS = 16  # all on one worker by chance: 2 ** -15
+
+
+def own_connection(address: str, i: int) -> grpc.Channel:
+    """A channel with its own TCP connection (the kernel picks a worker per connection)."""
+    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1),
+                                                   ("zoo.test.connection", i)])
+
+
+def request_total(rest: str) -> dict[str, float]:
+    """worker -> requests answered, from the Prometheus endpoint."""
+    text = urllib.request.urlopen(f"http://{rest}/monitoring/prometheus/metrics",
+                                  timeout=10).read().decode()
+    totals: dict[str, float] = {}
+    for m in re.finditer(r'^zoo_serving_requests_total\{.*worker="(\d+)"\} (\S+)$', text, re.M):
+        totals[m[1]] = totals.get(m[1], 0) + float(m[2])
+    return totals
+
+
+@pytest.fixture
+def two_workers(exported, tmp_path):
+    config = write_config(tmp_path / "models.config", {
+        "softmax_regression": {"base": exported / "softmax_regression"},
+        "deep_cnn": {"base": exported / "deep_cnn"}})
+    server = ServerProcess("--model_config_file", str(config), "--backend", "onnx",
+                           "--workers", "2", log=tmp_path / "server.log")
+    yield server
+    server.stop()
+
+
+def test_connections_spread_over_workers_and_metrics_cover_all(two_workers, exported, digits):
+    x = digits[0][:2]
+    expected = onnx_reference(exported / "softmax_regression" / "1", x)["probabilities"]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "softmax_regression"
+    tensors.to_proto(x, request.inputs["images"])
+    for i in range(CONNECTIONS):
+        with own_connection(two_workers.address, i) as channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                request, timeout=30)
+        got = tensors.to_ndarray(response.outputs["probabilities"])
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    totals = request_total(two_workers.rest)
+    assert set(totals) == {"0", "1"}, totals
+    assert sum(totals.values()) == CONNECTIONS
+
+
+def test_reload_sent_to_one_worker_reaches_every_worker(two_workers, exported):
+    config = protos.ModelServerConfig()
+    config.model_config_list.config.add(name="softmax_regression", model_platform="tensorflow",
+                                        base_path=str(exported / "softmax_regression"))
+    with grpc.insecure_channel(two_workers.address) as channel:
+        response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=config), timeout=120)
+    assert response.status.error_code == 0, response
+    codes = set()
+    for i in range(CONNECTIONS):  # every worker, not only the one that took the reload
+        with own_connection(two_workers.address, i) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            for name in ("deep_cnn", "softmax_regression"):
+                try:
+                    stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+                        model_spec={"name": name}), timeout=10)
+                    codes.add((name, "OK"))
+                except grpc.RpcError as e:
+                    codes.add((name, e.code().name))
+    assert codes == {("deep_cnn", "NOT_FOUND"), ("softmax_regression", "OK")}
+    assert set(request_total(two_workers.rest)) <= {"0", "1"}
+
+
+def test_private_worker_method_refuses_outsiders(two_workers):
+    with grpc.insecure_channel(two_workers.address) as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            channel.unary_unary(workers.METRICS_METHOD)(b"", timeout=10)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_sigterm_stops_every_worker_and_exits_0(two_workers):
+    assert two_workers.stop() == 0, two_workers.logs()
+    logs = two_workers.logs()
+    assert "[serving worker 0] stopped" in logs and "[serving worker 1] stopped" in logs, logs
+
+
+def test_a_dead_worker_takes_the_server_down(two_workers):
+    pids = re.search(r"2 workers \(pids (\d+), (\d+)\)", two_workers.logs())
+    os.kill(int(pids[2]), signal.SIGKILL)
+    assert two_workers.proc.wait(60) == 1
+    assert "worker 1 exited with -9; stopping the others" in two_workers.logs()
+    wait_for(lambda: not os.path.exists(f"/proc/{pids[1]}"), 30, what="worker 0 to stop")
+
+
+def test_workers_must_be_positive():
+    r = subprocess.run([sys.executable, "-m", "serving.server", "--model_base_path", ".",
+                        "--workers", "0"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "--workers must be >= 1" in r.stderr
