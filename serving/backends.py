@@ -160,6 +160,10 @@ class OnnxBackend:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Idle intra-op threads sleep instead of spinning: in a server the spinning burns the
+        # cores that gRPC and the other requests need (deep_cnn, 4 concurrent callers:
+        # 2,754 -> 3,375 predictions/s in-process).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         try:
