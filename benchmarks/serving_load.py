@@ -1,21 +1,30 @@
 """Load test of serving/ over loopback, next to the same model called in-process (the limit).
 
     python -m benchmarks.serving_load [--base-path exported_models] [--seconds 5] [--long-run 60]
+        [--workers 1 2] [--client auto|cxx|python]
 
-For every backend (savedmodel, onnx) x batching (off, on), a server subprocess is started on
-127.0.0.1; for softmax_regression and deep_cnn, 1 and 16 concurrent clients (asyncio, one
-process, one channel, a prebuilt one-image PredictRequest each) send requests for --seconds.
-Printed: p50/p99 latency, predictions/s, errors, and the ratio to the in-process rate measured in
-this same run; then the issue's targets, each marked met or not. Bounded: every phase has a time
-limit and the server is stopped at the end. Wrap in `flock /tmp/zoo-cpu.lock` on a shared machine.
+For every backend (savedmodel, onnx) x batching (off, on) x --workers, a server subprocess is
+started on 127.0.0.1; for softmax_regression and deep_cnn, 1 and 16 concurrent clients send a
+prebuilt one-image PredictRequest for --seconds. Printed: p50/p99 latency, predictions/s, errors,
+and the ratio to the in-process rate measured in this same run; then the issue's targets, each
+marked met or not. Bounded: every phase has a time limit and the server is stopped at the end.
+Wrap in `flock /tmp/zoo-cpu.lock` on a shared machine.
+
+Clients share the machine's cores with the server, so their CPU cost matters. The default client
+is benchmarks/grpc_load.cc (C++, generic stub, one thread: ~0.1 ms CPU a call), compiled on first
+use into ~/.cache/keras-model-zoo/bin; it needs g++ and gRPC's C++ development files
+(`apt-get install -y g++ libgrpc++-dev pkg-config`). Without them the Python clients are used
+(grpc.aio in --client-processes processes: ~0.3 ms CPU a call, as much as the server spends).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -89,6 +98,49 @@ async def _load_async(address: str, payload: bytes, clients: int, seconds: float
         await asyncio.gather(*[worker() for _ in range(clients)])
         elapsed = time.perf_counter() - started
     return latencies, errors, elapsed
+
+
+def cxx_client() -> tuple[Path | None, str]:
+    """(path of the compiled benchmarks/grpc_load.cc, "") or (None, why it cannot be built)."""
+    source = ROOT / "benchmarks" / "grpc_load.cc"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    binary = (Path(os.environ.get("ZOO_CACHE_DIR") or Path("~/.cache/keras-model-zoo")
+                   .expanduser()) / "bin" / f"grpc_load-{digest}")
+    if binary.is_file():
+        return binary, ""
+    if not shutil.which("g++") or not shutil.which("pkg-config"):
+        return None, "g++ or pkg-config is missing"
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "grpc++"], capture_output=True,
+                           text=True)
+    if flags.returncode:
+        return None, "gRPC C++ development files are missing (libgrpc++-dev)"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    tmp = binary.with_suffix(f".tmp{os.getpid()}")
+    built = subprocess.run(["g++", "-O2", "-std=c++17", "-o", str(tmp), str(source),
+                            *flags.stdout.split()], capture_output=True, text=True)
+    if built.returncode:
+        return None, f"g++ failed: {built.stderr.strip().splitlines()[-1]}"
+    tmp.replace(binary)  # atomic: a concurrent or interrupted build never leaves half a binary
+    return binary, ""
+
+
+def load_cxx(binary: Path, address: str, payload: bytes, clients: int, seconds: float,
+             channels: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        request, latencies = Path(tmp) / "request.bin", Path(tmp) / "latencies.bin"
+        request.write_bytes(payload)
+        out = subprocess.run([str(binary), address, PREDICT, str(request), str(clients),
+                              str(seconds), str(min(channels, clients)), str(latencies)],
+                             capture_output=True, text=True, timeout=seconds + 60)
+        if out.returncode:
+            raise SystemExit(f"grpc_load failed: {out.stderr.strip()}")
+        summary = json.loads(out.stdout)
+        lat = np.fromfile(latencies, np.float64) * 1e3
+    n = len(lat)
+    return {"requests": n, "errors": summary["errors"], "rate": n / summary["elapsed"],
+            "client_cpu_us": summary["client_cpu_seconds"] / max(n, 1) * 1e6,
+            "p50_ms": float(np.percentile(lat, 50)) if n else float("nan"),
+            "p99_ms": float(np.percentile(lat, 99)) if n else float("nan")}
 
 
 def _client_process(address, payload, clients, seconds, ready, go, out) -> None:
@@ -183,17 +235,17 @@ def conversion(x: np.ndarray, rows: int, seconds: float = 0.5) -> list[tuple[str
 
 
 class Server:
-    def __init__(self, base: Path, backend: str, batching: bool, tmp: Path):
+    def __init__(self, base: Path, backend: str, batching: bool, tmp: Path, workers: int = 1):
         self.port = free_port()
         cmd = [sys.executable, "-m", "serving.server", "--model_base_path", str(base),
-               "--port", str(self.port), "--backend", backend,
+               "--port", str(self.port), "--backend", backend, "--workers", str(workers),
                "--file_system_poll_wait_seconds", "0", "--log_level", "WARNING"]
         if batching:
             cfg = tmp / "batching.config"
             cfg.write_text(BATCHING)
             cmd += ["--enable_batching", "--batching_parameters_file", str(cfg)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        self.log = open(tmp / f"server-{backend}-{batching}.log", "w")
+        self.log = open(tmp / f"server-{backend}-{batching}-{workers}.log", "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=self.log,
                                      stdout=subprocess.DEVNULL)
         self.address = f"127.0.0.1:{self.port}"
@@ -219,7 +271,7 @@ class Server:
 def fmt(name: str, r: dict, baseline: float | None) -> str:
     ratio = f"{r['rate'] / baseline:6.2f}x" if baseline else "      "
     err = sum(r["errors"].values())
-    return (f"{name:52s} p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  "
+    return (f"{name:62s} p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  "
             f"{r['rate']:8.0f} pred/s  {ratio}  errors {err}"
             + (f" {r['errors']}" if err else ""))
 
@@ -239,13 +291,29 @@ def main(argv=None) -> int:
     p.add_argument("--client-processes", type=int, default=2,
                    help="client processes sharing the concurrent callers (default 2; one "
                         "caller gets one process)")
+    p.add_argument("--workers", nargs="+", type=int, default=[1, 2],
+                   help="server --workers settings to measure (default 1 2)")
+    p.add_argument("--client", choices=["auto", "cxx", "python"], default="auto",
+                   help="load generator: the C++ one (cxx; auto = cxx if it builds) or Python")
+    p.add_argument("--channels", type=int, default=8,
+                   help="connections the C++ client spreads its calls over (default 8)")
     p.add_argument("--json", type=Path, help="write every figure here")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     base = args.base_path.resolve()
 
-    def procs(clients: int) -> int:
-        return min(args.client_processes, clients)
+    binary = None
+    if args.client != "python":
+        binary, why = cxx_client()
+        if binary is None:
+            if args.client == "cxx":
+                raise SystemExit(f"cannot build the C++ client: {why}")
+            print(f"note: Python clients (C++ client not built: {why})")
+
+    def run_load(address: str, payload: bytes, clients: int, seconds: float) -> dict:
+        if binary is not None:
+            return load_cxx(binary, address, payload, clients, seconds, args.channels)
+        return load(address, payload, clients, seconds, min(args.client_processes, clients))
     with np.load(Path(os.environ.get("ZOO_CACHE_DIR") or
                       Path("~/.cache/keras-model-zoo").expanduser()) / "mnist.npz") as f:
         x = f["x_test"][:1].astype(np.float32)
@@ -257,8 +325,10 @@ def main(argv=None) -> int:
             results[f"conversion/{what}/{rows}"] = {"tf_us": tf_us, "direct_us": ours_us}
             print(f"  {what:26s} {rows:2d} rows: tf {tf_us:7.2f} us, direct {ours_us:6.2f} us, "
                   f"{tf_us / ours_us:5.1f}x faster", flush=True)
+    client = (f"C++ client, {args.channels} connections" if binary else
+              f"Python clients in {args.client_processes} processes")
     print(f"serving load test: {args.seconds:g} s per line, 1-image requests, loopback, "
-          f"{os.cpu_count()} CPUs shared by clients and server")
+          f"{os.cpu_count()} CPUs shared by clients ({client}) and server")
     for backend in args.backends:
         for model in args.models:
             r = in_process(backend, latest(base, model), x, args.seconds)
@@ -267,51 +337,68 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends:
             for batching in args.batching:
-                server = Server(base, backend, batching == "on", Path(tmp))
-                try:
-                    for model in args.models:
-                        payload = request_bytes(model, x)
-                        base_rate = results[f"inproc/{backend}/{model}"]["rate"]
-                        for clients in args.clients:
-                            r = load(server.address, payload, clients, args.seconds,
-                                     procs(clients))
-                            key = f"grpc/{backend}/batching-{batching}/{model}/{clients}"
-                            results[key] = r
-                            print(fmt(f"gRPC {backend:10s} batching {batching:3s} {model:18s} "
-                                      f"x{clients:<2d}", r, base_rate), flush=True)
-                    if (args.long_run and backend == "onnx" and batching == "off"
-                            and "softmax_regression" in args.models):
-                        r = load(server.address, request_bytes("softmax_regression", x),
-                                 16, args.long_run, procs(16))
-                        results["long_run"] = r
-                        print(fmt(f"gRPC onnx batching off softmax x16 for {args.long_run:g} s",
-                                  r, None), flush=True)
-                finally:
-                    server.stop()
-    print("\ntargets (issue 3):")
+                for workers in args.workers:
+                    server = Server(base, backend, batching == "on", Path(tmp), workers)
+                    try:
+                        for model in args.models:
+                            payload = request_bytes(model, x)
+                            base_rate = results[f"inproc/{backend}/{model}"]["rate"]
+                            for clients in args.clients:
+                                r = run_load(server.address, payload, clients, args.seconds)
+                                key = (f"grpc/{backend}/batching-{batching}/workers-{workers}/"
+                                       f"{model}/{clients}")
+                                results[key] = r
+                                print(fmt(f"gRPC {backend:10s} batching {batching:3s} workers "
+                                          f"{workers} {model:18s} x{clients:<2d}", r, base_rate),
+                                      flush=True)
+                        if (args.long_run and backend == "onnx" and batching == "off"
+                                and workers == max(args.workers)
+                                and "softmax_regression" in args.models):
+                            r = run_load(server.address, request_bytes("softmax_regression", x),
+                                         16, args.long_run)
+                            results["long_run"] = r
+                            print(fmt(f"gRPC onnx batching off workers {workers} softmax x16 for "
+                                      f"{args.long_run:g} s", r, None), flush=True)
+                    finally:
+                        server.stop()
+    print("\ntargets (issue 3), best over --workers:")
+
+    def best(fmt_key: str, better) -> tuple[int, dict] | None:
+        found = [(w, results[fmt_key.format(w=w)]) for w in args.workers
+                 if fmt_key.format(w=w) in results]
+        return max(found, key=lambda wr: better(wr[1])) if found else None
+
     checks = [
-        ("softmax x16 onnx >= 3000 pred/s", "grpc/onnx/batching-off/softmax_regression/16",
-         lambda r: r["rate"] >= 3000),
-        ("softmax x16 savedmodel+batching >= 2000 pred/s",
-         "grpc/savedmodel/batching-on/softmax_regression/16", lambda r: r["rate"] >= 2000),
-        ("softmax x1 gRPC p50 <= 1.0 ms (onnx)", "grpc/onnx/batching-off/softmax_regression/1",
+        ("softmax x16 onnx >= 3000 pred/s", "grpc/onnx/batching-off/workers-{w}/"
+         "softmax_regression/16", lambda r: r["rate"], lambda r: r["rate"] >= 3000),
+        ("softmax x16 savedmodel+batching >= 2000 pred/s", "grpc/savedmodel/batching-on/"
+         "workers-{w}/softmax_regression/16", lambda r: r["rate"], lambda r: r["rate"] >= 2000),
+        ("softmax x1 gRPC p50 <= 1.0 ms (onnx)", "grpc/onnx/batching-off/workers-{w}/"
+         "softmax_regression/1", lambda r: -r["p50_ms"], lambda r: r["p50_ms"] <= 1.0),
+        ("softmax x1 gRPC p50 <= 1.0 ms (savedmodel)", "grpc/savedmodel/batching-off/"
+         "workers-{w}/softmax_regression/1", lambda r: -r["p50_ms"],
          lambda r: r["p50_ms"] <= 1.0),
-        ("softmax x1 gRPC p50 <= 1.0 ms (savedmodel)",
-         "grpc/savedmodel/batching-off/softmax_regression/1", lambda r: r["p50_ms"] <= 1.0),
-        ("long run: zero errors, p99 <= 10x p50", "long_run",
-         lambda r: not r["errors"] and r["p99_ms"] <= 10 * r["p50_ms"]),
     ]
     for backend in args.backends:
-        on = results.get(f"grpc/{backend}/batching-on/deep_cnn/16")
-        off = results.get(f"grpc/{backend}/batching-off/deep_cnn/16")
-        if on and off:
-            ratio = on["rate"] / off["rate"]
-            print(f"  deep_cnn x16 {backend}: batching on / off = {ratio:.2f}x "
-                  f"({'met' if ratio >= 2 else 'NOT met'}; target >= 2x)")
-    for name, key, ok in checks:
-        if key in results:
-            print(f"  {name}: {'met' if ok(results[key]) else 'NOT met'} "
-                  f"(p50 {results[key]['p50_ms']:.3f} ms, {results[key]['rate']:.0f} pred/s)")
+        for w in args.workers:
+            on = results.get(f"grpc/{backend}/batching-on/workers-{w}/deep_cnn/16")
+            off = results.get(f"grpc/{backend}/batching-off/workers-{w}/deep_cnn/16")
+            if on and off:
+                ratio = on["rate"] / off["rate"]
+                print(f"  deep_cnn x16 {backend}, workers {w}: batching on / off = {ratio:.2f}x "
+                      f"({'met' if ratio >= 2 else 'NOT met'}; target >= 2x)")
+    for name, key, better, ok in checks:
+        found = best(key, better)
+        if found:
+            w, r = found
+            print(f"  {name}: {'met' if ok(r) else 'NOT met'} (workers {w}: p50 "
+                  f"{r['p50_ms']:.3f} ms, {r['rate']:.0f} pred/s)")
+    if "long_run" in results:
+        r = results["long_run"]
+        ok = not r["errors"] and r["p99_ms"] <= 10 * r["p50_ms"]
+        print(f"  long run: zero errors, p99 <= 10x p50: {'met' if ok else 'NOT met'} "
+              f"(p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, errors "
+              f"{sum(r['errors'].values())})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
