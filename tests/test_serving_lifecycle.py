@@ -176,6 +176,21 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(exported, digits, tmp_
     assert "[serving] stopped" in server.logs()
 
 
+def test_grpc_channel_arguments_override_the_servers_defaults(exported, digits, tmp_path):
+    """gRPC keeps the first of repeated keys, so the user's arguments must come first."""
+    server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
+                           "--grpc_channel_arguments", "grpc.max_receive_message_length=20000",
+                           log=tmp_path / "server.log")
+    try:
+        with ZooClient(server.address, timeout=30, max_attempts=1) as client:
+            assert client.predict("default", digits[0][:4])["classes"].shape == (4,)  # 12.5 kB
+            with pytest.raises(ClientError) as e:
+                client.predict("default", digits[0][:8])  # 25 kB
+        assert e.value.code == "RESOURCE_EXHAUSTED"
+    finally:
+        assert server.stop() == 0
+
+
 def test_tls_with_a_generated_certificate(exported, digits, tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
