@@ -43,7 +43,6 @@ from serving.batching import BatchingOptions
 from serving.manager import Manager, ServingError
 from serving.metrics import Metrics
 from serving.rest import _UNIMPLEMENTED, RestServer
-from serving.workers import Peers
 
 log = logging.getLogger("serving")
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
@@ -77,7 +76,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: Manager, peers: Peers | None = None):
+    def __init__(self, manager: Manager, peers: workers.Peers | None = None):
         self.manager, self.peers = manager, peers
 
     async def GetModelStatus(self, request, context):
@@ -93,7 +92,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         local, *others = await asyncio.gather(
             self._reload_here(request.config),
             *([self.peers.reload(request)] if forward else []))
-        failures = [*([] if local is None else [(None, *local)]), *(others[0] if others else [])]
+        failures = [] if local is None else [(None, *local)]
+        if others:
+            failures += others[0]  # (worker, code, message) from each sibling that failed
         if failures:
             who, code, message = failures[0]
             if who is not None:
@@ -220,7 +221,7 @@ async def serve(args) -> int:
     creds = server_credentials(args.ssl_config_file) if args.ssl_config_file else None
     peers = None
     if args.worker_index is not None:
-        peers = Peers(args.worker_index, [int(p) for p in args.worker_peers.split(",")])
+        peers = workers.Peers(args.worker_index, [int(p) for p in args.worker_peers.split(",")])
     # gRPC core takes the first of repeated keys: the user's arguments go first to win
     options = [*channel_arguments(args.grpc_channel_arguments),
                ("grpc.max_receive_message_length", args.max_request_bytes),
@@ -261,8 +262,11 @@ async def serve(args) -> int:
         raise protos.ConfigError(f"cannot listen on {address} for gRPC: {e}") from None
     if peers:
         server.add_generic_rpc_handlers([peers.metrics_handler(metrics)])
-        if not server.add_insecure_port(peers.own_address):
-            raise protos.ConfigError(f"cannot listen on {peers.own_address} (worker port)")
+        try:
+            server.add_insecure_port(peers.own_address)
+        except RuntimeError as e:
+            raise protos.ConfigError(f"cannot listen on {peers.own_address} (worker port): "
+                                     f"{e}") from None
     await server.start()
     for name in ("", *services[:2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
