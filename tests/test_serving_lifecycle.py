@@ -154,9 +154,13 @@ def test_version_policies_labels_and_reload_config(exported, digits, tmp_path):
         assert server.stop() == 0
 
 
-def test_sigterm_finishes_requests_in_flight_then_exits_0(exported, digits, tmp_path):
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_sigterm_finishes_requests_in_flight_then_exits_0(exported, digits, tmp_path,
+                                                          event_loop):
     server = ServerProcess("--model_base_path", str(exported / "deep_cnn"), "--model_name",
-                           "cnn", "--inference_threads", "1", log=tmp_path / "server.log")
+                           "cnn", "--inference_threads", "1", "--event_loop", event_loop,
+                           log=tmp_path / "server.log")
+    assert f"event loop {event_loop}" in server.logs()
     x = np.repeat(digits[0], 8, axis=0)  # 512 digits: a request takes a while on 2 cores
     with ZooClient(server.address, timeout=120) as client:
         client.predict("cnn", x[:1])
