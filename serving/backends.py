@@ -8,7 +8,6 @@ Both expose the same thing: named signatures (inputs and outputs with dtype and 
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def _tensor_info(name: str, spec: TensorSpec) -> meta_graph_pb2.TensorInfo:
 class SavedModelBackend:
     name = "savedmodel"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, intra_op_threads: int = 0, inter_op_threads: int = 0):
         pb = path / "saved_model.pb"
         if not pb.is_file():
             raise LoadError(f"{path} has no saved_model.pb (not a SavedModel, or half-written)")
@@ -88,7 +87,9 @@ class SavedModelBackend:
         # Run the graph through a Session callable, as TF Serving does: for small models this
         # costs far less per call than calling the restored ConcreteFunction.
         graph = tf.Graph()
-        self._session = tf.compat.v1.Session(graph=graph)
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                          inter_op_parallelism_threads=inter_op_threads)
+        self._session = tf.compat.v1.Session(graph=graph, config=config)
         try:
             level = tf.get_logger().level
             tf.get_logger().setLevel("ERROR")  # the v1 loader's deprecation notice
@@ -197,9 +198,11 @@ class OnnxBackend:
         return dict(zip(names, self.session.run(names, inputs)))
 
 
-def load(kind: str, path: Path):
+def load(kind: str, path: Path, intra_op_threads: int = 0, inter_op_threads: int = 0):
+    """The runtime `kind` on version directory `path`. Thread counts of 0 let the runtime choose
+    (one per core); ONNX Runtime has no inter-op pool in its sequential mode."""
     if kind == "savedmodel":
-        return SavedModelBackend(path)
+        return SavedModelBackend(path, intra_op_threads, inter_op_threads)
     if kind == "onnx":
-        return OnnxBackend(path, int(os.environ.get("ZOO_ONNX_THREADS", "0")))
+        return OnnxBackend(path, intra_op_threads)
     raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")

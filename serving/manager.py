@@ -119,8 +119,10 @@ class Manager:
     def __init__(self, backend: str = "savedmodel", batching: BatchingOptions | None = None,
                  poll_seconds: float = 1.0, metrics: Metrics | None = None,
                  inference_threads: int = 4, discover_root: Path | None = None,
-                 inline_threshold: float = 200e-6):
+                 inline_threshold: float = 200e-6, intra_op_threads: int = 0,
+                 inter_op_threads: int = 0):
         self.backend_kind = backend
+        self.runtime_threads = (intra_op_threads, inter_op_threads)
         self.inline_threshold = inline_threshold
         self.batching = batching
         self.poll_seconds = poll_seconds
@@ -265,7 +267,7 @@ class Manager:
         started = time.monotonic()
         try:
             backend = await loop.run_in_executor(
-                self.load_executor, backends.load, self.backend_kind, path)
+                self.load_executor, backends.load, self.backend_kind, path, *self.runtime_threads)
             loaded = LoadedVersion(name, version, path, backend)
             warm = await loop.run_in_executor(self.load_executor, self._warmup, loaded)
         except (backends.LoadError, ServingError, OSError, ValueError) as e:

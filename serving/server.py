@@ -145,6 +145,11 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between polls for new and removed versions; 0 polls once")
     g.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
                    help="replay assets.extra/tf_serving_warmup_requests before serving")
+    g.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                   help="threads one op may use (both backends); 0 = one per core. 1 serves "
+                        "small requests from many clients with less CPU (see README)")
+    g.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                   help="threads for independent ops (SavedModel backend); 0 = one per core")
     g = p.add_argument_group("batching (TF Serving flags)")
     g.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=False)
     g.add_argument("--batching_parameters_file", help="BatchingParameters text proto")
@@ -235,7 +240,9 @@ async def serve(args) -> int:
     metrics = Metrics((("worker", str(peers.index)),) if peers else ())
     manager = Manager(args.backend, batching, args.file_system_poll_wait_seconds,
                       metrics=metrics, inference_threads=args.inference_threads,
-                      discover_root=root)
+                      discover_root=root,
+                      intra_op_threads=args.tensorflow_intra_op_parallelism,
+                      inter_op_threads=args.tensorflow_inter_op_parallelism)
     if not args.enable_model_warmup:
         manager._warmup = lambda loaded: 0
     try:
@@ -320,9 +327,14 @@ async def serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    if args.workers < 1:
-        print("error: --workers must be >= 1", file=sys.stderr)
-        return 2
+    for flag, value, least in (("--workers", args.workers, 1),
+                               ("--tensorflow_intra_op_parallelism",
+                                args.tensorflow_intra_op_parallelism, 0),
+                               ("--tensorflow_inter_op_parallelism",
+                                args.tensorflow_inter_op_parallelism, 0)):
+        if value < least:
+            print(f"error: {flag} must be >= {least}", file=sys.stderr)
+            return 2
     if args.workers > 1 and args.worker_index is None:
         return workers.supervise(args, argv)
     who = "%(name)s" if args.worker_index is None else f"%(name)s worker {args.worker_index}"

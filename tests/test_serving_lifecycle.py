@@ -9,6 +9,7 @@ import concurrent.futures as cf
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -21,6 +22,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from serving import protos, tensors
 from serving.client import ClientError, ZooClient
 from tests.serving_fixtures import (  # noqa: F401
+    ENV,
+    ROOT,
     ServerProcess,
     copy_model,
     digits,
@@ -281,3 +284,32 @@ def test_full_batching_queue_answers_unavailable_at_once(exported, digits, tmp_p
         assert np.median(refused) < 0.5
     finally:
         assert server.stop() == 0
+
+
+def test_runtime_thread_flags_reach_both_runtimes_and_are_validated(exported, digits, tmp_path):
+    from serving import backends
+
+    version = exported / "softmax_regression" / "1"
+    saved = backends.load("savedmodel", version, intra_op_threads=1, inter_op_threads=3)
+    onnx = backends.load("onnx", version, intra_op_threads=1)
+    try:
+        assert saved._session._config.intra_op_parallelism_threads == 1
+        assert saved._session._config.inter_op_parallelism_threads == 3
+        assert onnx.session.get_session_options().intra_op_num_threads == 1
+        x = {"images": digits[0][:5]}
+        np.testing.assert_allclose(saved.run("serving_default", x)["probabilities"],
+                                   onnx.run("serving_default", x)["probabilities"], atol=1e-5)
+    finally:
+        saved.close()
+    server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
+                           "--tensorflow_intra_op_parallelism", "1", log=tmp_path / "server.log")
+    try:
+        with ZooClient(server.address, timeout=30) as client:
+            assert client.predict("default", digits[0][:3])["classes"].shape == (3,)
+    finally:
+        assert server.stop() == 0
+    r = subprocess.run([sys.executable, "-m", "serving.server", "--model_base_path", ".",
+                        "--tensorflow_intra_op_parallelism", "-1"], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "--tensorflow_intra_op_parallelism must be >= 0" in r.stderr
