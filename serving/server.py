@@ -167,8 +167,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--worker_index", type=int, help=argparse.SUPPRESS)  # set by workers.py
     g.add_argument("--worker_peers", help=argparse.SUPPRESS)
     g.add_argument("--event_loop", choices=EVENT_LOOPS, default=EVENT_LOOPS[0],
-                   help="uvloop (default: ~11%% less CPU a request than asyncio's own loop "
-                        "under load) or asyncio")
+                   help="uvloop (default; less CPU a request than asyncio's own loop, see "
+                        "README) or asyncio")
     g.add_argument("--drain_seconds", type=float, default=30.0,
                    help="on SIGTERM, how long requests in flight may take to finish")
     g.add_argument("--log_level", default="INFO")
