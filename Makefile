@@ -9,7 +9,7 @@ MODEL  ?= softmax_regression
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test test-fast lint data train evaluate benchmarks report clean
+.PHONY: run test test-fast lint data train evaluate benchmarks bench-serving report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,15 @@ benchmarks: $(VENV)/.installed
 	$(PY) -m benchmarks.reference_accuracy
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.export_agreement
+	$(MAKE) bench-serving
+
+# The serving load test (~10 min) needs both models it serves exported: trains the missing ones.
+bench-serving: $(VENV)/.installed
+	@for m in softmax_regression deep_cnn; do \
+	  ls exported_models/$$m 2>/dev/null | grep -qE '^[0-9]+$$' || $(PY) -m training.train $$m \
+	    || exit 1; \
+	done
+	$(PY) -m benchmarks.serving_load --seconds 4 --long-run 60
 
 # Every analysis study in full (<= 30 min on 2 cores), then reports/index.html, checked and
 # screenshotted in headless Chromium. QUICK=1: the same pipeline at smoke-test size, written to

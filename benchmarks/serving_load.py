@@ -51,7 +51,9 @@ def free_port() -> int:
 
 
 def latest(base: Path, model: str) -> Path:
-    versions = [int(p.name) for p in (base / model).iterdir() if p.name.isdigit()]
+    folder = base / model
+    versions = ([int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+                if folder.is_dir() else [])
     if not versions:
         raise SystemExit(f"no exported version of {model} under {base}; train one first")
     return base / model / str(max(versions))
