@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training import data
+
 ROOT = Path(__file__).resolve().parents[1]
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 BATCHING = """max_batch_size { value: 32 }
@@ -110,8 +112,7 @@ def cxx_client() -> tuple[Path | None, str]:
     """(path of the compiled benchmarks/grpc_load.cc, "") or (None, why it cannot be built)."""
     source = ROOT / "benchmarks" / "grpc_load.cc"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    binary = (Path(os.environ.get("ZOO_CACHE_DIR") or Path("~/.cache/keras-model-zoo")
-                   .expanduser()) / "bin" / f"grpc_load-{digest}")
+    binary = data.cache_dir() / "bin" / f"grpc_load-{digest}"
     if binary.is_file():
         return binary, ""
     if not shutil.which("g++") or not shutil.which("pkg-config"):
@@ -125,7 +126,8 @@ def cxx_client() -> tuple[Path | None, str]:
     built = subprocess.run(["g++", "-O2", "-std=c++17", "-o", str(tmp), str(source),
                             *flags.stdout.split()], capture_output=True, text=True)
     if built.returncode:
-        return None, f"g++ failed: {built.stderr.strip().splitlines()[-1]}"
+        tmp.unlink(missing_ok=True)
+        return None, f"g++ failed: {(built.stderr.strip().splitlines() or ['?'])[-1]}"
     tmp.replace(binary)  # atomic: a concurrent or interrupted build never leaves half a binary
     return binary, ""
 
@@ -140,12 +142,18 @@ def load_cxx(binary: Path, address: str, payload: bytes, clients: int, seconds: 
                              capture_output=True, text=True, timeout=seconds + 60)
         if out.returncode:
             raise SystemExit(f"grpc_load failed: {out.stderr.strip()}")
-        summary = json.loads(out.stdout)
-        lat = np.fromfile(latencies, np.float64) * 1e3
-    n = len(lat)
-    calls = n + sum(summary["errors"].values())  # failed calls cost the client CPU too
-    return {"requests": n, "errors": summary["errors"], "rate": n / summary["elapsed"],
-            "client_cpu_us": summary["client_cpu_seconds"] / max(calls, 1) * 1e6,
+        out = json.loads(out.stdout)
+        seconds_each = np.fromfile(latencies, np.float64)
+    return summary(seconds_each, out["errors"], out["elapsed"], out["client_cpu_seconds"])
+
+
+def summary(latencies: np.ndarray, errors: dict[str, int], elapsed: float,
+            client_cpu: float) -> dict:
+    """The figures of one load run from its OK calls' latencies (seconds) and failures."""
+    lat, n = latencies * 1e3, len(latencies)
+    calls = n + sum(errors.values())  # failed calls cost the client CPU too
+    return {"requests": n, "errors": errors, "rate": n / elapsed,
+            "client_cpu_us": client_cpu / max(calls, 1) * 1e6,
             "p50_ms": float(np.percentile(lat, 50)) if n else float("nan"),
             "p99_ms": float(np.percentile(lat, 99)) if n else float("nan")}
 
@@ -194,12 +202,7 @@ def load(address: str, payload: bytes, clients: int, seconds: float,
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
-    lat = np.concatenate(latencies) * 1e3
-    calls = len(lat) + sum(errors.values())
-    return {"requests": len(lat), "errors": errors, "rate": len(lat) / elapsed,
-            "client_cpu_us": cpu / max(calls, 1) * 1e6,
-            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
+    return summary(np.concatenate(latencies), errors, elapsed, cpu)
 
 
 def in_process(backend: str, path: Path, x: np.ndarray, seconds: float) -> dict:
@@ -357,8 +360,7 @@ def main(argv=None) -> int:
         if binary is not None:
             return load_cxx(binary, address, payload, clients, seconds, args.channels)
         return load(address, payload, clients, seconds, min(args.client_processes, clients))
-    with np.load(Path(os.environ.get("ZOO_CACHE_DIR") or
-                      Path("~/.cache/keras-model-zoo").expanduser()) / "mnist.npz") as f:
+    with np.load(data.cache_dir() / "mnist.npz") as f:
         x = f["x_test"][:1].astype(np.float32)
     results: dict[str, dict] = {}
     print("tensor conversion, tf.make_ndarray / tf.make_tensor_proto vs serving.tensors "
