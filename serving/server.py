@@ -298,12 +298,12 @@ async def serve(args) -> int:
         print(f"[serving] REST on http://{args.host}:{rest_port}", file=sys.stderr, flush=True)
     served = ", ".join(f"{n} v{','.join(map(str, sorted(s.available))) or ' (none)'}"
                        for n, s in sorted(manager.models.items()))
+    loop = asyncio.get_running_loop()
     print(f"[serving] models: {served or '(none yet)'}; backend {args.backend}; batching "
-          f"{'on' if batching else 'off'}; event loop {args.event_loop}", file=sys.stderr,
+          f"{'on' if batching else 'off'}; event loop {type(loop).__module__}", file=sys.stderr,
           flush=True)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     poller = loop.create_task(manager.poll_forever())

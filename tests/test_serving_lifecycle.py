@@ -5,6 +5,7 @@ flight, TLS, and dynamic batching (each caller gets its own rows; a full queue i
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import os
 import shutil
@@ -21,6 +22,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving import protos, tensors
 from serving.client import ClientError, ZooClient
+from serving.manager import Manager
 from tests.serving_fixtures import (  # noqa: F401
     ENV,
     ROOT,
@@ -301,6 +303,18 @@ def test_runtime_thread_flags_reach_both_runtimes_and_are_validated(exported, di
                                    onnx.run("serving_default", x)["probabilities"], atol=1e-5)
     finally:
         saved.close()
+
+    async def loaded_by_manager():  # the manager hands the counts to every version it loads
+        manager = Manager("onnx", None, 0, intra_op_threads=1)
+        config = protos.ModelServerConfig()
+        config.model_config_list.config.add(name="soft", base_path=str(version.parent),
+                                            model_platform="tensorflow")
+        await manager.set_config(config)
+        try:
+            return manager.models["soft"].available[1].backend
+        finally:
+            await manager.close()
+    assert asyncio.run(loaded_by_manager()).session.get_session_options().intra_op_num_threads == 1
     server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
                            "--tensorflow_intra_op_parallelism", "1", log=tmp_path / "server.log")
     try:
