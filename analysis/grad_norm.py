@@ -36,7 +36,7 @@ def run_steps(config, ds, steps: int, study=None, label=""):
     import tensorflow as tf
 
     from training import precision
-    from training.train import compile_model
+    from training.modeling import compile_model
 
     precision.apply(config.precision)
     keras.utils.set_random_seed(config.seed)

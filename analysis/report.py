@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from analysis.common import DEFAULT_OUT
+from serving import quiet
 
 # (section, studies) in the order of the page; every study is `python -m analysis.NAME`.
 SECTIONS = (
@@ -224,6 +225,7 @@ def _browser(cmd: list[str]) -> subprocess.CompletedProcess:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split(
         "\n\n")[0])
+    quiet.add_verbose_flag(p)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report root (default: "
                    "%(default)s)")
     p.add_argument("--run", action="store_true", help="run every study first, in full")

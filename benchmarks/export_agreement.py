@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import table
+from serving import quiet
 
 
 def main() -> None:
@@ -28,6 +29,7 @@ def main() -> None:
     from training.train import train
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    quiet.add_verbose_flag(p)
     p.add_argument("--models", nargs="+", default=["softmax_regression", "mlp_128", "deep_cnn"])
     p.add_argument("--steps", type=int, default=300)
     args = p.parse_args()

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import median, table
+from serving import quiet
 
 DEFAULT = ["softmax_regression", "mlp_128", "mlp_128_64", "mlp_107_64_64_64_16", "deep_cnn"]
 
@@ -23,7 +24,7 @@ def run(name: str, seed: int, ds) -> dict:
     from training.config import resolve_config
     from training.train import train
 
-    resolved = precision.resolve("auto", precision.detect_hardware())
+    resolved = precision.choose("auto")
     config = resolve_config(name, precision_requested="auto", precision=resolved.policy,
                             precision_reason=resolved.reason, train_size=len(ds.x_train),
                             seed=seed)
@@ -36,6 +37,7 @@ def main() -> None:
     from training import data
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    quiet.add_verbose_flag(p)
     p.add_argument("--models", nargs="+", default=DEFAULT)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     args = p.parse_args()

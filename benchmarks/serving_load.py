@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serving import quiet
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,6 +326,7 @@ def fmt(name: str, r: dict, baseline: float | None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving_load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    quiet.add_verbose_flag(p)
     p.add_argument("--base-path", type=Path, default=ROOT / "exported_models")
     p.add_argument("--models", nargs="+", default=["softmax_regression", "deep_cnn"])
     p.add_argument("--backends", nargs="+", default=["savedmodel", "onnx"])

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import median, table
+from serving import quiet
 
 
 def ours(name: str, policy: str, ds, batch: int, steps: int, epochs: int) -> float:
@@ -24,7 +25,7 @@ def ours(name: str, policy: str, ds, batch: int, steps: int, epochs: int) -> flo
     from training.config import resolve_config
     from training.train import train
 
-    resolved = precision.resolve(policy, precision.detect_hardware())
+    resolved = precision.choose(policy)
     config = resolve_config(name, precision_requested=policy, precision=resolved.policy,
                             precision_reason=resolved.reason, train_size=len(ds.x_train),
                             batch_size=batch, steps_per_epoch=steps, epochs=epochs,
@@ -71,13 +72,14 @@ def plain(name: str, policy: str, ds, batch: int, steps: int, epochs: int,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    quiet.add_verbose_flag(p)
     p.add_argument("--models", nargs="+", default=["softmax_regression", "mlp_128", "deep_cnn"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs + 1 untimed")
     args = p.parse_args()
 
     from training import data, precision
-    from training.train import STEPS_PER_EXECUTION
+    from training.modeling import STEPS_PER_EXECUTION
 
     ds = data.load_dataset("mnist")
     # One full pass per epoch for the small models, as their recipes train (the per-epoch
@@ -102,7 +104,7 @@ def main() -> None:
                        "ratio")))
 
     if "deep_cnn" in args.models:
-        auto = precision.resolve("auto", precision.detect_hardware())
+        auto = precision.choose("auto")
         prows = []
         baseline = median([plain("deep_cnn", "float32", ds, 128, 25, args.epochs)
                            for _ in range(args.repeats)])

@@ -25,6 +25,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from serving import quiet
+
 DEFAULT_ADDRESS = os.environ.get("ZOO_SERVING_ADDRESS", "127.0.0.1:8500")
 DEFAULT_REST = os.environ.get("ZOO_SERVING_REST", "127.0.0.1:8501")
 STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING",
@@ -233,6 +235,7 @@ def load_image(path: str) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.client",
                                 description="Talk to a TF-Serving-compatible server.")
+    quiet.add_verbose_flag(p)
     g = p.add_argument_group("connection")
     g.add_argument("--address", default=DEFAULT_ADDRESS,
                    help=f"gRPC HOST:PORT (default {DEFAULT_ADDRESS}; $ZOO_SERVING_ADDRESS)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from serving import protos
+from serving import protos, quiet
 
 
 def build(base: Path, prefix: str | None = None, num_versions: int = 1):
@@ -33,6 +33,7 @@ def build(base: Path, prefix: str | None = None, num_versions: int = 1):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.config", description=__doc__.split("\n")[0])
+    quiet.add_verbose_flag(p)
     p.add_argument("base", type=Path, help="model base path (e.g. exported_models)")
     p.add_argument("--base-path-prefix", help="write base_path as PREFIX/NAME (e.g. /models "
                    "inside the serving image) instead of the absolute local path")

@@ -1,4 +1,5 @@
-"""A TensorFlow-Serving-compatible model server for exported_models/ (DESIGN.md, "Serving").
+"""A TensorFlow-Serving-compatible model server for exported_models/
+(docs/ARCHITECTURE.md, "Serving").
 
     python -m serving.server --model_base_path exported_models --port 8500 --rest_api_port 8501
     python -m serving.server --model_config_file models.config --enable_batching \\
@@ -38,7 +39,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, protos, workers
+from serving import backends, protos, quiet, workers
 from serving.batching import BatchingOptions
 from serving.manager import Manager, ServingError
 from serving.metrics import Metrics
@@ -128,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m serving.server",
         description="Serve exported zoo models over TF Serving's gRPC and REST APIs.")
+    quiet.add_verbose_flag(p)
     g = p.add_argument_group("where (TF Serving flags)")
     g.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
     g.add_argument("--rest_api_port", type=int, default=0,

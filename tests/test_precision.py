@@ -77,7 +77,7 @@ def test_mixed_policy_computes_low_and_keeps_float32_weights_and_softmax(policy,
 
 def test_mixed_float16_compiles_with_loss_scaling():
     from tests.helpers import tiny_config
-    from training.train import compile_model
+    from training.modeling import compile_model
 
     precision.apply("mixed_float16")
     model = compile_model(tiny_config("softmax_regression", policy="mixed_float16"))

@@ -35,10 +35,17 @@ class TrainConfig:
     # Training examples used (None: all); for tests and quick looks.
     train_limit: int | None = None
     test_limit: int | None = None
+    # --steps N: exactly N steps, the last epoch shorter if N is not a multiple (None: whole
+    # epochs of steps_per_epoch).
+    steps: int | None = None
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        return self.steps if self.steps is not None else self.epochs * self.steps_per_epoch
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Steps of epoch `epoch` (0-based): steps_per_epoch, except a shorter last one."""
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -92,10 +99,15 @@ def resolve_config(
     if steps is not None and (epochs is not None or steps_per_epoch is not None):
         raise ConfigError("give --steps, or --epochs/--steps-per-epoch, not both")
     batch_size = batch_size if batch_size is not None else r.batch_size
-    per_pass = max(1, min(train_size, train_limit or train_size) // batch_size)
+    examples = min(train_size, train_limit or train_size)
+    if batch_size > examples:  # an epoch would hold no batch at all
+        raise ConfigError(f"batch size {batch_size} is larger than the {examples:,} training "
+                          f"examples; give --batch-size {examples} or less")
+    per_pass = examples // batch_size
     if steps is not None:
         epochs = math.ceil(steps / per_pass)
         steps_per_epoch = math.ceil(steps / epochs)
+        epochs = math.ceil(steps / steps_per_epoch)  # 65 at 64 a pass: 33 + 32, not 33 + 33
     else:
         epochs = epochs if epochs is not None else r.epochs
         steps_per_epoch = steps_per_epoch or r.steps_per_epoch or per_pass
@@ -117,6 +129,7 @@ def resolve_config(
         precision_reason=precision_reason,
         train_limit=train_limit,
         test_limit=test_limit,
+        steps=steps,
     )
 
 

