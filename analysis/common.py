@@ -1,6 +1,12 @@
 """What every study shares: its command line, its report (PNGs + one JSON with every plotted
-number, the config and the cost), progress lines, and small training helpers built on
-`training.train.compile_model` and `training.data`'s pipelines.
+number, the config, the precisions and the cost), progress lines, small training helpers built on
+`training.modeling.compile_model` and `training.data`'s pipelines, float32 evaluation, and the
+one rank correlation.
+
+Measurements run in a stated precision whatever policy trained the model: float32 (float64 where
+a study says so), on `training.modeling.measurement_copy` of a mixed-precision model
+(docs/ARCHITECTURE.md, "Precision"). Each JSON records both: `precision: {"training": policy,
+"measurement": dtype}`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import zoo  # noqa: E402
-from training import data, precision  # noqa: E402
+from serving import quiet
+from training import data, modeling, precision  # noqa: E402
 from training.config import (  # noqa: E402
     ConfigError,
     TrainConfig,
@@ -31,6 +38,9 @@ from training.config import (  # noqa: E402
 )
 
 DEFAULT_OUT = Path("reports")
+# What a --quick run says of every claim: smoke-size runs check that a study works; they are too
+# small to decide whether a report's claim holds.
+SMOKE_VERDICT = "not decided at smoke size"
 
 
 class UsageError(Exception):
@@ -47,6 +57,7 @@ class DivergedError(Exception):
 def build_parser(name: str, description: str, default_model: str | None = None,
                  model_help: str = "a registered zoo model") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m analysis.{name}", description=description)
+    quiet.add_verbose_flag(p)
     g = p.add_argument_group("what to study")
     if default_model is not None:
         g.add_argument("--model", default=default_model,
@@ -77,7 +88,7 @@ def run(main: Callable[[argparse.Namespace], dict], parser: argparse.ArgumentPar
         result = main(args)
     # Only errors that explain themselves; any other exception is a bug and keeps its traceback.
     except (UsageError, DivergedError, ConfigError, zoo.UnknownModelError,
-            data.DataSourceError) as e:
+            data.DataSourceError, precision.PrecisionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report: {result['json']}")
@@ -100,10 +111,25 @@ def check_model(name: str, task: str | None = None, dataset: str | None = None) 
 
 
 class Study:
-    """One study run: output directory, cost counters, progress, figures, the JSON."""
+    """One study run: output directory, cost counters, progress, figures, the JSON.
 
-    def __init__(self, name: str, args: argparse.Namespace, **config):
+    `measurement`: the dtype its losses, gradients and curvature are measured in (float32, or
+    float64 where the study says so); `training_policy`: the policy its models train in, by
+    default `--precision` resolved as the train CLI does. Both go to the JSON's `precision`;
+    a study may still change `self.precision` before `finish`."""
+
+    def __init__(self, name: str, args: argparse.Namespace, *,
+                 measurement: str = modeling.MEASUREMENT_DTYPE,
+                 training_policy: str | None = None, **config):
         self.name = name
+        if training_policy is None:
+            resolved = precision.choose(args.precision)
+            training_policy = resolved.policy
+            why = f"--precision {args.precision}: {resolved.reason}"
+        else:
+            why = "set by the study (--precision unused)"
+        self.precision = {"training": training_policy, "training_reason": why,
+                          "measurement": measurement}
         self.out_dir = Path(args.out) / name
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -142,14 +168,20 @@ class Study:
         return path
 
     def finish(self, results: dict, claims: list[dict] | None = None) -> dict:
-        """Write OUT/NAME/NAME.json. `claims`: [{report_figure, claim, measured}] for the page."""
+        """Write OUT/NAME/NAME.json. `claims`: [{report_figure, claim, measured, verdict}] for
+        the page; `verdict` (optional) is what a full run decides; a --quick run's is always
+        SMOKE_VERDICT, whatever the study said."""
         wall = time.perf_counter() - self.start
+        quick = bool(self.config.get("quick"))
+        claims = [{**c, "verdict": SMOKE_VERDICT if quick else c.get("verdict")}
+                  for c in claims or []]
         doc = {
             "study": self.name,
             "config": self.config,
+            "precision": self.precision,
             "results": results,
             "figures": self.figures,
-            "claims": claims or [],
+            "claims": claims,
             "cost": {"wall_seconds": round(wall, 3), **dict(self.costs)},
             "environment": environment(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -211,7 +243,7 @@ def band(ax, x, runs: np.ndarray, label: str, color=None, log: bool = False):
 def train_config(model: str, args: argparse.Namespace, seed: int | None = None,
                  dataset_size: int | None = None, **overrides) -> TrainConfig:
     """The model's recipe with overrides, precision resolved exactly as the train CLI does."""
-    resolved = precision.resolve(args.precision, precision.detect_hardware())
+    resolved = precision.choose(args.precision)
     spec = zoo.get_spec(model)
     if dataset_size is None:
         dataset_size = 4096 if spec.dataset == "sinc" else 60000
@@ -231,27 +263,32 @@ def load(name: str, args: argparse.Namespace) -> data.Dataset:
 
 
 class EpochRecorder:
-    """A Keras callback recording per-epoch metrics and wall time, and calling `every` hooks."""
+    """A Keras callback recording per-epoch metrics and wall time, and calling `on_epoch`.
+
+    train_* are Keras' running means over the epoch, in the training policy (what the optimiser
+    saw); test_* come from `evaluate(model)` (a float32 `modeling.TestEvaluator`), after the
+    epoch's `seconds` of training, and take `eval_seconds`."""
 
     def __new__(cls, *a, **k):
         import keras
 
         class _Recorder(keras.callbacks.Callback):
-            def __init__(self, on_epoch=None, study=None, label=""):
+            def __init__(self, on_epoch=None, study=None, label="", evaluate=None):
                 super().__init__()
                 self.records: list[dict] = []
-                self.on_epoch = on_epoch
+                self.on_epoch, self.evaluate = on_epoch, evaluate
                 self.study, self.label = study, label
 
             def on_epoch_begin(self, epoch, logs=None):
                 self._t0 = time.perf_counter()
 
             def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
                 rec = {"epoch": epoch + 1, "seconds": time.perf_counter() - self._t0}
-                for k, v in logs.items():
-                    key = "test_" + k[4:] if k.startswith("val_") else "train_" + k
-                    rec[key] = float(v)
+                rec.update({f"train_{k}": float(v) for k, v in (logs or {}).items()})
+                if self.evaluate is not None:
+                    t0 = time.perf_counter()
+                    rec.update({f"test_{k}": v for k, v in self.evaluate(self.model).items()})
+                    rec["eval_seconds"] = time.perf_counter() - t0
                 self.records.append(rec)
                 if self.on_epoch:
                     self.on_epoch(epoch + 1, self.model)
@@ -268,10 +305,12 @@ def fit(config: TrainConfig, ds: data.Dataset, study: Study | None = None, label
 
     `model`: an already compiled model to go on training; `build()`: makes the uncompiled
     model instead of the zoo's (called after seeding, so its initialisation is repeatable).
-    `on_epoch(epoch, model)` is also called once with epoch 0 before training (the init)."""
+    `on_epoch(epoch, model)` is also called once with epoch 0 before training (the init).
+    `validate`: test metrics after each epoch, in float32 whatever the policy (not fit's own
+    validation, which would run in the policy)."""
     import keras
 
-    from training.train import compile_model
+    from training.modeling import compile_model
 
     precision.apply(config.precision)
     keras.utils.set_random_seed(config.seed)
@@ -279,12 +318,12 @@ def fit(config: TrainConfig, ds: data.Dataset, study: Study | None = None, label
         model = compile_model(config, build() if build else None)
     if on_epoch:
         on_epoch(0, model)
-    recorder = EpochRecorder(on_epoch=on_epoch, study=study, label=label)
+    evaluate = modeling.TestEvaluator(config, ds) if validate else None
+    recorder = EpochRecorder(on_epoch=on_epoch, study=study, label=label, evaluate=evaluate)
     model.fit(
         data.train_pipeline(ds, config.batch_size, config.seed, config.train_limit),
         epochs=config.epochs,
         steps_per_epoch=config.steps_per_epoch,
-        validation_data=data.test_pipeline(ds, limit=config.test_limit) if validate else None,
         callbacks=[recorder],
         shuffle=False,
         verbose=0,
@@ -294,25 +333,26 @@ def fit(config: TrainConfig, ds: data.Dataset, study: Study | None = None, label
     return model, recorder.records
 
 
-def flat_weights(model, trainable_only: bool = True) -> np.ndarray:
-    vs = model.trainable_variables if trainable_only else model.variables
-    return np.concatenate([np.asarray(v.numpy(), dtype=np.float64).ravel() for v in vs])
+# ----------------------------------------------------------------------------- measuring
 
 
-def set_flat_weights(model, flat: np.ndarray) -> None:
-    i = 0
-    for v in model.trainable_variables:
-        n = int(np.prod(v.shape))
-        v.assign(np.asarray(flat[i:i + n]).reshape(v.shape).astype(v.dtype))
-        i += n
-    if i != flat.size:
-        raise ValueError(f"weight vector has {flat.size} entries, the model {i}")
+def measured(model):
+    """What a measurement runs on: the model itself if it computes in float32 or float64
+    throughout, else its float32 copy (`modeling.measurement_copy`; weights copied, not shared)."""
+    if modeling.model_dtype(model) in ("float32", "float64"):
+        return model
+    return modeling.measurement_copy(model, modeling.MEASUREMENT_DTYPE)
 
 
-def evaluate(model, x, y, task: str, batch_size: int = 2000) -> dict:
-    """Loss (and accuracy for classifiers) of a model on arrays, in float64 arithmetic."""
+def evaluate(model, x, y, task: str, batch_size: int = 2000, as_trained: bool = False) -> dict:
+    """Loss (and accuracy for classifiers) of a model on arrays: the model's outputs in float32
+    (float64 for a float64 model) on `measured(model)`, the mean loss in float64.
+
+    `as_trained=True` runs the model as it is, in the policy it trained in: informational only
+    (it differs from the measurement under a mixed policy), never to be compared as equal."""
     import keras
 
+    model = model if as_trained else measured(model)
     losses, correct = [], 0
     loss_fn = keras.losses.get("sparse_categorical_crossentropy" if task == "classification"
                                else "mse")
@@ -339,3 +379,22 @@ def pca(points: np.ndarray, k: int = 2, center: np.ndarray | None = None) -> dic
     var = s ** 2
     return {"center": c, "components": vt[:k], "projected": (points - c) @ vt[:k].T,
             "explained": var / var.sum() if var.sum() > 0 else var}
+
+
+def correlation(a, b, method: str = "spearman") -> float | None:
+    """Spearman's rank correlation (ties get their average rank) or Pearson's, by scipy.stats.
+    None (JSON null) when undefined: fewer than 3 pairs, or either side constant. Reports are
+    strict JSON, so a correlation is never NaN; and never a made-up 0."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"correlation of shapes {a.shape} and {b.shape}")
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    fn = {"spearman": stats.spearmanr, "pearson": stats.pearsonr}[method]
+    return float(fn(a, b).statistic)
+
+
+def format_correlation(r: float | None) -> str:
+    return "undefined (constant or too few values)" if r is None else f"{r:+.2f}"

@@ -17,6 +17,7 @@ import numpy as np
 
 import zoo
 from analysis import common, hvp
+from training import modeling
 
 NAME = "flatness"
 # Inputs are raw intensities 0-255 (the models normalise inside); the Jacobian is reported per
@@ -57,11 +58,6 @@ def build_parser():
 # ----------------------------------------------------------------------------- measurements
 
 
-def float32_copy(model):
-    """The landscape is measured in float32 whatever policy trained the model."""
-    return hvp.cast_model(model, "float32")
-
-
 def alphas_grid(n: int) -> np.ndarray:
     """n points on [-1, 2] containing 0 and 1 exactly when (n - 1) is a multiple of 3."""
     a = np.linspace(-1.0, 2.0, n)
@@ -71,11 +67,11 @@ def alphas_grid(n: int) -> np.ndarray:
 def interpolate(model_a, model_b, alphas, sets: dict, task: str, progress=None) -> dict:
     """Loss (and accuracy) of theta(a) = (1-a) theta_a + a theta_b on each named (x, y) set,
     measured on a float32 copy (common.evaluate: float64 arithmetic on its outputs)."""
-    wa, wb = common.flat_weights(model_a), common.flat_weights(model_b)
-    probe = float32_copy(model_a)
+    wa, wb = hvp.flatten(model_a.trainable_variables), hvp.flatten(model_b.trainable_variables)
+    probe = modeling.cast_model(model_a, "float32")  # always a copy: its weights are moved
     out = {name: {"loss": [], "accuracy": []} for name in sets}
     for i, a in enumerate(alphas):
-        common.set_flat_weights(probe, (1.0 - a) * wa + a * wb)
+        hvp.assign_flat(probe.trainable_variables, (1.0 - a) * wa + a * wb)
         for name, (x, y) in sets.items():
             r = common.evaluate(probe, x, y, task)
             out[name]["loss"].append(r["loss"])
@@ -140,7 +136,7 @@ def main(args) -> dict:
         path_test_set=f"first {min(args.eval_test, len(ds.x_test))} test images",
         jacobian_set=f"first {min(args.jacobian_images, len(ds.x_test))} test images; "
                      "d softmax / d (pixel/255), Frobenius norm, float32",
-        landscape_arithmetic="float32 copy of each model (hvp.cast_model)")
+        landscape_arithmetic="float32 copy of each model (training.modeling.cast_model)")
     sets = {"train": (ds.x_train[:args.eval_train], ds.y_train[:args.eval_train]),
             "test": (ds.x_test[:args.eval_test], ds.y_test[:args.eval_test])}
     x_jac = ds.x_test[:args.jacobian_images]
@@ -157,7 +153,7 @@ def main(args) -> dict:
                                          dataset_size=len(ds.x_train))
             model, records = common.fit(config, ds, study=study, label=f"batch {bs} s{seed}",
                                         validate=False)
-            probe = float32_copy(model)
+            probe = common.measured(model)  # float32, whatever policy trained it
             metrics = {k: common.evaluate(probe, x, y, "classification")
                        for k, (x, y) in sets.items()}
             study.count("loss_evaluations", 2)
@@ -172,10 +168,8 @@ def main(args) -> dict:
                          "jacobian_norm_mean": float(jn.mean()),
                          "jacobian_norm_std": float(jn.std())})
             if bs in (args.small_batch, args.large_batch):
-                # the model's own metrics, measured on itself (the path's a=0 / a=1 must match)
-                models[bs] = (model, {k: common.evaluate(model, x, y, "classification")
-                                      for k, (x, y) in sets.items()})
-                study.count("loss_evaluations", 2)
+                # the end model's own float32 metrics (the path's a=0 / a=1 must match them)
+                models[bs] = (model, metrics)
             done += 1
             study.progress(done, total, f"batch {bs} seed {seed}: test acc "
                            f"{rows[-1]['test_accuracy']:.4f}, |J|_F "
@@ -214,8 +208,9 @@ def _summary(args, sizes, alphas, per_seed) -> dict:
         "path_curves": paths,
         "endpoint_index": {"small": i0, "large": i1},
         "distance_mean": float(np.mean([r["path"]["distance"] for r in per_seed])),
-        "spearman_jacobian_vs_batch": _spearman(np.log(sizes), jac.mean(0)),
-        "spearman_test_loss_vs_jacobian": _spearman(jac.mean(0), sweep["test_loss"].mean(0)),
+        "spearman_jacobian_vs_batch": common.correlation(np.log(sizes), jac.mean(0)),
+        "spearman_test_loss_vs_jacobian": common.correlation(jac.mean(0),
+                                                             sweep["test_loss"].mean(0)),
         # train minus test accuracy and test minus train loss (train = the path's subset)
         "generalisation_gap": {
             "accuracy": (sweep["train_accuracy"] - sweep["test_accuracy"]).mean(0),
@@ -237,16 +232,6 @@ def _outward_rise(alphas, losses) -> dict:
         out[name] = {"at": float(alphas[j]), "from": float(alphas[i]),
                      "ratio": (losses[:, j] / losses[:, i]).tolist()}
     return out
-
-
-def _spearman(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 3:
-        return 0.0
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    if ra.std() == 0 or rb.std() == 0:
-        return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def _claims(args, r) -> list[dict]:
@@ -273,8 +258,10 @@ def _claims(args, r) -> list[dict]:
                      "scale-invariant)"},
         {"report_figure": "none (course question)",
          "claim": "sensitivity (input-Jacobian norm) tracks generalisation across batch sizes",
-         "measured": f"Spearman(log batch, |J|_F) {r['spearman_jacobian_vs_batch']:+.2f}; "
-                     f"Spearman(|J|_F, test loss) {r['spearman_test_loss_vs_jacobian']:+.2f}; "
+         "measured": "Spearman(log batch, |J|_F) "
+                     f"{common.format_correlation(r['spearman_jacobian_vs_batch'])}; "
+                     "Spearman(|J|_F, test loss) "
+                     f"{common.format_correlation(r['spearman_test_loss_vs_jacobian'])}; "
                      f"per batch size: {table}"},
     ]
 

@@ -78,16 +78,22 @@ def main(args) -> dict:
             obj_holder = {}
 
             def on_epoch(epoch, model, curve=curve, holder=obj_holder):
-                if "obj" not in holder:  # float32 model: the Objective shares its weights
+                # Full-set loss and gradient in float32: on the model itself if it trains in
+                # float32 (shared weights), else on a float32 copy given this epoch's weights.
+                if "obj" not in holder:
                     holder["obj"] = hvp.Objective(model, "mse", ds.x_train, ds.y_train,
                                                   dtype="float32")
-                loss, g = holder["obj"].value_and_gradient()
+                obj = holder["obj"]
+                if obj.model is not model:
+                    obj.set_flat(hvp.flatten(model.trainable_variables))
+                loss, g = obj.value_and_gradient()
                 curve["loss"].append(loss)
                 curve["grad_norm"].append(float(np.linalg.norm(g)))
 
             model, records = common.fit(config, ds, on_epoch=on_epoch, validate=False)
             study.count("gradients", obj_holder["obj"].gradients)
-            pred = np.asarray(model(ds.x_test, training=False), np.float64).ravel()
+            probe = common.measured(model)  # float32 whatever policy trained it
+            pred = np.asarray(probe(ds.x_test, training=False), np.float64).ravel()
             mse = float(np.mean((pred - ds.y_test.ravel()) ** 2))
             runs.append({"seed": seed, "test_mse": mse, "prediction": pred, **curve,
                          "seconds": sum(r["seconds"] for r in records)})
@@ -100,42 +106,43 @@ def main(args) -> dict:
             "test_mse_mean": float(mses.mean()), "test_mse_std": float(mses.std()),
             "test_mse_runs": mses, "runs": runs,
         }
-    verdict = _verdict(per_model)
+    verdict = _verdict(per_model, decide=not args.quick)
     _plots(study, ds, per_model)
     claims = [
         {"report_figure": "report 1, Figs 1-6",
          "claim": "at ~600 weights, deeper networks fit the function better",
-         "measured": verdict["depth_helps_text"]},
+         "measured": verdict["depth_helps_text"], "verdict": verdict["depth_helps_verdict"]},
         {"report_figure": "report 1, Figs 1-6",
          "claim": "tanh beats sigmoid at equal size",
-         "measured": verdict["tanh_beats_sigmoid_text"]},
+         "measured": verdict["tanh_beats_sigmoid_text"],
+         "verdict": verdict["tanh_beats_sigmoid_verdict"]},
     ]
     return study.finish({"x_test": ds.x_test.ravel(), "y_test": ds.y_test.ravel(),
                          "models": per_model, "verdict": verdict}, claims)
 
 
-def _verdict(per_model) -> dict:
+def _verdict(per_model, decide: bool) -> dict:
+    """Per claim: whether it holds in our runs (None unless `decide`: a --quick run is too
+    small to decide), its verdict ("yes" / "no" / SMOKE_VERDICT) and the measured numbers."""
     m = {k: v["test_mse_runs"] for k, v in per_model.items()}
-    out = {}
     shallow, deep_tanh, deep_sig = DEFAULT_MODELS
-    if shallow in m and deep_tanh in m:
-        wins = int(sum(d < s for d in m[deep_tanh] for s in m[shallow]))
-        helps = bool(np.mean(m[deep_tanh]) < np.mean(m[shallow]))
-        out["depth_helps"] = helps
-        out["depth_helps_text"] = (
-            f"{'yes' if helps else 'no'}: mean test MSE deep tanh {np.mean(m[deep_tanh]):.3g} vs "
-            f"shallow tanh {np.mean(m[shallow]):.3g} over {len(m[shallow])} seeds "
-            f"(deep better in {wins}/{len(m[shallow]) * len(m[deep_tanh])} pairs)")
-    if deep_tanh in m and deep_sig in m:
-        wins = int(sum(t < s for t in m[deep_tanh] for s in m[deep_sig]))
-        beats = bool(np.mean(m[deep_tanh]) < np.mean(m[deep_sig]))
-        out["tanh_beats_sigmoid"] = beats
-        out["tanh_beats_sigmoid_text"] = (
-            f"{'yes' if beats else 'no'}: mean test MSE deep tanh {np.mean(m[deep_tanh]):.3g} vs "
-            f"deep sigmoid {np.mean(m[deep_sig]):.3g} "
-            f"(tanh better in {wins}/{len(m[deep_tanh]) * len(m[deep_sig])} pairs)")
-    out.setdefault("depth_helps_text", "not measured (the report's models were not all run)")
-    out.setdefault("tanh_beats_sigmoid_text", "not measured (the report's models were not all run)")
+    out = {}
+    for key, better, worse, names in (
+            ("depth_helps", deep_tanh, shallow, ("deep tanh", "shallow tanh", "deep")),
+            ("tanh_beats_sigmoid", deep_tanh, deep_sig, ("deep tanh", "deep sigmoid", "tanh"))):
+        if better not in m or worse not in m:
+            out[key] = None
+            out[f"{key}_verdict"] = None
+            out[f"{key}_text"] = "not measured (the report's models were not all run)"
+            continue
+        wins = int(sum(b < w for b in m[better] for w in m[worse]))
+        holds = bool(np.mean(m[better]) < np.mean(m[worse]))
+        out[key] = holds if decide else None
+        out[f"{key}_verdict"] = ("yes" if holds else "no") if decide else common.SMOKE_VERDICT
+        out[f"{key}_text"] = (
+            f"mean test MSE {names[0]} {np.mean(m[better]):.3g} vs {names[1]} "
+            f"{np.mean(m[worse]):.3g} over {len(m[better])} and {len(m[worse])} seeds "
+            f"({names[2]} better in {wins}/{len(m[better]) * len(m[worse])} pairs)")
     return out
 
 

@@ -31,29 +31,41 @@ def build_parser():
 
 
 def run_steps(config, ds, steps: int, study=None, label=""):
-    """A step-by-step training loop recording mini-batch loss and gradient norm."""
+    """A step-by-step training loop recording each mini-batch's loss and gradient norm before
+    its update, measured in float32 whatever the policy: on the model itself when it trains in
+    float32 (the same pass gives the update), else on a float32 copy holding the same weights
+    (under mixed_float16 the training gradients are also loss-scaled)."""
     import keras
     import tensorflow as tf
 
-    from training import precision
-    from training.modeling import compile_model
+    from training import modeling, precision
 
     precision.apply(config.precision)
     keras.utils.set_random_seed(config.seed)
-    model = compile_model(config)
+    model = modeling.compile_model(config)
+    probe = common.measured(model)
     loss_fn = keras.losses.get(config.loss)
     opt = model.optimizer
-    params = model.trainable_variables
+    params, probe_params = model.trainable_variables, probe.trainable_variables
+
+    def loss_and_grads(net, variables, x, y, scale=False):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(loss_fn(y, tf.cast(net(x, training=True), tf.float32)))
+            scaled = opt.scale_loss(loss) if scale and hasattr(opt, "scale_loss") else loss
+        return loss, tape.gradient(scaled, variables)
 
     @tf.function
     def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(loss_fn(y, tf.cast(model(x, training=True), tf.float32)))
-            scaled = opt.scale_loss(loss) if hasattr(opt, "scale_loss") else loss
-        grads = tape.gradient(scaled, params)
-        norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in grads])
-        opt.apply_gradients(zip(grads, params))
-        return loss, norm
+        if probe is model:
+            loss, grads = loss_and_grads(model, params, x, y)
+            update = grads
+        else:
+            for p, w in zip(probe_params, params):
+                p.assign(w)
+            loss, grads = loss_and_grads(probe, probe_params, x, y)
+            update = loss_and_grads(model, params, x, y, scale=True)[1]
+        opt.apply_gradients(zip(update, params))
+        return loss, tf.linalg.global_norm(grads)
 
     it = iter(data.train_pipeline(ds, config.batch_size, config.seed, config.train_limit))
     losses, norms = np.zeros(steps), np.zeros(steps)
@@ -66,7 +78,8 @@ def run_steps(config, ds, steps: int, study=None, label=""):
                            phase=label)
     if study:
         study.count("training_steps", steps)
-        study.count("gradients", steps)
+        # a float32 copy measures with a gradient of its own beside the training one
+        study.count("gradients", steps if probe is model else 2 * steps)
     return model, losses, norms
 
 

@@ -63,6 +63,7 @@ def main(args) -> dict:
     model, records = common.fit(config, ds, study=study, label=args.model)
     n_params = int(model.count_params())
     dtype = args.dtype or ("float64" if n_params <= 200_000 else "float32")
+    study.precision["measurement"] = dtype
     x, y = ds.x_train[: args.examples], ds.y_train[: args.examples]
     obj = hvp.Objective(model, spec.recipe.loss, x, y, dtype=dtype,
                         batch_size=args.batch_size, method=args.method)

@@ -1,57 +1,73 @@
 """Hessian-vector products of a Keras model's loss, and the spectral methods built on them.
 
 The Hessian is never formed, except by `Objective.hessian()` for models small enough to have an
-exact spectrum. Curvature runs in float32 or float64 whatever policy trained the model:
-`cast_model` rebuilds a model from its config with every layer's dtype policy replaced.
+exact spectrum. Curvature runs in float32 or float64 whatever policy trained the model: an
+Objective measures `training.modeling.measurement_copy(model, dtype)`, a copy with every layer's
+dtype policy replaced (docs/ARCHITECTURE.md, "Precision").
 
     obj = Objective(model, "mse", x, y, dtype="float64")
     obj.hvp(v)                                  # H v, one forward-over-reverse pass
     lanczos_top(obj.hvp, obj.n, k=5)            # top eigenvalues (PyHessian's question)
     hutchinson_trace(obj.hvp, obj.n, 100)       # tr H with its standard error
-    slq_density(obj.hvp, obj.n, runs=5, steps=60)  # eigenvalue density
+    slq(obj.hvp, obj.n, runs=5, steps=60)       # eigenvalue density (with `density`)
+
+Weight vectors are flat float64 arrays in the order of `model.trainable_variables`, each
+variable raveled row-major: `flatten`, `assign_flat` and `split_flat` (numpy), `flatten_tf` and
+`split_tf` (inside TensorFlow graphs) are the one definition of that layout.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import numpy as np
 
+from training import modeling
+
 METHODS = ("forward_over_reverse", "double_backprop")
 
 
-# ----------------------------------------------------------------------------- models
+# ----------------------------------------------------------------------------- flat vectors
 
 
-def cast_model(model, dtype: str = "float64"):
-    """A copy of a functional/sequential Keras model computing entirely in `dtype` (layers
-    pinned to float32 for mixed precision included), with the same weights."""
-    config = copy.deepcopy(model.get_config())
+def flatten(arrays) -> np.ndarray:
+    """Variables (or arrays) -> one flat float64 vector."""
+    return np.concatenate([np.asarray(_value(a), dtype=np.float64).ravel() for a in arrays])
 
-    def walk(o):
-        if isinstance(o, dict):
-            if str(o.get("class_name", "")).endswith("DTypePolicy"):
-                o["class_name"] = "DTypePolicy"
-                o["config"] = {"name": dtype}
-                return
-            for k, v in o.items():
-                if k == "dtype" and isinstance(v, str):
-                    o[k] = dtype
-                else:
-                    walk(v)
-        elif isinstance(o, list):
-            for v in o:
-                walk(v)
 
-    walk(config)
-    clone = model.__class__.from_config(config)
-    weights = [np.asarray(w) for w in model.get_weights()]
-    clone.set_weights([w.astype(dtype) if np.issubdtype(w.dtype, np.floating) else w
-                       for w in weights])
-    if not all(v.dtype == dtype for v in clone.trainable_variables):
-        raise ValueError(f"could not rebuild {model.name} in {dtype}")
-    return clone
+def split_flat(flat: np.ndarray, shapes) -> list[np.ndarray]:
+    """A flat vector -> arrays of `shapes` (views; the inverse of `flatten`)."""
+    flat = np.asarray(flat)
+    sizes = [int(np.prod(s)) for s in shapes]
+    if flat.size != sum(sizes):
+        raise ValueError(f"weight vector has {flat.size} entries, the shapes {sum(sizes)}")
+    return [part.reshape(s) for part, s in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes)]
+
+
+def assign_flat(variables, flat: np.ndarray) -> None:
+    """Assign a flat vector to variables, each in its own dtype."""
+    variables = list(variables)
+    for v, part in zip(variables, split_flat(flat, [tuple(v.shape) for v in variables])):
+        v.assign(part.astype(v.dtype))
+
+
+def flatten_tf(tensors):
+    """`flatten` inside a TensorFlow graph (no dtype change)."""
+    import tensorflow as tf
+
+    return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+
+
+def split_tf(flat, shapes) -> list:
+    """`split_flat` inside a TensorFlow graph."""
+    import tensorflow as tf
+
+    sizes = [int(np.prod(s)) for s in shapes]
+    return [tf.reshape(t, s) for t, s in zip(tf.split(flat, sizes), shapes)]
+
+
+def _value(a):
+    return a.numpy() if hasattr(a, "numpy") else a
 
 
 # ----------------------------------------------------------------------------- the operator
@@ -60,8 +76,10 @@ def cast_model(model, dtype: str = "float64"):
 class Objective:
     """Mean loss of a model on fixed data, as a function of its trainable weights.
 
-    Vectors are flat float64 numpy arrays of length `n` in `model.trainable_variables` order.
-    Counters `loss_evaluations`, `gradients`, `hvps` count full passes over the data.
+    It measures `modeling.measurement_copy(model, dtype)`: the model itself when it already
+    computes in `dtype` (then the two share their weights), else a copy in `dtype`. Vectors are
+    flat float64 numpy arrays of length `n` (see `flatten`). Counters `loss_evaluations`,
+    `gradients`, `hvps` count full passes over the data.
     """
 
     def __init__(self, model, loss: str | Callable, x, y, *, dtype: str = "float64",
@@ -72,11 +90,10 @@ class Objective:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.dtype = dtype
-        self.model = cast_model(model, dtype) if _model_dtype(model) != dtype else model
+        self.model = modeling.measurement_copy(model, dtype)
         self.params = list(self.model.trainable_variables)
         self.shapes = [tuple(v.shape) for v in self.params]
-        self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.n = int(sum(self.sizes))
+        self.n = int(sum(np.prod(s) for s in self.shapes))
         loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
         self.method = method
         x = np.asarray(x)
@@ -96,35 +113,27 @@ class Objective:
         def mean_loss(xb, yb):
             return tf.reduce_mean(loss_fn(yb, model_(xb, training=False)))
 
-        self._mean_loss = mean_loss
+        self.mean_loss = mean_loss  # traceable: (x batch, y batch) -> mean loss
         self._loss = tf.function(mean_loss, reduce_retracing=True)
 
         @tf.function(reduce_retracing=True)
         def grad(xb, yb):
             with tf.GradientTape() as tape:
                 value = mean_loss(xb, yb)
-            return value, self._flat(tape.gradient(value, params))
+            return value, flatten_tf(tape.gradient(value, params))
 
         self._grad = grad
         self._hvp = tf.function(
-            lambda xb, yb, v: hvp_tf(mean_loss, params, xb, yb, v, self.sizes, self.shapes,
-                                     method),
+            lambda xb, yb, v: hvp_tf(mean_loss, params, xb, yb, v, method),
             reduce_retracing=True,
         )
 
-    # --- flat vectors <-> variables
-    @staticmethod
-    def _flat(tensors):
-        import tensorflow as tf
-
-        return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
-
+    # --- the weights measured, as one flat vector
     def get_flat(self) -> np.ndarray:
-        return np.concatenate([np.asarray(v.numpy(), np.float64).ravel() for v in self.params])
+        return flatten(self.params)
 
     def set_flat(self, w: np.ndarray) -> None:
-        for v, part in zip(self.params, np.split(np.asarray(w), np.cumsum(self.sizes)[:-1])):
-            v.assign(part.reshape(v.shape).astype(self.dtype))
+        assign_flat(self.params, w)
 
     # --- the three quantities
     def loss(self) -> float:
@@ -160,14 +169,14 @@ class Objective:
 
         if self.n > max_n:
             raise ValueError(f"{self.n} parameters: too many for a dense Hessian (max {max_n})")
-        params, mean_loss = self.params, self._mean_loss
+        params, mean_loss = self.params, self.mean_loss
 
         @tf.function
         def jac(xb, yb):
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner:
                     value = mean_loss(xb, yb)
-                g = self._flat(inner.gradient(value, params))
+                g = flatten_tf(inner.gradient(value, params))
             blocks = outer.jacobian(g, params, experimental_use_pfor=True)
             return tf.concat([tf.reshape(b, [self.n, -1]) for b in blocks], axis=1)
 
@@ -182,19 +191,14 @@ class Objective:
                 "hvps": self.hvps}
 
 
-def _model_dtype(model) -> str:
-    dtypes = {v.dtype for v in model.trainable_variables}
-    return dtypes.pop() if len(dtypes) == 1 else "mixed"
-
-
-def hvp_tf(mean_loss, params, xb, yb, v, sizes, shapes, method="forward_over_reverse"):
+def hvp_tf(mean_loss, params, xb, yb, v, method="forward_over_reverse"):
     """H v in TensorFlow (traceable): v a flat tensor; returns a flat tensor.
 
     forward_over_reverse: a forward-mode JVP of the reverse-mode gradient (one extra forward
     pass over the backward graph); double_backprop: the gradient of <grad, v>."""
     import tensorflow as tf
 
-    tangents = [tf.reshape(t, s) for t, s in zip(tf.split(v, sizes), shapes)]
+    tangents = split_tf(v, [tuple(p.shape) for p in params])
     params = [getattr(p, "value", p) for p in params]  # Keras 3 variables -> tf.Variable
     if method == "forward_over_reverse":
         with tf.autodiff.ForwardAccumulator(params, tangents) as acc:
@@ -209,16 +213,23 @@ def hvp_tf(mean_loss, params, xb, yb, v, sizes, shapes, method="forward_over_rev
             grads = inner.gradient(value, params)
             dot = tf.add_n([tf.reduce_sum(g * t) for g, t in zip(grads, tangents)])
         out = outer.gradient(dot, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return tf.concat([tf.reshape(o, [-1]) for o in out], axis=0)
+    return flatten_tf(out)
 
 
 # ----------------------------------------------------------------------------- Lanczos
 
 
 def lanczos(matvec: Callable[[np.ndarray], np.ndarray], n: int, steps: int,
-            rng: np.random.Generator, store_dtype=np.float64, tol: float = 1e-10):
-    """`steps` Lanczos iterations with full reorthogonalisation. Returns (alpha, beta) of the
-    tridiagonal T (beta[i] couples i and i+1); stops early on an invariant subspace."""
+            rng: np.random.Generator, store_dtype=np.float64, tol: float = 1e-10,
+            stop: Callable[[np.ndarray, np.ndarray], bool] | None = None):
+    """The one Lanczos iteration: up to `steps` steps from a random unit vector (drawn from
+    `rng`), with full reorthogonalisation; the basis is stored in `store_dtype`.
+
+    Returns (alpha, beta) with len(beta) == len(alpha): alpha is T's diagonal, beta[i] couples
+    steps i and i+1, and beta[-1] is the norm of the residual left after the last step (the
+    Ritz values' error bounds are |beta[-1] s_mi|). After every step `stop(alpha, beta)` is
+    called with T so far and may end the iteration by returning True. It also ends after
+    `steps` steps, or on an invariant subspace (residual <= tol x the size of T so far)."""
     steps = min(steps, n)
     v = rng.standard_normal(n)
     v /= np.linalg.norm(v)
@@ -229,69 +240,61 @@ def lanczos(matvec: Callable[[np.ndarray], np.ndarray], n: int, steps: int,
         w = matvec(v)
         a = float(w @ v)
         alpha.append(a)
-        w = w - a * v - (beta[-1] * basis[j - 1] if j > 0 else 0.0)
+        w = w - a * v
+        if j > 0:
+            w = w - beta[-1] * basis[j - 1].astype(np.float64)
         # Full reorthogonalisation, twice (classical Gram-Schmidt is stable when repeated).
+        done = basis[: j + 1].astype(np.float64, copy=False)
         for _ in range(2):
-            w = w - basis[: j + 1].T.astype(np.float64) @ (basis[: j + 1].astype(np.float64) @ w)
+            w = w - done.T @ (done @ w)
         b = float(np.linalg.norm(w))
-        if j == steps - 1:
-            beta.append(b)
-            break
-        if b < tol * max(1.0, abs(a)):
-            beta.append(b)
-            break
         beta.append(b)
+        size = max(max(abs(x) for x in alpha), max(beta[:-1], default=0.0))
+        stopped = stop is not None and stop(np.array(alpha), np.array(beta))
+        if stopped or j == steps - 1 or b <= tol * size:
+            break
         v = w / b
     return np.array(alpha), np.array(beta)
 
 
 def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray):
+    """Eigenvalues (ascending) and eigenvectors of T (only beta[:len(alpha) - 1] enter)."""
     k = len(alpha)
     t = np.diag(alpha) + np.diag(beta[: k - 1], 1) + np.diag(beta[: k - 1], -1)
     return np.linalg.eigh(t)
 
 
+def ritz_top(alpha: np.ndarray, beta: np.ndarray, k: int) -> dict:
+    """The k largest Ritz values of T, largest first, with their residual bounds
+    |beta[-1] s_mi| (each lies within its bound of an eigenvalue), and the smallest one."""
+    theta, s = tridiagonal_eigh(alpha, beta)
+    kk = min(k, len(alpha))
+    return {"top": theta[::-1][:kk], "residuals": np.abs(beta[-1] * s[-1, ::-1][:kk]),
+            "smallest": float(theta[0]), "scale": max(float(np.abs(theta).max()), 1e-30)}
+
+
 def lanczos_top(matvec, n: int, k: int = 5, steps: int | None = None, seed: int = 0,
                 rtol: float = 1e-4, store_dtype=np.float64, progress=None) -> dict:
-    """Top-k (largest algebraic) eigenvalues by Lanczos; stops when the k largest Ritz values'
-    residual bounds |beta_m s_mi| fall below rtol * |lambda_max|. Also returns the smallest
-    Ritz value (the most negative curvature found)."""
-    rng = np.random.default_rng(seed)
+    """Top-k (largest algebraic) eigenvalues by `lanczos`; stops when the k largest Ritz values'
+    residual bounds fall below rtol * |lambda_max|. Also returns the smallest Ritz value (the
+    most negative curvature found)."""
     steps = min(n, steps or max(4 * k, 30))
-    v = rng.standard_normal(n)
-    v /= np.linalg.norm(v)
-    basis = np.zeros((steps, n), dtype=store_dtype)
-    alpha, beta = [], []
     history = []
-    theta = s = None
-    for j in range(steps):
-        basis[j] = v
-        w = matvec(v)
-        a = float(w @ v)
-        alpha.append(a)
-        if j > 0:
-            w = w - beta[-1] * basis[j - 1].astype(np.float64)
-        w = w - a * v
-        for _ in range(2):
-            b64 = basis[: j + 1].astype(np.float64)
-            w = w - b64.T @ (b64 @ w)
-        b = float(np.linalg.norm(w))
-        theta, s = tridiagonal_eigh(np.array(alpha), np.array(beta + [b]))
-        kk = min(k, j + 1)
-        resid = np.abs(b * s[-1, ::-1][:kk])
-        top = theta[::-1][:kk]
-        history.append({"step": j + 1, "top": top.tolist(), "residual": resid.tolist()})
+
+    def converged(alpha, beta) -> bool:
+        r = ritz_top(alpha, beta, k)
+        history.append({"step": len(alpha), "top": r["top"].tolist(),
+                        "residual": r["residuals"].tolist()})
         if progress:
-            progress(j + 1, steps, f"lambda_max {top[0]:.6g} residual {resid[0]:.2e}")
-        scale = max(abs(theta).max(), 1e-30)
-        if (j + 1 >= k and resid.max() <= rtol * scale) or b < 1e-12 * scale:
-            break
-        beta.append(b)
-        v = w / b
-    top = theta[::-1][:k]
-    return {"eigenvalues": top, "residuals": np.abs(b * s[-1, ::-1][: len(top)]),
-            "smallest": float(theta[0]), "steps": len(alpha), "hvps": len(alpha),
-            "history": history}
+            progress(len(alpha), steps, f"lambda_max {r['top'][0]:.6g} "
+                     f"residual {r['residuals'][0]:.2e}")
+        return len(alpha) >= k and r["residuals"].max() <= rtol * r["scale"]
+
+    alpha, beta = lanczos(matvec, n, steps, np.random.default_rng(seed), store_dtype,
+                          stop=converged)
+    r = ritz_top(alpha, beta, k)
+    return {"eigenvalues": r["top"], "residuals": r["residuals"], "smallest": r["smallest"],
+            "steps": len(alpha), "hvps": len(alpha), "history": history}
 
 
 # ----------------------------------------------------------------------------- trace, density

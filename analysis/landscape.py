@@ -14,7 +14,8 @@ import sys
 
 import numpy as np
 
-from analysis import common
+from analysis import common, hvp
+from training import modeling
 
 NAME = "landscape"
 
@@ -71,13 +72,11 @@ class Surface:
     """Loss (and accuracy) of one model at any flat weight vector, on fixed data."""
 
     def __init__(self, model, x, y, task: str, dtype: str, study=None):
-        from analysis.hvp import cast_model
-
-        self.model = cast_model(model, dtype)
+        self.model = modeling.cast_model(model, dtype)  # always a copy: its weights are moved
         self.x, self.y, self.task, self.study = x, y, task, study
 
     def __call__(self, flat: np.ndarray) -> dict:
-        common.set_flat_weights(self.model, flat)
+        hvp.assign_flat(self.model.trainable_variables, flat)
         if self.study:
             self.study.count("loss_evaluations")
         return common.evaluate(self.model, self.x, self.y, self.task)
@@ -101,28 +100,28 @@ def main(args) -> dict:
         raise common.UsageError("--grid and --points must be odd and at least 3, so that the "
                                 f"grids pass through the solution (got {args.grid}, "
                                 f"{args.points})")
-    study = common.Study(NAME, args)
+    study = common.Study(NAME, args, measurement=args.dtype)
     ds = common.load(spec.dataset, args)
     config = common.train_config(args.model, args, epochs=args.epochs,
                                  train_limit=args.train_limit, dataset_size=len(ds.x_train))
     path = []
     model, _ = common.fit(config, ds, study=study, label=args.model, validate=False,
-                          on_epoch=lambda e, m: path.append(common.flat_weights(m)))
+                          on_epoch=lambda e, m: path.append(hvp.flatten(m.trainable_variables)))
     x, y = ds.x_train[:args.eval_images], ds.y_train[:args.eval_images]
     surface = Surface(model, x, y, spec.task, args.dtype, study)
-    theta = common.flat_weights(model)
+    theta = hvp.flatten(model.trainable_variables)
     trained = surface(theta)
-    # The same weights evaluated by the model itself, in the precision it trained in.
-    own_precision = common.evaluate(model, x, y, spec.task)
+    # Informational only: the same weights run by the model as it trained (its policy). Under a
+    # mixed policy it differs from `trained`, the measurement; nothing compares the two as equal.
+    as_trained = common.evaluate(model, x, y, spec.task, as_trained=True)
     study.count("loss_evaluations")
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     rng = np.random.default_rng(args.seed)
-    weights = _split(theta, shapes)
+    weights = hvp.split_flat(theta, shapes)
     if args.directions < 1:
         raise common.UsageError(f"--directions must be at least 1, got {args.directions}")
-    dirs = [np.concatenate([v.ravel() for v in filter_normalised(
-        [rng.standard_normal(s) for s in shapes], weights)])
-        for _ in range(max(2, args.directions))]
+    dirs = [hvp.flatten(filter_normalised([rng.standard_normal(s) for s in shapes], weights))
+            for _ in range(max(2, args.directions))]
     d1, d2 = dirs[:2]
 
     alphas = np.linspace(-args.span, args.span, args.points)
@@ -152,7 +151,10 @@ def main(args) -> dict:
         "model": args.model, "task": spec.task, "dtype": args.dtype,
         "evaluated_on": f"first {len(x)} training examples",
         "trained": trained, "init": init,
-        "trained_in_training_precision": {"precision": config.precision, **own_precision},
+        "informational_as_trained": {
+            "precision": config.precision, **as_trained,
+            "note": f"the model run as it trained ({config.precision}), not measured in "
+                    f"{args.dtype}: informational, not comparable with the measurements"},
         "one_d": {"alpha": alphas, **line,
                   **{f"{k}_per_direction": np.array([ln[k] for ln in lines]) for k in line}},
         "two_d": {"alpha": ticks, "beta": ticks,
@@ -183,15 +185,6 @@ def main(args) -> dict:
                            "trajectory PCA explains "
                            f"{sum(pca['explained'][:2]):.0%} of its variance"}]
     return study.finish(results, claims)
-
-
-def _split(flat: np.ndarray, shapes) -> list[np.ndarray]:
-    out, i = [], 0
-    for s in shapes:
-        n = int(np.prod(s))
-        out.append(flat[i:i + n].reshape(s))
-        i += n
-    return out
 
 
 def _plots(study, args, r):

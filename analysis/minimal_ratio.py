@@ -104,39 +104,31 @@ class Runner:
     training, ||g||^2 minimisation, measurement (exact Hessian = H e_i for all i through
     hvp.hvp_tf in one map_fn), perturbed losses. Runs differ only in their weights."""
 
-    def __init__(self, model, loss: str, x, y, optimizer: str, learning_rate: float):
-        import keras
+    def __init__(self, model, loss, x, y, optimizer: str, learning_rate: float):
         import tensorflow as tf
 
         self.obj = hvp.Objective(model, loss, x, y, dtype="float64")  # one full batch
         obj = self.obj
         self.n = obj.n
         xb, yb = obj.batches[0]
-        net, params, sizes, shapes = obj.model, obj.params, obj.sizes, obj.shapes
-        loss_fn = keras.losses.get(loss)
+        params, shapes, mean_loss = obj.params, obj.shapes, obj.mean_loss
         f64 = tf.float64
-
-        def mean_loss(xb_, yb_):
-            return tf.reduce_mean(loss_fn(yb_, net(xb_, training=False)))
-
-        def flat(ts):
-            return tf.concat([tf.reshape(t, [-1]) for t in ts], axis=0)
 
         def grad():
             with tf.GradientTape() as tape:
                 value = mean_loss(xb, yb)
-            return value, flat(tape.gradient(value, params))
+            return value, hvp.flatten_tf(tape.gradient(value, params))
 
         def hv(v):
-            return hvp.hvp_tf(mean_loss, params, xb, yb, v, sizes, shapes, obj.method)
+            return hvp.hvp_tf(mean_loss, params, xb, yb, v, obj.method)
 
         def add(step):
-            for p, s, sh in zip(params, tf.split(step, sizes), shapes):
-                p.assign_add(tf.reshape(s, sh))
+            for p, part in zip(params, hvp.split_tf(step, shapes)):
+                p.assign_add(part)
 
         def assign(w):
-            for p, s, sh in zip(params, tf.split(w, sizes), shapes):
-                p.assign(tf.reshape(s, sh))
+            for p, part in zip(params, hvp.split_tf(w, shapes)):
+                p.assign(part)
 
         def adam_loop(direction, steps, lr, lr_end, use_adam):
             """`steps` updates along -direction() with Adam (or SGD), lr cosine lr -> lr_end."""
@@ -180,7 +172,7 @@ class Runner:
 
         @tf.function
         def losses_at(ws):
-            w0 = flat(params)
+            w0 = hvp.flatten_tf(params)
             out = tf.TensorArray(f64, size=tf.shape(ws)[0])
             for i in tf.range(tf.shape(ws)[0]):
                 assign(ws[i])
@@ -244,7 +236,8 @@ def main(args) -> dict:
     if min(args.runs, args.examples, args.train_steps, args.perturbations) < 1 or args.gn_steps < 0:
         raise common.UsageError("--runs, --examples, --train-steps, --perturbations must be >= 1")
     x, y, source = problem(spec, args)
-    study = common.Study(NAME, args, data_source=source, parameters=n_params,
+    study = common.Study(NAME, args, measurement="float64", training_policy="float64",
+                         data_source=source, parameters=n_params,
                          arithmetic="float64 throughout (training included); --precision unused",
                          optimizer=spec.recipe.optimizer, learning_rate=spec.recipe.learning_rate,
                          loss=spec.recipe.loss)
@@ -263,7 +256,7 @@ def main(args) -> dict:
         t_run = time.perf_counter()
         seed = args.seed + r
         keras.utils.set_random_seed(seed)
-        runner.set_weights(common.flat_weights(zoo.create_model(args.model)))
+        runner.set_weights(hvp.flatten(zoo.create_model(args.model).trainable_variables))
         steps = int(steps_per_run[r])
         loss_trained = runner.train(steps)
         w_trained = runner.get_weights()
@@ -325,10 +318,6 @@ def _summary(args, runs, n, total, timings) -> dict:
              for k in ("critical", "gradient_flat", "not_converged")}
     crit = col["grad_norm"] <= args.grad_tol
 
-    def corr(a, b):
-        return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 \
-            else 0.0
-
     return {
         "model": args.model, "parameters": n, "runs": runs,
         "tolerance_sweep": list(TOLERANCE_SWEEP),
@@ -337,12 +326,15 @@ def _summary(args, runs, n, total, timings) -> dict:
                                                     for r in runs], axis=0),
         "mean_numerically_zero": float(col["numerically_zero"].mean()),
         "kinds": kinds,
-        "spearman_ratio_vs_loss": _spearman(col["loss"], col["minimal_ratio"]),
-        "spearman_ratio_vs_loss_critical": _spearman(col["loss"][crit],
-                                                     col["minimal_ratio"][crit]),
-        "spearman_ratio_nonzero_vs_loss": _spearman(col["loss"], col["minimal_ratio_nonzero"]),
-        "pearson_proxy_vs_ratio": corr(col["proxy"], col["minimal_ratio"]),
-        "pearson_proxy_vs_ratio_nonzero": corr(col["proxy"], col["minimal_ratio_nonzero"]),
+        "spearman_ratio_vs_loss": common.correlation(col["loss"], col["minimal_ratio"]),
+        "spearman_ratio_vs_loss_critical": common.correlation(col["loss"][crit],
+                                                              col["minimal_ratio"][crit]),
+        "spearman_ratio_nonzero_vs_loss": common.correlation(col["loss"],
+                                                             col["minimal_ratio_nonzero"]),
+        "pearson_proxy_vs_ratio": common.correlation(col["proxy"], col["minimal_ratio"],
+                                                     "pearson"),
+        "pearson_proxy_vs_ratio_nonzero": common.correlation(
+            col["proxy"], col["minimal_ratio_nonzero"], "pearson"),
         "mean_minimal_ratio_nonzero": float(col["minimal_ratio_nonzero"].mean()),
         "mean_proxy_hessian_only": float(col["proxy_hessian_only"].mean()),
         "mean_abs_proxy_minus_quadratic": float(np.abs(col["proxy"]
@@ -360,15 +352,6 @@ def _summary(args, runs, n, total, timings) -> dict:
     }
 
 
-def _spearman(a, b) -> float:
-    if len(a) < 3:
-        return 0.0
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    if ra.std() == 0 or rb.std() == 0 or np.ptp(b) == 0:
-        return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def _claims(args, res) -> list[dict]:
     k = res["kinds"]
     return [
@@ -376,7 +359,8 @@ def _claims(args, res) -> list[dict]:
          "claim": "at points of ~zero gradient, the minimal ratio rises as the loss falls "
                   "(lower loss: closer to a minimum)",
          "measured": f"{args.model}, {len(res['runs'])} runs: Spearman(loss, minimal ratio) "
-                     f"{res['spearman_ratio_vs_loss']:+.2f} (negative = the claim); mean "
+                     f"{common.format_correlation(res['spearman_ratio_vs_loss'])} (negative = "
+                     "the claim); mean "
                      f"minimal ratio {res['mean_minimal_ratio']:.3f} with |lambda| <= "
                      f"{args.eig_tol:g} max|lambda| counted as zero; {k['critical']} critical "
                      f"points (|g| <= {args.grad_tol:g}), {k['gradient_flat']} gradient-flat, "
@@ -387,13 +371,14 @@ def _claims(args, res) -> list[dict]:
                      f"(|lambda| <= 1e-12 max|lambda|): structural null directions that cap "
                      f"the fraction; positive / (positive + negative) outside the band: mean "
                      f"{res['mean_minimal_ratio_nonzero']:.3f}, Spearman with loss "
-                     f"{res['spearman_ratio_nonzero_vs_loss']:+.2f}"},
+                     f"{common.format_correlation(res['spearman_ratio_nonzero_vs_loss'])}"},
         {"report_figure": "report 1, Fig 14",
          "claim": "the perturbation proxy (fraction of random perturbations raising the loss) "
                   "measures the same thing",
          "measured": f"mean proxy {res['mean_proxy']:.3f} vs mean minimal ratio "
                      f"{res['mean_minimal_ratio']:.3f}; Pearson(proxy, ratio) "
-                     f"{res['pearson_proxy_vs_ratio']:+.2f}; the proxy follows the quadratic "
+                     f"{common.format_correlation(res['pearson_proxy_vs_ratio'])}; the proxy "
+                     "follows the quadratic "
                      f"model g.d + d'Hd/2 (mean |difference| "
                      f"{res['mean_abs_proxy_minus_quadratic']:.3f}); the sign of d'Hd alone is "
                      f"positive for {res['mean_proxy_hessian_only']:.3f} of draws: the proxy "
@@ -454,7 +439,8 @@ def _plots(study, args, runs, res):
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="proxy = ratio")
     ax.set_xlabel("minimal ratio (exact eigenvalues; triangles: zero band left out)")
     ax.set_ylabel("perturbation proxy")
-    ax.set_title(f"proxy vs exact (Pearson {res['pearson_proxy_vs_ratio']:+.2f})")
+    ax.set_title("proxy vs exact (Pearson "
+                 f"{common.format_correlation(res['pearson_proxy_vs_ratio'])})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     study.savefig(fig, "proxy_vs_minimal_ratio.png",

@@ -91,7 +91,8 @@ def _plots(study, per_model):
     axes[1].legend(fontsize=7)
     fig.suptitle("MNIST MLPs: train (solid) and test (dashed), mean and min-max over seeds")
     study.savefig(fig, "curves.png", "Report 1 Figs 7-10: loss and accuracy per epoch, train "
-                  "(running mean over the epoch) solid, test dashed, band over seeds")
+                  "(running mean over the epoch, in the training precision) solid, test (float32) "
+                  "dashed, band over seeds")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = list(per_model)

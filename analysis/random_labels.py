@@ -127,8 +127,8 @@ def _plots(study, args, per_fraction):
     fig.suptitle(f"{args.model} on {study.config['train_limit']:,} MNIST images with shuffled "
                  "labels: train (solid), true-label test (dashed)")
     study.savefig(fig, "random_labels.png", "Shuffled training labels: train loss (running mean "
-                  "over each epoch) still falls while test loss rises; mean and min-max over "
-                  "seeds per fraction shuffled")
+                  "over each epoch, in the training precision) still falls while test loss "
+                  "(float32) rises; mean and min-max over seeds per fraction shuffled")
 
 
 if __name__ == "__main__":

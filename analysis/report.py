@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.common import DEFAULT_OUT
+from analysis.common import DEFAULT_OUT, SMOKE_VERDICT
 from serving import quiet
 
 # (section, studies) in the order of the page; every study is `python -m analysis.NAME`.
@@ -120,17 +120,24 @@ def _study_html(name: str, doc: dict | None, run: dict | None) -> str:
         return (f"<section id={name}><h3>{name}</h3><p class=missing>{e(why)}: "
                 f"<code>python -m analysis.{name}</code></p></section>")
     cfg = doc.get("config", {})
-    mode = "quick (smoke-test size)" if cfg.get("quick") else "full"
+    quick = bool(cfg.get("quick"))
+    mode = "quick (smoke-test size)" if quick else "full"
+    prec = doc.get("precision") or {}
+    precisions = (f"trained in {e(str(prec.get('training')))}, measured in "
+                  f"{e(str(prec.get('measurement')))}; " if prec else "")
     out = [f"<section id={name}><h3>{name}</h3>",
            f"<p class=meta>{mode} run, seed {cfg.get('seed')}, {doc['cost']['wall_seconds']:.0f} s"
-           f", created {e(doc.get('created', ''))}; data: <a href='{name}/{name}.json'>"
-           f"{name}.json</a></p>"]
+           f", created {e(doc.get('created', ''))}; {precisions}data: "
+           f"<a href='{name}/{name}.json'>{name}.json</a></p>"]
     for c in doc.get("claims", []):
+        # A smoke-size run decides nothing, whatever its JSON says; a full run shows its own.
+        verdict = SMOKE_VERDICT if quick else c.get("verdict")
         out.append("<div class=claim>"
                    f"<div><b>{e(c.get('report_figure', ''))}</b></div>"
                    f"<div><span class=tag>claimed</span> {e(c.get('claim', ''))}</div>"
                    f"<div><span class='tag ours'>measured</span> {e(c.get('measured', ''))}</div>"
-                   "</div>")
+                   + (f"<div><span class=tag>verdict</span> {e(verdict)}</div>" if verdict
+                      else "") + "</div>")
     for fig in doc.get("figures", []):
         src = f"{name}/{fig['file']}"
         out.append(f"<figure><a href='{e(src)}'><img src='{e(src)}' alt='{e(fig['file'])}'>"

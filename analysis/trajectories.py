@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from analysis import common
+from analysis import common, hvp
 
 NAME = "trajectories"
 
@@ -91,7 +91,7 @@ def main(args) -> dict:
 
         def collect(epoch, model, weights=weights, scores=scores):
             if epoch in epochs:
-                weights.append(common.flat_weights(model))
+                weights.append(hvp.flatten(model.trainable_variables))
                 scores.append(common.evaluate(model, x_test, y_test, spec.task))
                 study.count("loss_evaluations")
 

@@ -1,6 +1,6 @@
-"""flatness: the path reproduces the end models' own loss at a=0 and a=1, the input-Jacobian
-norm against finite differences, landscape copies in float32 under mixed precision, and the
---quick run's report."""
+"""flatness: the path reproduces the end models' own float32 loss at a=0 and a=1, the
+input-Jacobian norm against finite differences, measurements in float32 under mixed precision,
+and the --quick run's report."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import zoo
 from analysis import common, hvp
 from analysis import flatness as fl
 from tests.test_analysis_studies import run_study
+from training import modeling
 
 
 def _model(seed):
@@ -29,16 +30,18 @@ def test_path_end_points_are_the_models_and_midpoint_is_the_average(mnist):
         own = common.evaluate(m, x, y, "classification")
         assert path["test"]["loss"][i] == pytest.approx(own["loss"], rel=1e-6)
         assert path["test"]["accuracy"][i] == own["accuracy"]
+    wa, wb = hvp.flatten(a.trainable_variables), hvp.flatten(b.trainable_variables)
     mid = _model(2)
-    common.set_flat_weights(mid, 0.5 * (common.flat_weights(a) + common.flat_weights(b)))
+    hvp.assign_flat(mid.trainable_variables, 0.5 * (wa + wb))
     assert path["test"]["loss"][3] == pytest.approx(
         common.evaluate(mid, x, y, "classification")["loss"], rel=1e-6)
-    assert path["distance"] == pytest.approx(
-        np.linalg.norm(common.flat_weights(a) - common.flat_weights(b)))
+    assert path["distance"] == pytest.approx(np.linalg.norm(wa - wb))
+    # the end models themselves were not moved by the path
+    np.testing.assert_array_equal(hvp.flatten(a.trainable_variables), wa)
 
 
 def test_jacobian_norm_matches_finite_differences(mnist):
-    model = hvp.cast_model(_model(3), "float64")
+    model = modeling.cast_model(_model(3), "float64")
     x = mnist.x_test[:1].astype(np.float64)
     got = fl.jacobian_norms(model, x)[0]
     h = 1e-3  # raw intensity units (0-255)
@@ -50,17 +53,32 @@ def test_jacobian_norm_matches_finite_differences(mnist):
     assert got > 0
     assert got == pytest.approx(expected, rel=1e-6)
     # float32 copy: the same to float32 accuracy
-    got32 = fl.jacobian_norms(fl.float32_copy(model), x.astype(np.float32))[0]
+    got32 = fl.jacobian_norms(modeling.cast_model(model, "float32"), x.astype(np.float32))[0]
     assert got32 == pytest.approx(expected, rel=1e-3)
 
 
-def test_landscape_copy_is_float32_under_mixed_precision(mnist):
+def test_a_mixed_precision_model_is_measured_in_float32(mnist):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     m = _model(4)
-    copy = fl.float32_copy(m)
-    assert {v.dtype for v in copy.trainable_variables} == {"float32"}
-    np.testing.assert_array_equal(common.flat_weights(copy), common.flat_weights(m))
-    assert np.asarray(copy(mnist.x_test[:4])).dtype == np.float32
+    keras.mixed_precision.set_global_policy("float32")
+    assert modeling.model_dtype(m) == "mixed"
+    probe = common.measured(m)
+    assert probe is not m and modeling.model_dtype(probe) == "float32"
+    np.testing.assert_array_equal(hvp.flatten(probe.trainable_variables),
+                                  hvp.flatten(m.trainable_variables))
+    x, y = mnist.x_test[:500], mnist.y_test[:500]
+    # common.evaluate measures the float32 copy, not the bf16 model (which differs)
+    got = common.evaluate(m, x, y, "classification")
+    assert got == common.evaluate(probe, x, y, "classification")
+    as_trained = common.evaluate(m, x, y, "classification", as_trained=True)
+    assert as_trained["loss"] != got["loss"]
+    assert as_trained["loss"] == pytest.approx(got["loss"], rel=0.05)
+    # the path's end point a=0 is that float32 measurement
+    path = fl.interpolate(m, _model(5), np.array([0.0]), {"test": (x, y)}, "classification")
+    assert path["test"]["loss"][0] == pytest.approx(got["loss"], rel=1e-6)
+    # a float32 or float64 model is measured as it is
+    m32 = _model(6)
+    assert common.measured(m32) is m32
 
 
 def test_flatness_quick(tmp_path):
@@ -92,7 +110,12 @@ def test_flatness_quick(tmp_path):
         run["path"]["train"]["loss"] for run in r["runs"]]
     np.testing.assert_allclose(r["sweep_mean"]["jacobian_norm_mean"],
                                np.mean(sw["jacobian_norm_mean"], axis=0))
-    assert doc["cost"]["loss_evaluations"] == len(r["runs"]) * (2 * 2 + 2 * 2 + 7 * 2)
+    # train and test of each model (the end models' own included), and 7 points x 2 sets
+    assert doc["cost"]["loss_evaluations"] == len(r["runs"]) * (2 * 2 + 7 * 2)
+    assert doc["precision"]["measurement"] == "float32"
+    # two batch sizes: too few for a rank correlation, which is then null, not a made-up 0
+    assert r["spearman_jacobian_vs_batch"] is None
+    assert "undefined" in doc["claims"][1]["measured"]
     assert {f["file"] for f in doc["figures"]} == {"interpolation.png", "sensitivity.png"}
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import zoo
 from analysis import hessian, hvp
-from training import data
+from training import data, modeling
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,46 @@ def test_lanczos_top_matches_eigvalsh(small):
     assert top["steps"] < obj.n  # it did not just build the whole Krylov space
 
 
+def test_one_lanczos_core_for_top_k_and_slq():
+    """lanczos_top and slq run `lanczos`: the same T from the same start, and both stop on an
+    invariant subspace (a rank-3 matrix: exact after 3 steps, however many were asked for)."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    a = q @ np.diag(np.concatenate([[4.0, -2.0, 1.0], np.zeros(37)])) @ q.T
+    alpha, beta = hvp.lanczos(lambda v: a @ v, 40, 30, np.random.default_rng(7))
+    assert len(alpha) == len(beta) <= 4 and beta[-1] <= 1e-9
+    top = hvp.lanczos_top(lambda v: a @ v, 40, k=2, steps=30, seed=7, rtol=1e-12)
+    assert top["steps"] == len(alpha)
+    np.testing.assert_allclose(top["history"][-1]["top"],
+                               hvp.ritz_top(alpha, beta, 2)["top"], rtol=1e-12)
+    np.testing.assert_allclose(top["eigenvalues"], [4.0, 1.0], atol=1e-10)
+    assert top["smallest"] == pytest.approx(-2.0, abs=1e-10)
+    res = hvp.slq(lambda v: a @ v, 40, runs=2, steps=30, seed=1)
+    for nodes in res["nodes"]:
+        assert len(nodes) <= 4
+        assert np.abs(nodes[:, None] - np.array([-2.0, 0.0, 1.0, 4.0])).min(1).max() < 1e-8
+
+
+def test_one_flat_layout_for_numpy_and_tensorflow():
+    import tensorflow as tf
+
+    variables = [keras.Variable(np.arange(6.0).reshape(2, 3), dtype="float32"),
+                 keras.Variable(np.array([7.0]), dtype="float64"),
+                 keras.Variable(np.arange(8.0).reshape(2, 2, 2) + 10, dtype="float32")]
+    flat = hvp.flatten(variables)
+    assert flat.dtype == np.float64 and flat.tolist() == [*range(6), 7.0, *range(10, 18)]
+    shapes = [tuple(v.shape) for v in variables]
+    parts = hvp.split_flat(flat, shapes)
+    assert [p.shape for p in parts] == shapes
+    np.testing.assert_array_equal(hvp.flatten_tf([tf.constant(p) for p in parts]), flat)
+    np.testing.assert_array_equal(hvp.flatten(hvp.split_tf(tf.constant(flat), shapes)), flat)
+    hvp.assign_flat(variables, -flat)
+    assert [v.dtype for v in variables] == ["float32", "float64", "float32"]
+    np.testing.assert_array_equal(hvp.flatten(variables), -flat)
+    with pytest.raises(ValueError, match="has 16 entries"):
+        hvp.assign_flat(variables, np.zeros(16))
+
+
 def test_hutchinson_within_expected_error(small):
     obj, h = small
     samples = 60
@@ -113,18 +153,21 @@ def test_slq_recovers_a_known_spectrum():
     assert abs(mean - eig.mean()) < 0.3
 
 
-def test_cast_model_rebuilds_mixed_precision_in_float64():
+def test_a_mixed_precision_model_is_measured_in_float64():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model = zoo.create_model("sinc_deep_60_8_6_sigmoid")
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert model.layers[1].compute_dtype == "bfloat16"
-    clone = hvp.cast_model(model, "float64")
+    x = np.linspace(-1, 1, 50, dtype=np.float32).reshape(-1, 1)
+    obj = hvp.Objective(model, "mse", x, np.sin(x), dtype="float64")
+    clone = obj.model
+    assert clone is not model and modeling.model_dtype(clone) == "float64"
     assert {v.dtype for v in clone.variables} == {"float64"}
     assert all(layer.compute_dtype == "float64" for layer in clone.layers[1:])
-    x = np.linspace(-1, 1, 50, dtype=np.float32).reshape(-1, 1)
     np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(model(x), np.float64), atol=0.05)
+    np.testing.assert_array_equal(obj.get_flat(), hvp.flatten(model.trainable_variables))
 
 
 def test_hessian_study_quick(tmp_path):
@@ -147,3 +190,4 @@ def test_hessian_study_quick(tmp_path):
     assert r["slq"]["grid"] and len(r["slq"]["grid"]) == len(r["slq"]["density"])
     assert doc["cost"]["hvps"] >= r["lanczos"]["steps"] + len(r["hutchinson"]["samples"])
     assert doc["cost"]["wall_seconds"] > 0
+    assert doc["precision"]["measurement"] == r["dtype"] == "float64"

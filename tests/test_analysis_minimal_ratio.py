@@ -107,7 +107,7 @@ def test_runner_hessian_is_objective_hessian_and_gn_lowers_the_gradient():
     keras.utils.set_random_seed(1)
     model = zoo.create_model("sinc_deep_50_10_4_tanh")
     runner = mr.Runner(model, "mse", ds.x_train, ds.y_train, "adam", 1e-3)
-    runner.set_weights(common.flat_weights(model))
+    runner.set_weights(hvp.flatten(model.trainable_variables))
     runner.train(200)
     _, g0, _, h, ev = runner.measure()
     obj = hvp.Objective(runner.obj.model, "mse", ds.x_train, ds.y_train, dtype="float64")
@@ -144,6 +144,10 @@ def test_minimal_ratio_quick(tmp_path):
         assert run["ratio_by_tolerance"][r["tolerance_sweep"].index(1e-6)] == \
             pytest.approx(mr.minimal_ratio(ev, 1e-6)["ratio"])
     assert sum(r["kinds"].values()) == 4
+    assert doc["precision"] == {"training": "float64", "measurement": "float64",
+                                "training_reason": "set by the study (--precision unused)"}
+    assert r["spearman_ratio_vs_loss"] == common.correlation(
+        [x["loss"] for x in runs], [x["minimal_ratio"] for x in runs])
     assert r["mean_minimal_ratio"] == pytest.approx(np.mean([x["minimal_ratio"] for x in runs]))
     n, steps = r["parameters"], sum(x["train_steps"] for x in runs)
     assert doc["cost"]["hvps"] == 4 * (doc["config"]["gn_steps"] + 1 + n)

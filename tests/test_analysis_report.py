@@ -32,9 +32,33 @@ def test_page_gathers_figures_claims_and_missing_studies(page_dir):
             assert f"src='{name}/{fig['file']}'" in text
         for claim in doc["claims"]:
             assert claim["report_figure"] in text
+    for name in ("digits", "random_labels"):  # quick runs: every claim left undecided
+        doc = json.loads((page_dir / name / f"{name}.json").read_text())
+        assert text.count(report.SMOKE_VERDICT) >= len(doc["claims"])
     # studies not run are listed with the command that makes them
     assert "python -m analysis.landscape" in text
     assert text.count("not run") >= len(report.STUDIES) - 2
+
+
+def _doc(quick: bool, verdict):
+    return {"config": {"quick": quick, "seed": 0}, "cost": {"wall_seconds": 1.0},
+            "precision": {"training": "mixed_bfloat16", "measurement": "float32"},
+            "claims": [{"report_figure": "report 1, Figs 1-6", "claim": "deeper fits better",
+                        "measured": "MSE 0.01 vs 0.02", "verdict": verdict}],
+            "figures": []}
+
+
+def test_the_page_shows_a_verdict_only_for_full_runs_and_the_precisions():
+    page = report.render({"function_fit": _doc(True, "yes")})
+    claim = page[page.index("id=function_fit"):]
+    assert report.SMOKE_VERDICT in claim and "> yes<" not in claim  # a forged quick "yes"
+    assert "trained in mixed_bfloat16, measured in float32" in claim
+    page = report.render({"function_fit": _doc(False, "no")})
+    claim = page[page.index("id=function_fit"):]
+    assert "<span class=tag>verdict</span> no</div>" in claim
+    assert report.SMOKE_VERDICT not in claim
+    page = report.render({"function_fit": _doc(False, None)})  # a claim without a verdict
+    assert "class=tag>verdict" not in page
 
 
 @needs_chromium

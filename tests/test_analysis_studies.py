@@ -1,4 +1,5 @@
-"""Every study's --quick run: its PNGs exist, its JSON is finite and agrees with the plot data."""
+"""Every study's --quick run: its PNGs exist, its JSON is finite and agrees with the plot data,
+states its precisions, and decides no claim."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import math
 
 import numpy as np
 import pytest
+
+from analysis.common import SMOKE_VERDICT
+from training import precision
 
 
 def run_study(name, tmp_path, *extra):
@@ -24,6 +28,16 @@ def run_study(name, tmp_path, *extra):
     assert doc["cost"]["wall_seconds"] > 0
     assert doc["config"]["quick"] is True
     _assert_finite(doc)
+    # the precisions: trained in --precision resolved (unless the study trains itself), measured
+    # in float32 or float64 whatever trained it
+    prec = doc["precision"]
+    assert prec["measurement"] in ("float32", "float64")
+    if prec["training_reason"] != "set by the study (--precision unused)":
+        assert prec["training"] == precision.choose(doc["config"]["precision"]).policy
+    # a smoke-size run decides no claim, in its verdict or in its measured text
+    for claim in doc["claims"]:
+        assert claim["verdict"] == SMOKE_VERDICT
+        assert not claim["measured"].lower().startswith(("yes", "no:", "no "))
     return doc
 
 
@@ -53,7 +67,26 @@ def test_function_fit(tmp_path):
             assert len(run["loss"]) == len(run["grad_norm"]) == 4  # init + 3 epochs
         assert m["test_mse_mean"] == pytest.approx(np.mean(m["test_mse_runs"]))
     v = doc["results"]["verdict"]
-    assert isinstance(v["depth_helps"], bool) and isinstance(v["tanh_beats_sigmoid"], bool)
+    assert v["depth_helps"] is None and v["tanh_beats_sigmoid"] is None  # quick: not decided
+    assert v["depth_helps_verdict"] == v["tanh_beats_sigmoid_verdict"] == SMOKE_VERDICT
+
+
+def test_function_fit_decides_only_at_full_size():
+    from analysis.function_fit import DEFAULT_MODELS, _verdict
+
+    shallow, deep_tanh, deep_sig = DEFAULT_MODELS
+    per_model = {shallow: {"test_mse_runs": np.array([0.02, 0.03])},
+                 deep_tanh: {"test_mse_runs": np.array([0.01, 0.015])},
+                 deep_sig: {"test_mse_runs": np.array([0.005, 0.006])}}
+    full = _verdict(per_model, decide=True)
+    assert (full["depth_helps"], full["depth_helps_verdict"]) == (True, "yes")
+    assert (full["tanh_beats_sigmoid"], full["tanh_beats_sigmoid_verdict"]) == (False, "no")
+    assert "deep better in 4/4 pairs" in full["depth_helps_text"]
+    smoke = _verdict(per_model, decide=False)
+    assert smoke["depth_helps"] is None and smoke["depth_helps_verdict"] == SMOKE_VERDICT
+    assert smoke["depth_helps_text"] == full["depth_helps_text"]  # the same numbers, undecided
+    for text in (smoke["depth_helps_text"], smoke["tanh_beats_sigmoid_text"]):
+        assert "yes" not in text and "no" not in text.split()
 
 
 def test_function_fit_other_function(tmp_path):
@@ -100,7 +133,9 @@ def test_grad_norm(tmp_path):
     assert all(v > 0 for r in runs for v in r["grad_norm"])
     # training lowers the loss
     assert np.mean(runs[0]["loss"][-10:]) < np.mean(runs[0]["loss"][:10])
-    assert doc["cost"]["gradients"] == 80
+    # under a mixed policy a float32 copy measures each step with a gradient of its own
+    shared = doc["precision"]["training"] == "float32"
+    assert doc["cost"]["gradients"] == (80 if shared else 160)
 
 
 def test_run_prints_explained_errors_in_one_line_and_keeps_tracebacks_of_bugs(capsys):
