@@ -29,6 +29,19 @@ def _float32_policy():
     keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.fixture(autouse=True)
+def _stop_the_servers_a_test_started():
+    """A server started by a test (or its function-scoped fixtures) is stopped when the test
+    ends, pass or fail, so that no process outlives its test."""
+    from tests import serving_fixtures
+
+    before = len(serving_fixtures.STARTED)
+    yield
+    for server in serving_fixtures.STARTED[before:]:
+        server.stop()
+    del serving_fixtures.STARTED[before:]
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     env.update(extra)

@@ -13,21 +13,22 @@ TEST_LIMIT = 256
 
 
 def tiny_config(model: str, *, steps: int = 8, batch_size: int = 32, seed: int = 0,
-                policy: str = "float32", dataset_name: str | None = None, **overrides):
+                policy: str = "auto", dataset_name: str | None = None, **overrides):
+    """`policy` "auto" resolves as the CLI does ($ZOO_PRECISION included), so that the
+    forced-bf16 pass of the suite trains these runs in mixed_bfloat16 on every machine."""
     ds = dataset_name or _default_dataset(model)
+    resolved = precision.choose(policy)
     return resolve_config(
         model,
-        precision_requested=policy,
-        precision=policy,
-        precision_reason="test",
+        precision_requested=resolved.requested,
+        precision=resolved.policy,
+        precision_reason=resolved.reason,
         train_size=TRAIN_LIMIT,
         dataset=ds,
         steps=steps,
         batch_size=batch_size,
         seed=seed,
-        train_limit=TRAIN_LIMIT,
-        test_limit=TEST_LIMIT,
-        **overrides,
+        **{"train_limit": TRAIN_LIMIT, "test_limit": TEST_LIMIT, **overrides},
     )
 
 

@@ -84,6 +84,10 @@ def write_config(path: Path, models: dict[str, dict]) -> Path:
     return path
 
 
+# Every ServerProcess ever started, so that conftest.py stops those a test started (pass or fail).
+STARTED: list[ServerProcess] = []
+
+
 class ServerProcess:
     """`python -m serving.server ...` on free 127.0.0.1 ports; waits until it serves."""
 
@@ -98,9 +102,11 @@ class ServerProcess:
                "--rest_api_port", str(self.rest_port), *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=self._log,
                                      stderr=subprocess.STDOUT)
+        STARTED.append(self)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
             if "[serving] models:" in self.logs():
                 return
@@ -121,6 +127,37 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def write_gated_model(base: Path, gate: Path, arrived: Path) -> Path:
+    """A SavedModel (base/1) whose every call first leaves a file in `arrived`, then waits until
+    the file `gate` exists: a request whose duration the test controls, on any CPU.
+    Signature serving_default: x float32 [N, 4] -> y = x."""
+    import tensorflow as tf
+
+    arrived.mkdir(parents=True, exist_ok=True)
+
+    class Gated(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            name = tf.strings.as_string(tf.random.uniform([], 0, 2**62, dtype=tf.int64))
+            marked = tf.io.write_file(tf.strings.join([str(arrived), "/", name]), "")
+            with tf.control_dependencies([marked]):
+                start = tf.constant(0, tf.int64)
+
+            def closed(i):
+                # The pattern depends on i (an empty suffix), so no optimiser hoists the look.
+                pattern = tf.strings.join([str(gate), tf.strings.substr(
+                    tf.strings.as_string(i), 0, 0)])
+                return tf.equal(tf.size(tf.io.matching_files(pattern)), 0)
+
+            spins = tf.while_loop(closed, lambda i: i + 1, [start])
+            return {"y": x + 0.0 * tf.cast(spins, tf.float32)}
+
+    module = Gated()
+    path = base / "1"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
 
 
 def wait_for(condition, timeout: float = 60, interval: float = 0.1, what: str = "condition"):

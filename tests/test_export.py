@@ -20,7 +20,7 @@ import tensorflow as tf
 import zoo
 from tests.conftest import ROOT, subprocess_env
 from tests.helpers import TRAIN_LIMIT, tiny_config, tiny_run
-from training import data, export, precision
+from training import data, export, modeling, precision
 from training.evaluate import evaluate_export
 
 ALL_MODELS = zoo.list_models()
@@ -64,7 +64,8 @@ def test_every_model_trains_exports_and_agrees_across_runtimes(name, tmp_path, m
 
     # Fresh inputs, two batch sizes, both runtimes, against the trained Keras model.
     x = data.as_float_inputs(ds.x_test[-50:])
-    expected = trained.predict(x, verbose=0)
+    # Against the trained weights in float32 (the export's arithmetic), whatever the policy.
+    expected = modeling.measurement_copy(trained).predict(x, verbose=0)
     out_name = export.output_names(spec.task)[0]
     for batch_size in (1, 13):
         for out in (export.run_savedmodel(version, x, batch_size),
@@ -137,13 +138,30 @@ def test_export_cli_writes_the_next_version(softmax_run):
     assert meta["version"] == 2
 
 
-def test_a_disagreeing_export_is_refused_and_leaves_nothing(tmp_path, mnist):
+def test_a_disagreeing_export_is_refused_and_leaves_nothing(tmp_path, mnist, monkeypatch):
+    """The ONNX file written is perturbed (the weights into class 0 moved by 1e-3) before the
+    check runs: the check must see the difference, refuse, and leave no version behind."""
+    import onnx
+    from onnx import numpy_helper
+
+    write_onnx = export.write_onnx
+
+    def write_then_perturb(serve, signature, path):
+        write_onnx(serve, signature, path)
+        proto = onnx.load(str(path))
+        biggest = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+        w = numpy_helper.to_array(biggest).copy()
+        w[..., 0] += 1e-3  # every weight into class 0
+        biggest.CopyFrom(numpy_helper.from_array(w, biggest.name))
+        onnx.save(proto, str(path))
+
+    monkeypatch.setattr(export, "write_onnx", write_then_perturb)
     precision.apply("float32")
     model = zoo.create_model("softmax_regression")
-    config = tiny_config("softmax_regression")
-    with pytest.raises(export.ExportError, match="export refused"):
-        # A negative tolerance no runtime can meet: the refusal path, for real.
-        export.export_model(model, config, mnist, {}, tmp_path, tolerance=-1.0)
+    model.set_weights([np.random.default_rng(0).normal(0, 0.01, w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    with pytest.raises(export.ExportError, match="onnx .*export refused"):
+        export.export_model(model, tiny_config("softmax_regression"), mnist, {}, tmp_path)
     assert list((tmp_path / "softmax_regression").iterdir()) == []
 
 

@@ -3,6 +3,9 @@ the dtype behaviour of mixed policies, exercised for real on the CPU."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -40,6 +43,30 @@ def test_explicit_choice_is_kept_whatever_the_hardware(choice):
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="auto, float32, mixed_float16, mixed_bfloat16"):
         precision.resolve("float8", Hardware())
+
+
+def test_zoo_precision_forces_what_auto_resolves_to_but_not_an_explicit_choice(monkeypatch):
+    bf16_cpu = Hardware((), frozenset({"avx512_bf16"}))
+    forced = precision.resolve("auto", Hardware(), forced="mixed_bfloat16")
+    assert forced.policy == "mixed_bfloat16" and "ZOO_PRECISION" in forced.reason
+    assert precision.resolve("auto", bf16_cpu, forced="float32").policy == "float32"
+    assert precision.resolve("float32", bf16_cpu, forced="mixed_bfloat16").policy == "float32"
+    with pytest.raises(precision.PrecisionError, match="ZOO_PRECISION='bf16' is not a policy"):
+        precision.resolve("auto", Hardware(), forced="bf16")
+    monkeypatch.setenv(precision.ENV_PRECISION, "mixed_float16")
+    assert precision.choose("auto").policy == "mixed_float16"
+    assert precision.choose("float32").policy == "float32"
+
+
+def test_a_bad_zoo_precision_is_one_line_from_the_cli(tmp_path):
+    from tests.conftest import ROOT, subprocess_env
+
+    done = subprocess.run([sys.executable, "-m", "training.train", "softmax_regression",
+                           "--run-dir", str(tmp_path / "run"), "--no-export"], cwd=ROOT,
+                          env=subprocess_env(ZOO_PRECISION="bf16"), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "$ZOO_PRECISION='bf16' is not a policy" in done.stderr
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

@@ -133,9 +133,13 @@ def test_output_filter_returns_only_the_named_outputs(client, digits):
     assert set(out) == {"classes"}
 
 
-def test_deep_cnn_predicts(client, digits):
-    out = client.predict("deep_cnn", digits[0][:5])
-    assert out["probabilities"].shape == (5, 10)
+def test_deep_cnn_predicts_what_the_exported_model_computes(client, exported, digits):
+    x = digits[0][:16]
+    out = client.predict("deep_cnn", x)
+    ref = onnx_reference(exported / "deep_cnn" / "1", x)
+    assert out["probabilities"].shape == (16, 10)
+    np.testing.assert_allclose(out["probabilities"], ref["probabilities"], atol=1e-4)
+    np.testing.assert_array_equal(out["classes"], ref["classes"])
 
 
 @pytest.mark.parametrize("spec, code", [

@@ -103,7 +103,14 @@ def test_reload_sent_to_one_worker_reaches_every_worker(two_workers, exported):
                 except grpc.RpcError as e:
                     codes.add((name, e.code().name))
     assert codes == {("deep_cnn", "NOT_FOUND"), ("softmax_regression", "OK")}
-    assert set(request_total(two_workers.rest)) <= {"0", "1"}
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "softmax_regression"
+    tensors.to_proto(np.zeros((1, 28, 28), np.float32), request.inputs["images"])
+    for i in range(CONNECTIONS):  # after the reload, both workers still answer and count
+        with own_connection(two_workers.address, i) as channel:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    totals = request_total(two_workers.rest)
+    assert set(totals) == {"0", "1"} and sum(totals.values()) == CONNECTIONS, totals
 
 
 def test_private_worker_method_refuses_outsiders(two_workers):

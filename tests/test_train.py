@@ -15,7 +15,7 @@ import pytest
 import zoo
 from tests.conftest import ROOT, subprocess_env
 from tests.helpers import tiny_run
-from training import checkpoints, data
+from training import checkpoints, data, precision
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -51,6 +51,39 @@ def test_model_on_a_dataset_it_does_not_take_is_refused():
     assert done.returncode == 2 and "trains on sinc" in done.stderr
 
 
+def test_steps_is_exact_even_when_it_does_not_divide_into_epochs(tmp_path, mnist):
+    """65 steps at 64 a pass: 33 + 32 (it used to train 66). 64 in one epoch: Keras runs whole
+    chunks of steps_per_execution, so a chunk (50) that does not divide 64 used to train 100."""
+    import keras
+
+    for steps, limit in ((65, 64 * 32), (64, 64 * 32)):
+        run = tmp_path / f"run{steps}"
+        summary = tiny_run("softmax_regression", run, mnist, steps=steps, train_limit=limit)
+        model = keras.models.load_model(run / "model.keras")
+        assert int(model.optimizer.iterations) == steps
+        assert summary["config"]["steps"] == steps
+
+
+def test_a_batch_larger_than_the_training_data_is_refused_before_training(tmp_path):
+    done = run_cli("softmax_regression", "--train-limit", "50", "--batch-size", "100",
+                   "--steps", "5", "--run-dir", str(tmp_path / "run"), "--no-export")
+    assert done.returncode == 2, done.stderr
+    assert "batch size 100 is larger than the 50 training examples" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
+def test_commands_are_quiet_unless_verbose():
+    """TensorFlow's start-up lines (absl, oneDNN, cuInit) only with -v."""
+    env = {k: v for k, v in subprocess_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([sys.executable, "-m", "training.train", "--list"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    loud = subprocess.run([sys.executable, "-m", "training.train", "--list", "-v"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert loud.returncode == 0
+    assert any(m in loud.stderr for m in ("absl", "oneDNN", "cuda", "cuInit")), loud.stderr
+
+
 def test_run_directory_holds_everything(tmp_path, mnist):
     summary = tiny_run("mlp_128", tmp_path / "run", mnist, steps=12, steps_per_epoch=None)
     run = tmp_path / "run"
@@ -60,7 +93,7 @@ def test_run_directory_holds_everything(tmp_path, mnist):
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch-0001.keras"]
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == "mlp_128" and config["precision"] == "float32"
+    assert config["model"] == "mlp_128" and config["precision"] == precision.choose().policy
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == summary["epochs_completed"] == 1
     record = json.loads(lines[0])
