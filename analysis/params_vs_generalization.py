@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from analysis import common
+from training import precision
 
 NAME = "params_vs_generalization"
 # mlp_128's hidden layer becomes 2, 4, ..., 1024 units.
@@ -96,6 +97,9 @@ def main(args) -> dict:
     study = common.Study(NAME, args)
     ds = common.load(spec.dataset, args)
     n = min(args.train_limit, len(ds.x_train))
+    # Each layer's config pins its dtype policy, and the scaled copies keep it: build the base
+    # in the policy the runs train in (it used to be float32 whatever --precision said).
+    precision.apply(study.precision["training"])
     base = zoo.create_model(args.model)
     rows, total, done = [], len(factors) * args.seeds, 0
     for factor in factors:
@@ -116,7 +120,9 @@ def main(args) -> dict:
                            f"train loss {train['loss']:.3g}, test loss {test['loss']:.3g}",
                            phase="models")
         rows.append({"factor": factor, "parameters": int(model.count_params()),
-                     "widths": _widths(model), "runs": runs})
+                     "widths": _widths(model), "runs": runs,
+                     "compute_dtypes": sorted({layer.compute_dtype for layer in model.layers
+                                               if layer.weights})})
     results = {"model": args.model, "task": spec.task, "train_images": n, "widths": rows,
                **_series(rows, spec.task)}
     _plots(study, args, results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -71,3 +72,7 @@ def test_params_vs_generalization_quick(tmp_path):
     assert runs.shape == (2, 2)  # seeds x widths
     np.testing.assert_allclose(r["test_loss_mean"], runs.mean(0))
     assert r["widths"][1]["runs"][0]["test"]["loss"] == runs[0, 1]
+    # every width trained in the policy the JSON states, not in the float32 its base model
+    # was built in
+    compute = keras.mixed_precision.Policy(doc["precision"]["training"]).compute_dtype
+    assert [w["compute_dtypes"] for w in r["widths"]] == [[compute]] * 2
