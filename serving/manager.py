@@ -8,7 +8,8 @@ default, all, specific). A new version is loaded and warmed with its
 `assets.extra/tf_serving_warmup_requests` before it takes traffic. A version leaving the policy
 stops taking new requests at once and is unloaded when its in-flight requests are done, and only
 once a replacement is available (availability first, like TF Serving's
-AvailabilityPreservingPolicy). A version that fails to load is reported (GetModelStatus: END with
+AvailabilityPreservingPolicy). Each version is checked against its certificate (metadata.json,
+serving/certificate.py) before it is loaded. A version that fails either is reported (GetModelStatus: END with
 the error) and skipped; it is retried only when its directory changes, so a half-written version
 is picked up once it is complete.
 """
@@ -33,7 +34,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, tensors
+from serving import backends, certificate, tensors
 from serving.batching import Batcher, BatchingOptions, BatchTooLarge, QueueFull
 from serving.metrics import Metrics
 
@@ -120,8 +121,9 @@ class Manager:
                  poll_seconds: float = 1.0, metrics: Metrics | None = None,
                  inference_threads: int = 4, discover_root: Path | None = None,
                  inline_threshold: float = 200e-6, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0):
+                 inter_op_threads: int = 0, require_certificates: bool = False):
         self.backend_kind = backend
+        self.require_certificates = require_certificates
         self.runtime_threads = (intra_op_threads, inter_op_threads)
         self.inline_threshold = inline_threshold
         self.batching = batching
@@ -266,11 +268,15 @@ class Manager:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
+            # The certificate first: a version that does not match it is never loaded.
+            cert = await loop.run_in_executor(self.load_executor, certificate.verify, path,
+                                              self.require_certificates)
             backend = await loop.run_in_executor(
                 self.load_executor, backends.load, self.backend_kind, path, *self.runtime_threads)
             loaded = LoadedVersion(name, version, path, backend)
             warm = await loop.run_in_executor(self.load_executor, self._warmup, loaded)
-        except (backends.LoadError, ServingError, OSError, ValueError) as e:
+        except (backends.LoadError, ServingError, certificate.CertificateError, OSError,
+                ValueError) as e:
             message = e.message if isinstance(e, ServingError) else str(e)
             log.error("model %s version %d not loaded: %s", name, version, message)
             state.loading.discard(version)
@@ -286,7 +292,12 @@ class Manager:
         if self.models.get(name) is not state:  # config changed while loading
             return
         state.available[version] = loaded
-        state.status[version] = (State.AVAILABLE, "")
+        # No certificate (a version exported by another tool): served, with a warning in status.
+        warning = "" if cert else (f"served without a certificate: {path} has no "
+                                   f"{certificate.FILENAME} (--require_certificates refuses it)")
+        state.status[version] = (State.AVAILABLE, warning)
+        if warning:
+            log.warning("model %s version %d %s", name, version, warning)
         log.info("model %s version %d available (%s backend, %d warmup requests, %.1f s%s)",
                  name, version, self.backend_kind, warm, time.monotonic() - started,
                  ", small requests inline" if loaded.inline else "")
@@ -530,7 +541,9 @@ class Manager:
             s = response.model_version_status.add(version=v, state=st)
             s.status.SetInParent()
             if message:
-                s.status.error_code = 2  # UNKNOWN, as TF Serving reports a failed load
+                # A failed load is UNKNOWN, as TF Serving reports it; an available version's
+                # message is a warning and keeps code OK.
+                s.status.error_code = 0 if st == State.AVAILABLE else 2
                 s.status.error_message = message
         return response
 

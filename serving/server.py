@@ -171,6 +171,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--event_loop", choices=EVENT_LOOPS, default=EVENT_LOOPS[0],
                    help="uvloop (default; less CPU a request than asyncio's own loop, see "
                         "README) or asyncio")
+    g.add_argument("--require_certificates", action="store_true",
+                   help="refuse versions without a metadata.json certificate (by default they "
+                        "are served with a warning in their status; a certificate that does not "
+                        "match its files is always refused)")
     g.add_argument("--drain_seconds", type=float, default=30.0,
                    help="on SIGTERM, how long requests in flight may take to finish")
     g.add_argument("--log_level", default="INFO")
@@ -244,7 +248,8 @@ async def serve(args) -> int:
                       metrics=metrics, inference_threads=args.inference_threads,
                       discover_root=root,
                       intra_op_threads=args.tensorflow_intra_op_parallelism,
-                      inter_op_threads=args.tensorflow_inter_op_parallelism)
+                      inter_op_threads=args.tensorflow_inter_op_parallelism,
+                      require_certificates=args.require_certificates)
     if not args.enable_model_warmup:
         manager._warmup = lambda loaded: 0
     try:

@@ -3,6 +3,7 @@ SavedModel and ONNX Runtime at two batch sizes against Keras. Plus atomicity and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 import zoo
+from serving import certificate
 from tests.conftest import ROOT, subprocess_env
 from tests.helpers import TRAIN_LIMIT, tiny_config, tiny_run
 from training import data, export, modeling, precision
@@ -117,14 +119,109 @@ def test_warmup_records_are_prediction_logs(softmax_run):
         assert tf.make_ndarray(request.inputs["images"]).shape == (n, 28, 28)
 
 
-def test_metadata_checksums_match_the_files(softmax_run):
+def test_the_certificate_lists_every_file_and_is_strict_valid_json(softmax_run):
     version = softmax_run / "exports" / "softmax_regression" / "1"
-    meta = json.loads((version / "metadata.json").read_text())
-    recomputed = export.file_checksums(version)
-    del recomputed["metadata.json"]
-    assert meta["files"] == recomputed
+    text = (version / "metadata.json").read_text()
+    meta = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metadata.json"))
+    certificate.validate(meta)
+    files = sorted(str(p.relative_to(version)) for p in version.rglob("*")
+                   if p.is_file() and p.name != "metadata.json")
+    assert sorted(meta["files"]) == files
+    for rel, entry in meta["files"].items():
+        raw = (version / rel).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+    assert certificate.verify(version) == meta
     assert meta["training"]["config"]["model"] == "softmax_regression"
+    assert meta["test_metrics"]["examples"] == 256  # the tiny run's --test-limit, as a count
     assert 0.0 <= meta["test_metrics"]["accuracy"] <= 1.0
+
+
+def _negate_onnx_weights(path):
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    for t in proto.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(t), t.name))
+    onnx.save(proto, str(path))
+
+
+def _flip_a_byte(path):
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("tamper, why", [
+    (lambda v: _negate_onnx_weights(v / "model.onnx"), "model.onnx .*certified"),
+    (lambda v: _flip_a_byte(next((v / "variables").glob("variables.data-*"))),
+     "variables/variables.data-.* differs from its certified sha256"),
+    (lambda v: (v / "model.onnx").unlink(), "model.onnx is missing"),
+    (lambda v: (v / "saved_model.pb").unlink(), "saved_model.pb is missing"),
+    (lambda v: (v / "extra.bin").write_bytes(b"x"), "extra.bin is not in the certificate"),
+    (lambda v: (v / "metadata.json").write_text((v / "metadata.json").read_text()[:100]),
+     "not strict JSON"),
+    (lambda v: (v / "metadata.json").write_text((v / "metadata.json").read_text().replace(
+        '"parameters": 7850', '"parameters": NaN')), "NaN is not a number in strict JSON"),
+    (lambda v: (v / "metadata.json").write_text((v / "metadata.json").read_text().replace(
+        '"task": "classification"', '"task": "art"')), "task: 'art' is not one of"),
+    (lambda v: (v / "metadata.json").unlink(), "has no metadata.json"),
+])
+def test_a_tampered_version_is_refused_by_verify_and_by_evaluate(softmax_run, tmp_path, tamper,
+                                                                  why):
+    import shutil
+
+    version = tmp_path / "softmax_regression" / "1"
+    shutil.copytree(softmax_run / "exports" / "softmax_regression" / "1", version)
+    tamper(version)
+    with pytest.raises(certificate.CertificateError, match=why):
+        certificate.verify(version)
+    done = subprocess.run([sys.executable, "-m", "training.evaluate", str(version), "--runtime",
+                           "onnx", "--limit", "50"], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_evaluate_refuses_a_limit_below_one(softmax_run, limit):
+    version = softmax_run / "exports" / "softmax_regression" / "1"
+    done = subprocess.run([sys.executable, "-m", "training.evaluate", str(version), "--limit",
+                           limit], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "must be at least 1" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_evaluate_says_how_many_examples_the_certificate_measured(softmax_run):
+    version = softmax_run / "exports" / "softmax_regression" / "1"
+    done = subprocess.run([sys.executable, "-m", "training.evaluate", str(version), "--limit",
+                           "100"], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "on 100 test examples" in done.stdout and "on 256 test examples)" in done.stdout
+
+
+def test_a_diverged_run_stops_with_one_line_and_exports_nothing(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "training.train", "sinc_shallow_300_tanh", "--lr", "1e30",
+         "--steps", "20", "--run-dir", str(tmp_path / "run"), "--export-dir",
+         str(tmp_path / "exports")], cwd=ROOT, env=subprocess_env(), capture_output=True,
+        text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "training loss became nan by step" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "exports").exists()
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.keras"))
+
+
+def test_non_finite_outputs_are_a_disagreement(tmp_path, mnist):
+    precision.apply("float32")
+    model = zoo.create_model("softmax_regression")
+    weights = model.get_weights()
+    weights[0][:] = np.nan
+    model.set_weights(weights)
+    with pytest.raises(export.ExportError, match="not finite"):
+        export.export_model(model, tiny_config("softmax_regression"), mnist, {}, tmp_path)
+    assert list((tmp_path / "softmax_regression").iterdir()) == []
 
 
 def test_export_cli_writes_the_next_version(softmax_run):

@@ -119,6 +119,46 @@ def test_hot_reload_half_written_and_removed_versions_under_traffic(exported, di
     assert "not loaded" in server.logs()
 
 
+def test_versions_are_checked_against_their_certificates(exported, digits, tmp_path):
+    """A tampered version stays unloaded with the reason in its status while the others keep
+    serving (availability first, as TF Serving's policy does when a load fails); a version
+    without a certificate is served with a warning, or refused by --require_certificates."""
+    model_dir = copy_model(exported, "softmax_regression", tmp_path / "models", versions=(1, 2))
+    (model_dir / "3").mkdir()
+    for f in (model_dir / "1").iterdir():  # version 3: the same model, no metadata.json
+        if f.name != "metadata.json":
+            (shutil.copytree if f.is_dir() else shutil.copy)(f, model_dir / "3" / f.name)
+    data_file = next((model_dir / "2" / "variables").glob("variables.data-*"))
+    raw = bytearray(data_file.read_bytes())
+    raw[-1] ^= 0xFF
+    data_file.write_bytes(bytes(raw))
+    config = write_config(tmp_path / "models.config", {"m": {
+        "base": model_dir, "policy": "all {}"}})
+    x = digits[0][:3]
+    server = ServerProcess("--model_config_file", str(config), log=tmp_path / "server.log")
+    with ZooClient(server.address, timeout=30, max_attempts=1) as client:
+        status = {s["version"]: s for s in client.status("m")}
+        assert status[2]["state"] == "END"
+        assert "does not match its certificate" in status[2]["error"]
+        assert "variables/variables.data" in status[2]["error"]
+        assert status[1]["state"] == "AVAILABLE" and status[1]["error"] == ""
+        assert status[3]["state"] == "AVAILABLE"
+        assert "served without a certificate" in status[3]["error"]
+        assert client.predict("m", x, version=1)["classes"].shape == (3,)
+        with pytest.raises(ClientError) as e:
+            client.predict("m", x, version=2)
+        assert e.value.code == "NOT_FOUND"
+    assert server.stop() == 0
+
+    strict = ServerProcess("--model_config_file", str(config), "--require_certificates",
+                           log=tmp_path / "strict.log")
+    with ZooClient(strict.address, timeout=30, max_attempts=1) as client:
+        status = {s["version"]: s for s in client.status("m")}
+        assert status[3]["state"] == "END" and "has no metadata.json" in status[3]["error"]
+        assert status[1]["state"] == "AVAILABLE"
+    assert strict.stop() == 0
+
+
 def test_version_policies_labels_and_reload_config(exported, digits, tmp_path):
     base = tmp_path / "models"
     soft = copy_model(exported, "softmax_regression", base, versions=(1, 2, 3))

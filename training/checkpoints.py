@@ -9,11 +9,13 @@ a kill -9 at any moment leaves either the previous state and its checkpoint, or 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from training.config import write_json_atomic
 
@@ -35,6 +37,34 @@ def load_checkpoint(run_dir: Path) -> tuple[keras.Model, dict]:
         )
     model = keras.models.load_model(Path(run_dir) / state["checkpoint"])
     return model, state
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss or weight: nothing of it may be saved or exported."""
+
+
+class FiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite training loss (checked after every execution
+    chunk, naming the step) or weight (checked at each epoch's end, before any checkpoint)."""
+
+    def __init__(self, model_name: str):
+        super().__init__()
+        self.model_name = model_name
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise DivergedError(
+                f"{self.model_name}: the training loss became {float(loss)} by step "
+                f"{int(self.model.optimizer.iterations)}; nothing was exported (try a smaller "
+                "--learning-rate)")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for w in self.model.trainable_weights:
+            if not np.all(np.isfinite(np.asarray(w))):
+                raise DivergedError(
+                    f"{self.model_name}: weight {w.path} is not finite after epoch {epoch + 1} "
+                    f"(step {int(self.model.optimizer.iterations)}); nothing was exported")
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

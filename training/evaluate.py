@@ -8,14 +8,13 @@ The dataset and task come from the version's metadata.json; nothing of the train
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from serving import quiet
+from serving import certificate, quiet
 from training import data
 from training.export import run_onnx, run_savedmodel
 
@@ -24,12 +23,15 @@ RUNNERS = {"savedmodel": run_savedmodel, "onnx": run_onnx}
 
 def evaluate_export(version_dir: Path, runtime: str = "savedmodel", limit: int | None = None,
                     data_dir: Path | None = None, batch_size: int = 500) -> dict:
+    """Verify the version against its certificate, then measure it (CertificateError first:
+    a tampered or incomplete version is never run)."""
     version_dir = Path(version_dir)
-    meta_path = version_dir / "metadata.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{version_dir} is not an export version directory "
-                                "(expected exported_models/NAME/VERSION with a metadata.json)")
-    meta = json.loads(meta_path.read_text())
+    if not version_dir.is_dir():
+        raise FileNotFoundError(f"{version_dir} is not a directory (expected "
+                                "exported_models/NAME/VERSION)")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+    meta = certificate.verify(version_dir)
     dataset = data.load_dataset(meta["data"]["dataset"], data_dir,
                                 seed=meta["training"]["config"]["seed"])
     x, y = data.as_float_inputs(dataset.x_test[:limit]), dataset.y_test[:limit]
@@ -47,25 +49,33 @@ def evaluate_export(version_dir: Path, runtime: str = "savedmodel", limit: int |
     return result
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate",
                                 description="Test-set accuracy (or MSE) of an exported version.")
     quiet.add_verbose_flag(p)
     p.add_argument("version_dir", type=Path, help="exported_models/NAME/VERSION")
     p.add_argument("--runtime", choices=sorted(RUNNERS), default="savedmodel")
-    p.add_argument("--limit", type=int, help="evaluate on the first N test examples")
+    p.add_argument("--limit", type=positive_int, help="evaluate on the first N test examples")
     p.add_argument("--data-dir", type=Path)
     args = p.parse_args(argv)
     try:
         r = evaluate_export(args.version_dir, args.runtime, args.limit, args.data_dir)
-    except (FileNotFoundError, data.DataSourceError) as e:
+    except (FileNotFoundError, data.DataSourceError, certificate.CertificateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     metric = "accuracy" if "accuracy" in r else "mse"
-    certified = r["certificate"].get(metric, r["certificate"].get("loss"))
+    cert = r["certificate"]
+    certified = cert.get(metric, cert["loss"])
     print(f"{r['model']} v{r['version']} ({r['runtime']}): {metric} {r[metric]:.4f} on "
           f"{r['examples']} test examples in {r['seconds']:.2f} s "
-          f"(certificate: {metric} {certified:.4f})")
+          f"(certificate: {metric} {certified:.4f} on {cert['examples']} test examples)")
     return 0
 
 

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -26,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 import zoo
-from serving import quiet
+from serving import certificate, quiet
 from training import data, modeling, precision
-from training.config import TrainConfig, write_json_atomic
+from training.config import TrainConfig
 
 ONNX_OPSET = 17
 TOLERANCE = 1e-4  # refuse an export whose runtimes disagree with Keras by more than this
@@ -221,8 +220,14 @@ def check_export(version_dir: Path, inference, trained, spec, x: np.ndarray,
                                     ("onnx", run_onnx, version_dir / "model.onnx")):
         for batch_size in (len(x), SECOND_BATCH_SIZE):
             runs[(runtime, batch_size)] = runner(target, x, batch_size)
+    if not np.all(np.isfinite(expected)):
+        raise ExportError("the model's own outputs are not finite (NaN or infinity): it is "
+                          "not a model to certify; export refused")
     diffs = {}
     for (runtime, batch_size), out in runs.items():
+        if not np.all(np.isfinite(out[main_output])):
+            raise ExportError(f"{runtime} at batch size {batch_size} gives non-finite outputs; "
+                              "export refused")
         d = float(np.max(np.abs(out[main_output] - expected)))
         diffs[runtime] = max(diffs.get(runtime, 0.0), d)
         if spec.task == "classification" and not np.array_equal(
@@ -252,7 +257,9 @@ def build_metadata(config: TrainConfig, spec, dataset: data.Dataset, summary: di
         "probabilities": {"dtype": "float32", "shape": [-1, 10]},
         "classes": {"dtype": "int64", "shape": [-1]},
     } if spec.task == "classification" else {"y": {"dtype": "float32", "shape": [-1, 1]}}
+    test_examples = min(len(dataset.x_test), config.test_limit or len(dataset.x_test))
     return {
+        "format": certificate.FORMAT,
         "name": export_name(config),
         "zoo_model": config.model,
         "task": spec.task,
@@ -271,8 +278,7 @@ def build_metadata(config: TrainConfig, spec, dataset: data.Dataset, summary: di
             "run_dir": summary.get("run_dir"),
         },
         "data": {"dataset": config.dataset, "source": dataset.source, "sha256": dataset.sha256},
-        "test_metrics": {**test_metrics, "examples": f"first {config.test_limit}"
-                         if config.test_limit else "all"},
+        "test_metrics": {**test_metrics, "examples": test_examples},
         "reference": {
             "metric": spec.reference.metric,
             "target": spec.reference.target,
@@ -296,21 +302,18 @@ def _version(package: str) -> str | None:
         return None
 
 
-def file_checksums(root: Path) -> dict[str, str]:
-    sums = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        sums[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return sums
-
-
 def publish(tmp: Path, model_dir: Path, metadata: dict) -> int:
     """Rename the finished temporary into the next free version number. rename(2) is atomic, and
     fails if another exporter took that number first; then the next number is tried."""
-    metadata["files"] = file_checksums(tmp)  # before metadata.json exists: it cannot list itself
+    metadata["files"] = certificate.list_files(tmp)  # every file but metadata.json itself
     while True:
         version = next_version(model_dir)
         metadata["version"] = version
-        write_json_atomic(tmp / "metadata.json", metadata)
+        try:
+            text = certificate.dumps(metadata)  # strict JSON, valid against the schema
+        except certificate.CertificateError as e:
+            raise ExportError(f"the certificate would not be valid: {e}; export refused") from None
+        (tmp / certificate.FILENAME).write_text(text)
         try:
             os.rename(tmp, model_dir / str(version))
             return version

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summary = run_from_args(args)
     except (UsageError, zoo.UnknownModelError, data.DataSourceError, ConfigError, ExportError,
-            precision.PrecisionError, FileNotFoundError, FileExistsError) as e:
+            precision.PrecisionError, checkpoints.DivergedError, FileNotFoundError,
+            FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
@@ -208,6 +209,7 @@ def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
     import keras
 
     callbacks = [
+        checkpoints.FiniteGuard(config.model),  # first: no NaN reaches a checkpoint or export
         # Test metrics in float32 whatever the policy (fit's validation would use the policy).
         checkpoints.EpochCheckpoint(run_dir, history, modeling.TestEvaluator(config, dataset)),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), profile_batch=0),
