@@ -2,11 +2,12 @@
 
 The Hessian is never formed, except by `Objective.hessian()` for models small enough to have an
 exact spectrum. Curvature runs in float32 or float64 whatever policy trained the model: an
-Objective measures `training.modeling.measurement_copy(model, dtype)`, a copy with every layer's
-dtype policy replaced (docs/ARCHITECTURE.md, "Precision").
+Objective measures `training.modeling.measurement_copy(model, dtype)`: the model itself if it
+computes in `dtype` throughout, else a copy with every layer's dtype policy replaced
+(docs/ARCHITECTURE.md, "Precision").
 
     obj = Objective(model, "mse", x, y, dtype="float64")
-    obj.hvp(v)                                  # H v, one forward-over-reverse pass
+    obj.hvp(v)                                  # H v (double backprop by default)
     lanczos_top(obj.hvp, obj.n, k=5)            # top eigenvalues (PyHessian's question)
     hutchinson_trace(obj.hvp, obj.n, 100)       # tr H with its standard error
     slq(obj.hvp, obj.n, runs=5, steps=60)       # eigenvalue density (with `density`)
