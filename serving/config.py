@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                    "inside the serving image) instead of the absolute local path")
     p.add_argument("--num-versions", type=int, default=1, help="latest N versions (default 1)")
     args = p.parse_args(argv)
+    if args.num_versions < 1:
+        p.error(f"--num-versions must be at least 1, got {args.num_versions}")
     if not args.base.is_dir():
         print(f"error: {args.base} is not a directory (export a model first: "
               "python -m training.train MODEL)", file=sys.stderr)

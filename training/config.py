@@ -59,7 +59,17 @@ class TrainConfig:
 
     @classmethod
     def read(cls, path: Path) -> TrainConfig:
-        return cls.from_json(json.loads(Path(path).read_text()))
+        try:
+            d = json.loads(Path(path).read_text())
+            missing = [f.name for f in dataclasses.fields(cls)
+                       if f.name not in d and f.default is dataclasses.MISSING]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            return cls.from_json(d)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{path} is not a valid run config ({e})") from None
 
 
 def resolve_config(

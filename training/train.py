@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import zoo
@@ -22,8 +23,10 @@ from training.export import ExportError
 
 DEFAULT_RUNS = Path("runs")
 DEFAULT_EXPORTS = Path("exported_models")
+# Flags a resumed run cannot honour (its config.json decides): given with --resume, refused.
 RECIPE_FLAGS = ("epochs", "steps", "steps_per_epoch", "batch_size", "learning_rate", "dataset",
-                "precision", "run_dir", "train_limit", "test_limit")
+                "precision", "seed", "run_dir", "train_limit", "test_limit")
+MAX_SEED = 2**32 - 1  # what NumPy and TensorFlow seeds accept
 
 
 class UsageError(Exception):
@@ -49,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", choices=data.DATASETS, help="default: the model's own dataset")
     r.add_argument("--precision", choices=precision.CHOICES, default=None,
                    help="dtype policy; auto picks by hardware (default: auto)")
-    r.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    r.add_argument("--seed", type=int, help="seed of every random choice, 0 to 2**32-1 "
+                   "(default: 0)")
 
     o = p.add_argument_group("where things go")
     o.add_argument("--run-dir", type=Path, help="run directory (default: runs/MODEL/TIME-sSEED)")
@@ -88,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summary = run_from_args(args)
     except (UsageError, zoo.UnknownModelError, data.DataSourceError, ConfigError, ExportError,
-            precision.PrecisionError, checkpoints.DivergedError, FileNotFoundError,
-            FileExistsError) as e:
+            precision.PrecisionError, checkpoints.DivergedError, checkpoints.DamagedRunError,
+            FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
@@ -102,15 +106,22 @@ def run_from_args(args: argparse.Namespace) -> dict:
         if given:
             raise UsageError(f"--resume continues a run with its own config.json; "
                              f"drop {', '.join(given)}")
-        return resume(args.resume, export_dir=None if args.no_export else args.export_dir,
-                      data_dir=args.data_dir, model=args.model)
+        export_dir = None if args.no_export else args.export_dir
+        check_destinations(None, export_dir)
+        return resume(args.resume, export_dir=export_dir, data_dir=args.data_dir,
+                      model=args.model)
     if not args.model:
         raise UsageError("name a model to train (python -m training.train --list shows them)")
     spec = zoo.get_spec(args.model)
     if args.dataset and args.dataset not in spec.datasets:  # before any loading or download
         raise UsageError(f"{args.model} trains on {', '.join(spec.datasets)}, not {args.dataset}")
+    seed = 0 if args.seed is None else args.seed
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    export_dir = None if args.no_export else args.export_dir
+    check_destinations(args.run_dir, export_dir)  # before any data is loaded or trained
     resolved = precision.choose(args.precision or "auto")
-    dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir, seed=args.seed)
+    dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir, seed=seed)
     config = resolve_config(
         args.model,
         precision_requested=resolved.requested,
@@ -123,21 +134,73 @@ def run_from_args(args: argparse.Namespace) -> dict:
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        seed=args.seed,
+        seed=seed,
         train_limit=args.train_limit,
         test_limit=args.test_limit,
     )
-    run_dir = args.run_dir or default_run_dir(config)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run directory {run_dir} is not empty; use --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return train(config, run_dir, dataset,
-                 export_dir=None if args.no_export else args.export_dir)
+    if args.run_dir:
+        run_dir = args.run_dir
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UsageError(f"run directory {run_dir} is not empty; continue it with "
+                             f"--resume {run_dir}, or choose another --run-dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = new_run_dir(config)
+    return train(config, run_dir, dataset, export_dir=export_dir)
 
 
-def default_run_dir(config: TrainConfig) -> Path:
+def new_run_dir(config: TrainConfig, root: Path = DEFAULT_RUNS) -> Path:
+    """runs/MODEL/TIME-sSEED, created here and now: two runs started in the same second get
+    -2, -3, ... (mkdir is atomic), so neither can write into the other's folder."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return DEFAULT_RUNS / config.model / f"{stamp}-s{config.seed}"
+    base = Path(root) / config.model / f"{stamp}-s{config.seed}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise UsageError(f"could not create a new run directory next to {base}")
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """Write a temporary file where `path` is (creating missing folders, removed again): the one
+    test that also holds for root, whom permission bits (os.access) do not stop."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    created = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path} cannot be written ({e.strerror})") from None
+    finally:
+        for d in reversed(created):
+            d.rmdir()
+
+
+def check_destinations(run_dir: Path | None, export_dir: Path | None) -> None:
+    """Refuse, before any training, a destination that cannot be written or that would confuse
+    a server: a run folder inside the export base path would look like a model version."""
+    for flag, path in (("--run-dir", run_dir), ("--export-dir", export_dir)):
+        if path is None:
+            continue
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{flag} {path} is a file, not a directory")
+        check_writable(flag, path)
+    if run_dir is not None and export_dir is not None:
+        run, base = run_dir.resolve(), export_dir.resolve()
+        if run == base or base in run.parents:
+            raise UsageError(f"--run-dir {run_dir} is inside the export base path {export_dir}: "
+                             "a server would take it for a model version; put runs elsewhere")
 
 
 def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None,
@@ -167,7 +230,9 @@ def train(config: TrainConfig, run_dir: Path, dataset: data.Dataset,
 
     history: list[dict] = []
     initial_epoch = 0
-    if resuming and checkpoints.read_state(run_dir):
+    if resuming:
+        # No state.json: nothing to continue from (a run stopped before its first epoch ended,
+        # or a damaged folder); starting over here would silently throw away what is left.
         model, state = checkpoints.load_checkpoint(run_dir)
         initial_epoch, history = state["epoch"], state["history"]
         if initial_epoch >= config.epochs and (done := published_export(run_dir, export_dir)):
@@ -240,6 +305,11 @@ def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
            history: list[dict], export_dir: Path | None) -> dict:
     from training.plots import plot_curves
 
+    try:  # a run exported before and resumed with --no-export keeps its export
+        exported = json.loads((run_dir / "summary.json").read_text()).get("export")
+    except (OSError, ValueError, AttributeError):
+        exported = None
+
     spec = zoo.get_spec(config.model)
     last = history[-1]
     metric = spec.reference.metric
@@ -262,7 +332,7 @@ def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
             "provenance": spec.reference.provenance,
         },
         "plots": [p.name for p in plot_curves(history, run_dir, config.model)],
-        "export": None,
+        "export": exported,
     }
     # Written before the export too: a refused or killed export must not lose the run's result.
     write_json_atomic(run_dir / "summary.json", summary)
