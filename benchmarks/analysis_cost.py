@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from serving import quiet
+
 
 def median_time(fn, repeats):
     fn()  # trace / warm up
@@ -53,6 +55,7 @@ def minimal_ratio_timing(runs: int = 10, model: str = "sinc_deep_50_10_4_tanh",
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.analysis_cost")
+    quiet.add_verbose_flag(p)
     p.add_argument("--model", default="deep_cnn")
     p.add_argument("--examples", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
