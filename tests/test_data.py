@@ -72,18 +72,24 @@ def test_a_damaged_project_cache_is_moved_aside_and_the_next_source_used(
     assert f"moved it aside to {aside}" in err
 
 
-@pytest.mark.parametrize("how", DAMAGES)
-def test_a_damaged_keras_cache_is_skipped_left_in_place_and_the_download_cached(
-        monkeypatch, tmp_path, capsys, how):
-    places = isolate_sources(monkeypatch, tmp_path)
-    arrays = tiny_mnist(monkeypatch)
-    damaged = damage(write_npz(places.keras, arrays), how)
+def _load_with_a_download(monkeypatch, tmp_path, arrays):
+    """load_mnist with Keras' download served from loopback; the file served and the dataset."""
     served = write_npz(tmp_path / "server", arrays)
     monkeypatch.setattr(data, "KERAS_MNIST_SHA256", data.sha256_file(served))
     with serving(served.parent) as url:
         monkeypatch.setattr(data, "KERAS_MNIST_ORIGIN", f"{url}/mnist.npz")
         ds = data.load_mnist()
     assert ds.source == f"download {url}/mnist.npz"
+    return served, ds
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_keras_cache_is_skipped_left_in_place_and_the_download_cached(
+        monkeypatch, tmp_path, capsys, how):
+    places = isolate_sources(monkeypatch, tmp_path)
+    arrays = tiny_mnist(monkeypatch)
+    damaged = damage(write_npz(places.keras, arrays), how)
+    served, ds = _load_with_a_download(monkeypatch, tmp_path, arrays)
     assert np.array_equal(ds.x_test, arrays["x_test"])
     assert (places.keras / "mnist.npz").read_bytes() == damaged  # not ours: left alone
     assert (places.cache / "mnist.npz").read_bytes() == served.read_bytes()
@@ -98,6 +104,15 @@ def test_a_failed_download_leaves_a_damaged_keras_cache_in_place(monkeypatch, tm
     with pytest.raises(data.DataSourceError, match="(?s)Keras cache .*unreadable.*download failed"):
         data.load_mnist()
     assert (places.keras / "mnist.npz").read_bytes() == damaged
+
+
+def _explicit_load_error(monkeypatch, chosen: Path, flag: str) -> str:
+    """Load MNIST from `chosen`, named as --data-dir or as $ZOO_DATA_DIR; the error it raises."""
+    if flag == "$ZOO_DATA_DIR":
+        monkeypatch.setenv(data.ENV_DATA_DIR, str(chosen))
+    with pytest.raises(data.DataSourceError) as e:
+        data.load_mnist(chosen if flag == "--data-dir" else None)
+    return str(e.value)
 
 
 @pytest.mark.parametrize("how", (*DAMAGES, "one array"))
@@ -115,14 +130,7 @@ def test_a_damaged_file_in_an_explicit_directory_is_an_error_and_left_alone(
     else:
         damage(path, how)
     before = path.read_bytes()
-    if flag == "--data-dir":
-        load = lambda: data.load_mnist(chosen)
-    else:
-        monkeypatch.setenv(data.ENV_DATA_DIR, str(chosen))
-        load = data.load_mnist
-    with pytest.raises(data.DataSourceError) as e:
-        load()
-    message = str(e.value)
+    message = _explicit_load_error(monkeypatch, chosen, flag)
     assert message.startswith(f"{flag} {chosen}: {path}") and "expected there: mnist.npz" in message
     assert "\n" not in message
     assert path.read_bytes() == before and sorted(os.listdir(chosen)) == ["mnist.npz"]
@@ -141,15 +149,9 @@ def test_an_explicit_directory_without_mnist_is_an_error(monkeypatch, tmp_path, 
         chosen.mkdir()
     elif what == "a file":
         chosen.write_bytes(b"")
-    if flag == "--data-dir":
-        load = lambda: data.load_mnist(chosen)
-    else:
-        monkeypatch.setenv(data.ENV_DATA_DIR, str(chosen))
-        load = data.load_mnist
-    with pytest.raises(data.DataSourceError) as e:
-        load()
-    assert str(e.value).startswith(f"{flag} {chosen} {state}")
-    assert "x_train uint8 (60000, 28, 28)" in str(e.value)  # says what belongs there
+    message = _explicit_load_error(monkeypatch, chosen, flag)
+    assert message.startswith(f"{flag} {chosen} {state}")
+    assert "x_train uint8 (60000, 28, 28)" in message  # says what belongs there
 
 
 def _unwritable(tmp_path: Path, where: str) -> Path:
@@ -183,12 +185,7 @@ def test_an_unwritable_cache_is_a_warning_and_the_download_is_used(monkeypatch, 
     arrays = tiny_mnist(monkeypatch)
     cache = _unwritable(tmp_path, "below a file")
     monkeypatch.setenv(data.ENV_CACHE_DIR, str(cache))
-    served = write_npz(tmp_path / "server", arrays)
-    monkeypatch.setattr(data, "KERAS_MNIST_SHA256", data.sha256_file(served))
-    with serving(served.parent) as url:
-        monkeypatch.setattr(data, "KERAS_MNIST_ORIGIN", f"{url}/mnist.npz")
-        ds = data.load_mnist()
-    assert ds.source == f"download {url}/mnist.npz"
+    served, ds = _load_with_a_download(monkeypatch, tmp_path, arrays)
     assert f"warning: could not cache mnist at {cache}/mnist.npz" in capsys.readouterr().err
 
 

