@@ -9,7 +9,7 @@ MODEL  ?= softmax_regression
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test test-fast lint data train evaluate benchmarks bench-serving report clean
+.PHONY: run test test-precision test-fast lint data train evaluate benchmarks bench-serving report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,20 @@ run: $(VENV)/.installed
 	$(PY) -m serving.client --address 127.0.0.1:$(GRPC_PORT) predict $(MODEL) --mnist-test 100 \
 	  && kill -TERM $$pid && wait $$pid && echo "server stopped"
 
+# The precision-sensitive tests (training, export, analysis) run a second time with the policy
+# forced to mixed_bfloat16 ($$ZOO_PRECISION is what --precision auto resolves to), so that an
+# assumption about the arithmetic fails on every machine, not only on one with native bf16.
+FORCED_PRECISION ?= mixed_bfloat16
+PRECISION_TESTS := tests/test_train.py tests/test_export.py tests/test_precision.py \
+	$(wildcard tests/test_analysis_*.py)
+
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+	$(MAKE) test-precision
+
+test-precision: $(VENV)/.installed
+	ZOO_PRECISION=$(FORCED_PRECISION) $(PY) -m pytest -q -m 'not slow' $(PRECISION_TESTS)
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m 'not slow'
