@@ -8,6 +8,9 @@ PY     := $(VENV)/bin/python
 MODEL  ?= softmax_regression
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONPATH := $(CURDIR)
+# The one rule for version directories (serving/versions.py), run as a file with -P: it imports
+# only the standard library, and the `serving` package would import TensorFlow first (3 s).
+VERSIONS = $(PY) -P serving/versions.py
 
 .PHONY: run test test-precision test-fast lint data train evaluate benchmarks bench-serving report clean
 
@@ -23,7 +26,7 @@ REST_PORT ?= 8501
 # Train, export, evaluate the export, then serve it and classify test digits through gRPC.
 run: $(VENV)/.installed
 	$(PY) -m training.train $(MODEL)
-	$(PY) -m training.evaluate exported_models/$(MODEL)/$$(ls exported_models/$(MODEL) | grep -E '^[0-9]+$$' | sort -n | tail -1)
+	v=$$($(VERSIONS) latest --path exported_models/$(MODEL)) && $(PY) -m training.evaluate $$v
 	@$(PY) -m serving.server --model_base_path exported_models --port $(GRPC_PORT) \
 	    --rest_api_port $(REST_PORT) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null' EXIT; \
@@ -67,7 +70,7 @@ benchmarks: $(VENV)/.installed
 # The serving load test (~10 min) needs both models it serves exported: trains the missing ones.
 bench-serving: $(VENV)/.installed
 	@for m in softmax_regression deep_cnn; do \
-	  ls exported_models/$$m 2>/dev/null | grep -qE '^[0-9]+$$' || $(PY) -m training.train $$m \
+	  $(VERSIONS) latest exported_models/$$m >/dev/null 2>&1 || $(PY) -m training.train $$m \
 	    || exit 1; \
 	done
 	$(PY) -m benchmarks.serving_load --seconds 4 --long-run 60

@@ -54,12 +54,15 @@ def free_port() -> int:
 
 
 def latest(base: Path, model: str) -> Path:
-    folder = base / model
-    versions = ([int(p.name) for p in folder.iterdir() if p.name.isdigit()]
-                if folder.is_dir() else [])
-    if not versions:
+    from serving import versions
+
+    try:
+        found = versions.scan(base / model).versions
+    except OSError:
+        found = {}
+    if not found:
         raise SystemExit(f"no exported version of {model} under {base}; train one first")
-    return base / model / str(max(versions))
+    return found[max(found)]
 
 
 def request_bytes(model: str, x: np.ndarray) -> bytes:

@@ -3,9 +3,10 @@
     python -m serving.config exported_models > models.config
     python -m serving.config exported_models --base-path-prefix /models > models.config  # image
 
-Each directory holding at least one numbered version becomes a `config { ... }` entry with the
-latest version served (TF Serving's default policy, written out explicitly). The output is
-parsed back as ModelServerConfig before it is printed, so it is always valid.
+Each directory holding at least one numbered version (serving/versions.py) becomes a
+`config { ... }` entry with the latest version served (TF Serving's default policy, written out
+explicitly). The output is parsed back as ModelServerConfig before it is printed, so it is
+always valid.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from serving import protos, quiet
+from serving import protos, quiet, versions
 
 
 def build(base: Path, prefix: str | None = None, num_versions: int = 1):
     config = protos.ModelServerConfig()
     for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not any(v.name.isdigit() and v.is_dir() for v in d.iterdir()):
+        if not versions.scan(d).versions:
             continue
         path = f"{prefix.rstrip('/')}/{d.name}" if prefix else str(d.resolve())
         m = config.model_config_list.config.add(name=d.name, base_path=path,
@@ -45,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.base} is not a directory (export a model first: "
               "python -m training.train MODEL)", file=sys.stderr)
         return 2
-    config = build(args.base, args.base_path_prefix, args.num_versions)
+    try:
+        config = build(args.base, args.base_path_prefix, args.num_versions)
+    except OSError as e:
+        print(f"error: cannot list {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     if not config.model_config_list.config:
         print(f"error: no model under {args.base} has a numbered version directory",
               file=sys.stderr)

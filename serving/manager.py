@@ -1,24 +1,27 @@
 """Which models and versions are served, and answering requests against them.
 
 The manager holds a `ModelServerConfig` (from --model_config_file, --model_name/--model_base_path,
-or a reload request, which replaces the whole config as in TF Serving), polls each base path
-every `--file_system_poll_wait_seconds` for numbered version directories (hidden or non-numeric
-names are ignored, as TF Serving ignores them), and applies the version policy (latest N by
-default, all, specific). A new version is loaded and warmed with its
+or a reload request, which replaces the whole config as in TF Serving), polls each base path every
+`--file_system_poll_wait_seconds` for numbered version directories (serving/versions.py: hidden or
+non-numeric names are ignored, as TF Serving ignores them; a name that looks like a number but is
+no version, such as `007`, `²` or one beyond int64, is ignored with one warning), and applies the
+version policy (latest N by default, all, specific). A listing that fails (permissions, missing
+base path, out of file descriptors) changes nothing: what is loaded stays loaded and the error is
+logged, as TF Serving's file-system source does. A new version is loaded and warmed with its
 `assets.extra/tf_serving_warmup_requests` before it takes traffic. A version leaving the policy
 stops taking new requests at once and is unloaded when its in-flight requests are done, and only
 once a replacement is available (availability first, like TF Serving's
 AvailabilityPreservingPolicy). Each version is checked against its certificate (metadata.json,
-serving/certificate.py) before it is loaded. A version that fails either is reported (GetModelStatus: END with
-the error) and skipped; it is retried only when its directory changes, so a half-written version
-is picked up once it is complete.
+serving/certificate.py) before it is loaded. A version that fails to verify, load or warm up
+(serving/warmup.py) is reported (GetModelStatus: END with the error) and skipped; it is retried
+only when its directory changes, so a half-written version is picked up once it is complete.
+Requests are checked by serving/validation.py before they run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,31 +33,20 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_pb2,
     predict_pb2,
-    prediction_log_pb2,
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, certificate, tensors
+from serving import backends, certificate, tensors, validation, versions
 from serving.batching import Batcher, BatchingOptions, BatchTooLarge, QueueFull
+from serving.errors import ServingError, invalid, not_found
 from serving.metrics import Metrics
+from serving.warmup import MAX_WARMUP_RECORDS, read_warmup_records
 
+__all__ = ["Manager", "ServingError", "invalid", "not_found", "read_warmup_records",
+           "MAX_WARMUP_RECORDS"]
 log = logging.getLogger("serving")
 State = get_model_status_pb2.ModelVersionStatus.State
-MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-
-
-class ServingError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def not_found(msg):
-    return ServingError(grpc.StatusCode.NOT_FOUND, msg)
-
-
-def invalid(msg):
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, msg)
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 
 
 class LoadedVersion:
@@ -88,24 +80,7 @@ class ModelState:
         self.status: dict[int, tuple[int, str]] = {}
         self.failed: dict[int, tuple] = {}  # version -> directory fingerprint at failure
         self.loading: set[int] = set()
-
-
-def read_warmup_records(path: Path) -> list[predict_pb2.PredictRequest]:
-    """Parse a TFRecord file of PredictionLog (length, crc, data, crc) without TensorFlow I/O."""
-    data = path.read_bytes()
-    requests, pos = [], 0
-    while pos < len(data) and len(requests) < MAX_WARMUP_RECORDS:
-        if pos + 12 > len(data):
-            raise backends.LoadError(f"{path} is truncated at byte {pos}")
-        (length,) = struct.unpack_from("<Q", data, pos)
-        start, end = pos + 12, pos + 12 + length
-        if end + 4 > len(data):
-            raise backends.LoadError(f"{path} is truncated at byte {pos}")
-        entry = prediction_log_pb2.PredictionLog.FromString(data[start:end])
-        if entry.WhichOneof("log_type") == "predict_log":
-            requests.append(entry.predict_log.request)
-        pos = end + 4
-    return requests
+        self.listing_error: str | None = None  # why the last listing of base_path failed
 
 
 def fingerprint(path: Path) -> tuple:
@@ -121,8 +96,10 @@ class Manager:
                  poll_seconds: float = 1.0, metrics: Metrics | None = None,
                  inference_threads: int = 4, discover_root: Path | None = None,
                  inline_threshold: float = 200e-6, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, require_certificates: bool = False):
+                 inter_op_threads: int = 0, require_certificates: bool = False,
+                 max_request_elements: int = validation.DEFAULT_MAX_REQUEST_ELEMENTS):
         self.backend_kind = backend
+        self.max_request_elements = max_request_elements
         self.require_certificates = require_certificates
         self.runtime_threads = (intra_op_threads, inter_op_threads)
         self.inline_threshold = inline_threshold
@@ -137,7 +114,8 @@ class Manager:
         self.load_executor = ThreadPoolExecutor(1, thread_name_prefix="load")
         self._lock = asyncio.Lock()
         self._unloading: set[asyncio.Task] = set()
-        self._warned_missing: set[str] = set()
+        self._warned_names: set[tuple[str, str]] = set()  # (base path, name) warned about
+        self._root_error: str | None = None
 
     # ---------------------------------------------------------------- configuration and polling
     @staticmethod
@@ -176,9 +154,10 @@ class Manager:
         await self.poll()
 
     def discovered_config(self) -> model_server_config_pb2.ModelServerConfig:
-        """Zoo extension: a base path whose children are model directories serves them all."""
+        """Zoo extension: a base path whose children are model directories serves them all.
+        Raises OSError if the root cannot be listed."""
         config = model_server_config_pb2.ModelServerConfig()
-        for d in sorted(self.discover_root.iterdir()) if self.discover_root.is_dir() else []:
+        for d in sorted(self.discover_root.iterdir()):
             if d.is_dir() and not d.name.startswith("."):
                 m = config.model_config_list.config.add(name=d.name, base_path=str(d.resolve()),
                                                         model_platform="tensorflow")
@@ -187,8 +166,21 @@ class Manager:
 
     async def poll(self) -> None:
         if self.discover_root is not None:
-            config = self.discovered_config()
-            names = {m.name for m in config.model_config_list.config}
+            try:
+                config = self.discovered_config()
+            except OSError as e:
+                # Models are dropped only when their directories are seen to be gone.
+                message = f"cannot list the model directory {self.discover_root}: {e}"
+                if message != self._root_error:
+                    log.error("%s; the models found before stay as they are", message)
+                self._root_error = message
+                config = None
+            else:
+                if self._root_error is not None:
+                    log.info("the model directory %s can be listed again", self.discover_root)
+                self._root_error = None
+            names = ({m.name for m in config.model_config_list.config} if config is not None
+                     else set(self.models))
             if names != set(self.models):
                 async with self._lock:
                     for m in config.model_config_list.config:
@@ -213,14 +205,34 @@ class Manager:
 
     @staticmethod
     def on_disk_versions(base: Path) -> dict[int, Path]:
-        out = {}
+        """The version directories under `base`; {} if it cannot be listed."""
         try:
-            for p in base.iterdir():
-                if p.name.isdigit() and int(p.name) > 0 and p.is_dir():
-                    out[int(p.name)] = p
+            return versions.scan(base).versions
         except OSError:
-            pass
-        return out
+            return {}
+
+    def _list_versions(self, name: str, state: ModelState) -> dict[int, Path] | None:
+        """The model's version directories, or None if its base path cannot be listed (logged
+        when the error starts or changes; names that are no version are warned about once)."""
+        base = Path(state.config.base_path)
+        try:
+            listing = versions.scan(base)
+        except OSError as e:
+            message = f"cannot list {base}: {e.strerror or e}"
+            if message != state.listing_error:
+                log.error("model %s: %s; its versions stay as they are until it can be listed",
+                          name, message)
+            state.listing_error = message
+            return None
+        if state.listing_error is not None:
+            log.info("model %s: %s can be listed again", name, base)
+            state.listing_error = None
+        for entry, why in sorted(listing.ignored.items()):
+            if (str(base), entry) not in self._warned_names:
+                self._warned_names.add((str(base), entry))
+                log.warning("model %s: %r in %s is not a version directory (%s); ignored", name,
+                            entry, base, why)
+        return listing.versions
 
     @staticmethod
     def policy_versions(config, on_disk: dict[int, Path]) -> set[int]:
@@ -234,11 +246,9 @@ class Manager:
         return set(sorted(on_disk)[-n:])
 
     async def _poll_model(self, name: str, state: ModelState) -> None:
-        base = Path(state.config.base_path)
-        on_disk = self.on_disk_versions(base)
-        if not on_disk and not base.is_dir() and name not in self._warned_missing:
-            log.warning("model %s: base path %s does not exist", name, base)
-            self._warned_missing.add(name)
+        on_disk = self._list_versions(name, state)
+        if on_disk is None:
+            return
         aspired = self.policy_versions(state.config, on_disk)
         to_load = []
         for v in sorted(aspired):
@@ -267,6 +277,7 @@ class Manager:
     async def _load(self, name: str, state: ModelState, version: int, path: Path) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        backend, step = None, "load"
         try:
             # The certificate first: a version that does not match it is never loaded.
             cert = await loop.run_in_executor(self.load_executor, certificate.verify, path,
@@ -274,11 +285,22 @@ class Manager:
             backend = await loop.run_in_executor(
                 self.load_executor, backends.load, self.backend_kind, path, *self.runtime_threads)
             loaded = LoadedVersion(name, version, path, backend)
+            step = "warmup"
             warm = await loop.run_in_executor(self.load_executor, self._warmup, loaded)
-        except (backends.LoadError, ServingError, certificate.CertificateError, OSError,
-                ValueError) as e:
-            message = e.message if isinstance(e, ServingError) else str(e)
+        except Exception as e:  # noqa: BLE001 - whatever fails, the version ends with the reason
+            if isinstance(e, ServingError):
+                message = e.message
+            elif isinstance(e, (backends.LoadError, certificate.CertificateError, OSError,
+                                ValueError)):
+                message = str(e)
+            else:  # not foreseen: say what it was
+                message = f"{type(e).__name__}: {e}"
+            if step == "warmup" and WARMUP_FILE not in message:
+                message = f"{WARMUP_FILE}: {message}"
             log.error("model %s version %d not loaded: %s", name, version, message)
+            close = getattr(backend, "close", None)
+            if close:
+                close()
             state.loading.discard(version)
             state.failed[version] = fingerprint(path)
             state.status[version] = (State.END, message)
@@ -314,7 +336,7 @@ class Manager:
 
     def _warmup(self, loaded: LoadedVersion) -> int:
         """Replay the version's warmup requests (synchronously, before it takes traffic)."""
-        path = loaded.path / "assets.extra" / "tf_serving_warmup_requests"
+        path = loaded.path / WARMUP_FILE
         if not path.exists():
             return 0
         requests = read_warmup_records(path)
@@ -402,61 +424,13 @@ class Manager:
         loaded.acquire()
         return loaded
 
-    @staticmethod
-    def prepare(loaded: LoadedVersion, request: predict_pb2.PredictRequest,
-                arrays: dict[str, np.ndarray] | None = None):
-        """Validate a PredictRequest against its signature; return (signature, inputs, outputs).
-        `arrays` replaces request.inputs when the caller (REST) has decoded them already."""
-        sig_name = request.model_spec.signature_name or backends.DEFAULT_SIGNATURE
-        sig = loaded.signatures.get(sig_name)
-        if sig is None:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"Serving signature key \"{sig_name}\" not found. Model "
-                               f"{loaded.name} version {loaded.version} has signatures "
-                               f"{{{','.join(sorted(loaded.signatures))}}}.")
-        given = set(arrays) if arrays is not None else set(request.inputs)
-        expected = set(sig.inputs)
-        if given != expected:
-            raise invalid(
-                f"input size does not match signature: {len(given)}!={len(expected)} "
-                f"len({{{','.join(sorted(given))}}}) != len({{{','.join(sorted(expected))}}}). "
-                f"Sent extra: {{{','.join(sorted(given - expected))}}}. Missing but required: "
-                f"{{{','.join(sorted(expected - given))}}}. ({sig.describe()})")
-        inputs, batch = {}, None
-        for name, spec in sig.inputs.items():
-            if arrays is not None:
-                a = arrays[name]
-            else:
-                proto = request.inputs[name]
-                if proto.dtype != spec.dtype:
-                    raise invalid(f"input \"{name}\" has dtype {tensors.dtype_name(proto.dtype)}"
-                                  f" but {sig.describe()}")
-                try:
-                    a = tensors.to_ndarray(proto)
-                except tensors.TensorError as e:
-                    raise invalid(f"input \"{name}\": {e}") from None
-            if a.ndim != len(spec.shape) or any(
-                    e != -1 and e != g for e, g in zip(spec.shape, a.shape)):
-                raise invalid(f"input \"{name}\" has shape [{','.join(map(str, a.shape))}] but "
-                              f"{sig.describe()}")
-            if spec.shape and spec.shape[0] == -1:
-                if batch is not None and a.shape[0] != batch:
-                    raise invalid(f"input \"{name}\" has batch size {a.shape[0]} but another "
-                                  f"input has {batch}; all inputs must have the same batch size")
-                batch = a.shape[0]
-            inputs[name] = a
-        outputs = None
-        if request.output_filter:
-            seen = set()
-            for alias in request.output_filter:
-                if alias not in sig.outputs:
-                    raise invalid(f"output tensor alias not found in signature: {alias} Outputs "
-                                  f"expected to be in the set {{{','.join(sorted(sig.outputs))}}}.")
-                if alias in seen:
-                    raise invalid(f"duplicate output tensor alias: {alias}")
-                seen.add(alias)
-            outputs = list(request.output_filter)
-        return sig, inputs, outputs
+    def prepare(self, loaded: LoadedVersion, request: predict_pb2.PredictRequest,
+                arrays: dict[str, np.ndarray] | None = None) -> validation.Prepared:
+        """Validate a PredictRequest against its signature (serving/validation.py); return
+        (signature, inputs, outputs). `arrays` replaces request.inputs when the caller (REST)
+        has decoded them already."""
+        return validation.prepare(loaded.name, loaded.version, loaded.signatures, request,
+                                  arrays, self.max_request_elements)
 
     async def run(self, loaded: LoadedVersion, sig, inputs, outputs) -> dict[str, np.ndarray]:
         rows = next(iter(inputs.values())).shape[0] if inputs else 1

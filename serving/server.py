@@ -161,6 +161,10 @@ def parser() -> argparse.ArgumentParser:
                    help="runtime: the SavedModel (as TF Serving) or ONNX Runtime on model.onnx")
     g.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                    help="largest gRPC message or REST body accepted (default 64 MiB)")
+    g.add_argument("--max_request_elements", type=int, default=0,
+                   help="most tensor elements one request may ask for, refused with "
+                        "INVALID_ARGUMENT before anything is allocated (one float_val fills a "
+                        "whole tensor); default 0: as many as --max_request_bytes")
     g.add_argument("--inference_threads", type=int, default=4,
                    help="threads running unbatched requests (default 4)")
     g.add_argument("--workers", type=int, default=1,
@@ -249,7 +253,8 @@ async def serve(args) -> int:
                       discover_root=root,
                       intra_op_threads=args.tensorflow_intra_op_parallelism,
                       inter_op_threads=args.tensorflow_inter_op_parallelism,
-                      require_certificates=args.require_certificates)
+                      require_certificates=args.require_certificates,
+                      max_request_elements=args.max_request_elements or args.max_request_bytes)
     if not args.enable_model_warmup:
         manager._warmup = lambda loaded: 0
     try:
@@ -335,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     for flag, value, least in (("--workers", args.workers, 1),
+                               ("--max_request_elements", args.max_request_elements, 0),
                                ("--tensorflow_intra_op_parallelism",
                                 args.tensorflow_intra_op_parallelism, 0),
                                ("--tensorflow_inter_op_parallelism",

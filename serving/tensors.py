@@ -3,6 +3,9 @@
 `tf.make_ndarray` / `tf.make_tensor_proto` are generic and slow; here a request tensor with
 `tensor_content` becomes an ndarray with one `np.frombuffer`, and a response tensor is one
 `tobytes()`. Typed value fields (`float_val`, ...) are accepted too, as TF Serving accepts them.
+
+A shape is read (and may be checked against a limit) before anything is allocated: one
+`float_val` fills a whole tensor, so a 58-byte message can describe billions of elements.
 """
 
 from __future__ import annotations
@@ -35,20 +38,35 @@ class TensorError(ValueError):
 
 
 def dtype_name(dt: int) -> str:
-    return types_pb2.DataType.Name(dt)
-
-
-def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """DT_FLOAT, ...; a number no DataType has (a client may send any) is named, not raised."""
     try:
-        dtype, field = DTYPES[proto.dtype]
-    except KeyError:
-        raise TensorError(f"unsupported dtype {dtype_name(proto.dtype)}") from None
+        return types_pb2.DataType.Name(dt)
+    except ValueError:
+        return f"DataType {dt} (no such type)"
+
+
+def shape_of(proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
+    """The tensor's shape as the message states it (nothing allocated)."""
     if proto.tensor_shape.unknown_rank:
         raise TensorError("tensor has unknown rank")
     shape = tuple([d.size for d in proto.tensor_shape.dim])
     if shape and min(shape) < 0:
         raise TensorError(f"tensor shape {list(shape)} has a negative dimension")
+    return shape
+
+
+def to_ndarray(proto: tensor_pb2.TensorProto, max_elements: int | None = None) -> np.ndarray:
+    """The tensor as an ndarray; TensorError if it is malformed or, when `max_elements` is
+    given, asks for more elements than that (checked before allocating)."""
+    try:
+        dtype, field = DTYPES[proto.dtype]
+    except KeyError:
+        raise TensorError(f"unsupported dtype {dtype_name(proto.dtype)}") from None
+    shape = shape_of(proto)
     n = math.prod(shape)  # Python ints: no overflow, and 20x cheaper than np.prod here
+    if max_elements is not None and n > max_elements:
+        raise TensorError(f"tensor shape {list(shape)} asks for {n} elements, more than the "
+                          f"{max_elements} a request may hold")
     content = proto.tensor_content  # one copy out of the message, viewed (not copied) below
     if content:
         if len(content) != n * dtype.itemsize:

@@ -335,3 +335,12 @@ def test_stale_temporaries_are_judged_by_their_lock_not_their_pid(tmp_path):
     remove_stale_temporaries(tmp_path)  # its holder died: the kernel released its flock
     assert not live.exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_the_next_version_follows_the_one_rule_for_version_names(tmp_path):
+    """Names that are no version (a Unicode digit, beyond int64, leading zeros) are skipped, not
+    a crash; a file with a version name is taken all the same (rename(2) could not replace it)."""
+    for name in ("1", "²", "99999999999999999999", "007", ".tmp-1-x"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "4").write_text("")
+    assert export.next_version(tmp_path) == 5

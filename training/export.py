@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import zoo
-from serving import certificate, quiet
+from serving import certificate, quiet, versions
 from training import data, modeling, precision
 from training.config import TrainConfig
 
@@ -323,8 +323,11 @@ def publish(tmp: Path, model_dir: Path, metadata: dict) -> int:
 
 
 def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
-    return max(versions, default=0) + 1
+    """One above every version name under `model_dir` (serving/versions.py's rule)."""
+    try:
+        return versions.next_version(model_dir)
+    except versions.NoVersionLeft as e:
+        raise ExportError(f"{e}; export refused") from None
 
 
 def main(argv: list[str] | None = None) -> int:
