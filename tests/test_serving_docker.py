@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import protos
+from serving import protos, versions
 from tests.serving_fixtures import ENV, ROOT, exported  # noqa: F401
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -93,9 +93,9 @@ def test_generated_models_config_parses_and_points_at_the_copied_versions(export
         assert m.base_path.startswith("/models/") and m.model_platform == "tensorflow"
         # COPY --from=build /models /models: the image holds what the export wrote.
         local = Path(exported) / m.base_path.removeprefix("/models/")
-        versions = [v for v in local.iterdir() if v.name.isdigit()]
-        assert versions
-        for v in versions:
+        found = versions.scan(local).versions.values()
+        assert found
+        for v in found:
             for needed in ("saved_model.pb", "variables/variables.index",
                            "assets.extra/tf_serving_warmup_requests"):
                 assert (v / needed).is_file(), f"{v / needed} missing"

@@ -748,3 +748,12 @@ def test_wrong_codes_over_grpc_in_process(tmp_path):
     # A version beyond int64 cannot even be put in the message: the client library refuses it.
     with pytest.raises(ValueError):
         request(version=99999999999999999999)
+
+
+def test_the_element_limit_flag(capsys):
+    from serving import server
+
+    assert server.parser().parse_args(["--max_request_elements", "1000"]).max_request_elements \
+        == 1000
+    assert server.main(["--max_request_elements", "-1"]) == 2
+    assert "--max_request_elements must be >= 0" in capsys.readouterr().err
