@@ -757,3 +757,28 @@ def test_the_element_limit_flag(capsys):
         == 1000
     assert server.main(["--max_request_elements", "-1"]) == 2
     assert "--max_request_elements must be >= 0" in capsys.readouterr().err
+
+
+def test_a_discovery_root_that_cannot_be_listed_keeps_its_models(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="serving")
+    root = tmp_path / "models"
+    write_onnx_version(root / "m" / "1")
+
+    async def go():
+        manager = Manager("onnx", poll_seconds=0, discover_root=root)
+        try:
+            await manager.poll()
+            root.rename(tmp_path / "away")
+            await manager.poll()
+            await manager.poll()
+            during = available(manager)
+            (tmp_path / "away").rename(root)
+            await manager.poll()
+            return during, available(manager)
+        finally:
+            await close(manager)
+
+    assert run(go()) == ([1], [1])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    # The root's listing and the model's, each logged once over the two failed polls.
+    assert len(errors) == 2 and all(str(root) in e for e in errors), errors
