@@ -30,6 +30,7 @@ from tests.serving_fixtures import (  # noqa: F401
     ServerProcess,
     digits,
     exported,
+    free_port,
     onnx_reference,
     wait_for,
     write_config,
@@ -139,3 +140,47 @@ def test_workers_must_be_positive():
                         "--workers", "0"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "--workers must be >= 1" in r.stderr
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (an orphan's zombie may linger until
+    whoever adopted it reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_workers_die_with_a_killed_supervisor(two_workers):
+    pids = [int(p) for p in re.search(r"2 workers \(pids (\d+), (\d+)\)",
+                                      two_workers.logs()).groups()]
+    assert all(alive(p) for p in pids)
+    two_workers.proc.kill()  # SIGKILL: the supervisor cannot pass anything on
+    two_workers.proc.wait(30)
+    wait_for(lambda: not any(alive(p) for p in pids), 60, what="the workers to exit")
+
+
+def test_a_second_server_refuses_ports_already_served(two_workers, exported):
+    """SO_REUSEPORT would let a second server bind beside a live one and take half of its
+    connections: it must refuse, naming the port, before loading anything."""
+    model = ["--model_base_path", str(exported / "softmax_regression")]
+    grpc_port, rest_port = two_workers.port, two_workers.rest_port
+    for flags, port in (
+            (["--port", str(grpc_port)], grpc_port),
+            (["--port", str(grpc_port), "--workers", "2"], grpc_port),
+            (["--port", str(free_port()), "--rest_api_port", str(rest_port)], rest_port)):
+        r = subprocess.run([sys.executable, "-m", "serving.server", *model, *flags], cwd=ROOT,
+                           env=ENV, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (flags, r.stderr)
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and f":{port} " in last, (flags, r.stderr)
+        assert "Traceback" not in r.stderr
+    # the first server still answers on both ports
+    with grpc.insecure_channel(two_workers.address) as channel:
+        model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "deep_cnn"}),
+            timeout=10)
+    with urllib.request.urlopen(f"http://{two_workers.rest}/v1/models/deep_cnn", timeout=10) as r:
+        assert r.status == 200
