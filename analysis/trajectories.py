@@ -123,9 +123,9 @@ def main(args) -> dict:
             "per_run_projected": np.array([o["projected"] for o in own]),
             "per_run_null_projected": np.array([o["projected"] for o in own_null]),
             "projected": real["projected"].reshape(args.runs, len(epochs), 2),
-            "explained_variance": real["explained"][:5],
+            "explained_variance": _pad(real["explained"]),
             "null_projected": walk["projected"].reshape(args.runs, len(epochs), 2),
-            "null_explained_variance": walk["explained"][:5],
+            "null_explained_variance": _pad(walk["explained"]),
         }
     runs = [{"seed": seeds[r], "color": f"C{r % 10}", "metric": metric[r],
              "step_norms": np.linalg.norm(np.diff(points[r], axis=0), axis=1),
