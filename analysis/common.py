@@ -221,7 +221,9 @@ class Study:
     The report is built in a hidden temporary sibling `OUT/.NAME.tmp-PID-*` (`out_dir` while
     the study runs) and swapped in whole by `finish`: the old OUT/NAME is renamed aside, the new
     one renamed in, the old one removed. So OUT/NAME is always a complete report, the previous
-    one until the new one is, whatever stops the study; `abort` removes the temporary."""
+    one until the new one is, whatever stops the study (Ctrl-C is held back between the two
+    renames; a run killed outright there has its previous report put back by the next run's
+    `_sweep`); `abort` removes the temporary."""
 
     def __init__(self, name: str, args: argparse.Namespace, *,
                  measurement: str = modeling.MEASUREMENT_DTYPE,
