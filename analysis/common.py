@@ -38,6 +38,17 @@ import numpy as np  # noqa: E402
 import zoo  # noqa: E402
 from serving import quiet
 from training import data, modeling, precision  # noqa: E402
+from training.cli_types import (  # noqa: E402,F401  (the studies' flag types live there)
+    MAX_SEED,
+    fraction,
+    integer,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    real,
+    seed_value,
+)
 from training.config import (  # noqa: E402
     ConfigError,
     TrainConfig,
@@ -49,9 +60,6 @@ DEFAULT_OUT = Path("reports")
 # What a --quick run says of every claim: smoke-size runs check that a study works; they are too
 # small to decide whether a report's claim holds.
 SMOKE_VERDICT = "not decided at smoke size"
-# What NumPy's legacy seeding (keras.utils.set_random_seed) and TensorFlow accept; the train CLI
-# has the same bound (training.train.MAX_SEED).
-MAX_SEED = 2**32 - 1
 # The exit status of a program stopped by Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED_STATUS = 128 + signal.SIGINT
 
@@ -75,51 +83,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def integer(least: int, most: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in [least, most] (no upper bound when most is None)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < least or (most is not None and value > most):
-            bounds = (f"between {least} and {most}" if most is not None
-                      else f"at least {least}")
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
-        return value
 
-    return parse
-
-
-def real(least: float | None = None, above: float | None = None,
-         most: float | None = None) -> Callable[[str], float]:
-    """An argparse type: a finite number >= least (or > above), <= most when given."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-        if least is not None and value < least:
-            raise argparse.ArgumentTypeError(f"must be at least {least:g}, got {value:g}")
-        if above is not None and value <= above:
-            raise argparse.ArgumentTypeError(f"must be greater than {above:g}, got {value:g}")
-        if most is not None and value > most:
-            raise argparse.ArgumentTypeError(f"must be at most {most:g}, got {value:g}")
-        return value
-
-    return parse
-
-
-# The numeric flags of every study: counts, sizes and steps are positive; seeds are what NumPy
-# and TensorFlow accept; rates and scales are positive and finite.
-seed_value = integer(0, MAX_SEED)
-positive_int = integer(1)
-non_negative_int = integer(0)
-positive_float = real(above=0.0)
-non_negative_float = real(least=0.0)
-fraction = real(least=0.0, most=1.0)
 
 
 def run_seeds(args: argparse.Namespace, n: int, flag: str = "--seeds") -> list[int]:
