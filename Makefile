@@ -22,8 +22,8 @@ REST_PORT ?= 8501
 
 # Train, export, evaluate the export, then serve it and classify test digits through gRPC.
 run: $(VENV)/.installed
-	$(PY) -m training.train $(MODEL)
-	$(PY) -m training.evaluate exported_models/$(MODEL)/$$(ls exported_models/$(MODEL) | grep -E '^[0-9]+$$' | sort -n | tail -1)
+	@$(PY) -m training.train $(MODEL)
+	@$(PY) -m training.evaluate exported_models/$(MODEL)/$$(ls exported_models/$(MODEL) | grep -E '^[0-9]+$$' | sort -n | tail -1)
 	@$(PY) -m serving.server --model_base_path exported_models --port $(GRPC_PORT) \
 	    --rest_api_port $(REST_PORT) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null' EXIT; \

@@ -9,9 +9,9 @@ default, all, specific). A new version is loaded and warmed with its
 stops taking new requests at once and is unloaded when its in-flight requests are done, and only
 once a replacement is available (availability first, like TF Serving's
 AvailabilityPreservingPolicy). Each version is checked against its certificate (metadata.json,
-serving/certificate.py) before it is loaded. A version that fails either is reported (GetModelStatus: END with
-the error) and skipped; it is retried only when its directory changes, so a half-written version
-is picked up once it is complete.
+serving/certificate.py) before it is loaded. A version that fails either is reported
+(GetModelStatus: END with the error) and skipped; it is retried only when its directory
+changes, so a half-written version is picked up once it is complete.
 """
 
 from __future__ import annotations
