@@ -183,6 +183,8 @@ def _supervise(args, argv: list[str], metrics_dir: str) -> int:
     env = {**os.environ, TOKEN_ENV: secrets.token_hex(16), SUPERVISOR_ENV: str(os.getpid()),
            metrics.MULTIPROC_ENV: metrics_dir}
     procs = []
+    # Started from the main thread, which lives as long as the supervisor: PR_SET_PDEATHSIG
+    # fires when the thread that forked a worker exits, not only the process.
     for i in range(n):
         cmd = [sys.executable, "-m", "serving.server", *argv, "--port", str(port),
                "--worker_index", str(i), "--worker_peers", ",".join(map(str, peers))]
