@@ -9,7 +9,8 @@
 #
 #   docker build --target zoo-server -t keras-model-zoo-server:2.21.0 .
 #
-# deploy/ runs either image on Kubernetes (tagged with TF_SERVING_VERSION, as above).
+# deploy/ runs either image on Kubernetes, tagged with TF_SERVING_VERSION
+# (docker build -t keras-model-zoo-serving:2.21.0 .; see deploy/overlays/*/kustomization.yaml).
 #
 # TF_SERVING_VERSION matches the tensorflow pin in pyproject.toml; the official image tags are
 # plain versions (e.g. 2.18.0, 2.18.0-gpu).

@@ -521,7 +521,8 @@ def _set(path, value, which="tensorflow"):
             del node[last]
         else:
             node[last] = value
-    mutate.__name__ = f"{which}:{'.'.join(map(str, path))}={value!r}"
+    shown = "deleted" if value is KeyError else f"={value!r}"
+    mutate.__name__ = f"{which}:{'.'.join(map(str, path))}{shown}"
     return mutate
 
 
@@ -607,7 +608,7 @@ def test_image_tags_follow_the_tensorflow_pin():
         assert _container(render(OVERLAYS[overlay]))["image"] == f"{name}:{tf}"
     # The build commands the Dockerfile documents make the images the overlays run.
     assert f"--target zoo-server -t {IMAGES['zoo-server']}:{tf}" in text
-    assert f"-t {IMAGES['tf-serving']}" in text
+    assert f"-t {IMAGES['tf-serving']}:{tf} ." in text
     assert images.stages()[-1].base == "tensorflow/serving:${TF_SERVING_VERSION}"
     assert images.stage("zoo-server").base.startswith("python:3.11")
 
@@ -720,7 +721,7 @@ ISVC_MUTATIONS = {
     "modelFormat": (lambda o: _model(o).update(modelFormat={"name": "onnx"}), "modelFormat"),
     "readiness under the folder's name": (lambda o: _model(o)["readinessProbe"]["httpGet"].update(
         path="/v1/models/softmax_regression/metadata"), "serves it as 'softmax-regression'"),
-    "readiness on KServe's default port": (lambda o: _model(o)["readinessProbe"][
+    "readiness on our REST port": (lambda o: _model(o)["readinessProbe"][
         "httpGet"].update(port=8501), "readinessProbe must GET"),
     "liveness on our port": (lambda o: _model(o)["livenessProbe"]["grpc"].update(port=8500),
                              "livenessProbe must check the gRPC port 9000"),
