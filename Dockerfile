@@ -5,6 +5,13 @@
 #   docker run -p 8500:8500 -p 8501:8501 keras-model-zoo-serving
 #   docker run ... keras-model-zoo-serving --enable_batching     # extra flags are forwarded
 #
+# The target zoo-server serves the same models with our own server (python -m serving.server):
+#
+#   docker build --target zoo-server -t keras-model-zoo-server:2.21.0 .
+#
+# deploy/ runs either image on Kubernetes, tagged with TF_SERVING_VERSION
+# (docker build -t keras-model-zoo-serving:2.21.0 .; see deploy/overlays/*/kustomization.yaml).
+#
 # TF_SERVING_VERSION matches the tensorflow pin in pyproject.toml; the official image tags are
 # plain versions (e.g. 2.18.0, 2.18.0-gpu).
 
@@ -31,6 +38,24 @@ RUN for model in $MODELS; do \
     done \
     && python -m serving.config /models --base-path-prefix /models > /models/models.config \
     && cat /models/models.config
+
+# ---------------------------------------------------------------- zoo-server: our own server
+# Only serving/ is installed: it never imports zoo or training (docs/ARCHITECTURE.md). It binds
+# 0.0.0.0 (its default is 127.0.0.1) and reads the same models.config as TF Serving below.
+FROM python:3.11-slim AS zoo-server
+ENV PIP_NO_CACHE_DIR=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+WORKDIR /src
+COPY pyproject.toml ./
+COPY serving ./serving
+RUN pip install --no-cache-dir . \
+    && useradd --system --no-log-init --uid 10001 --home-dir /nonexistent zoo
+COPY --from=build /models /models
+USER 10001
+EXPOSE 8500 8501
+ENTRYPOINT ["python", "-m", "serving.server", "--host=0.0.0.0", "--port=8500", \
+            "--rest_api_port=8501", "--model_config_file=/models/models.config", \
+            "--file_system_poll_wait_seconds=60"]
+CMD []
 
 # ---------------------------------------------------------------- serve: TF Serving
 FROM tensorflow/serving:${TF_SERVING_VERSION}

@@ -25,8 +25,8 @@ REST_PORT ?= 8501
 
 # Train, export, evaluate the export, then serve it and classify test digits through gRPC.
 run: $(VENV)/.installed
-	$(PY) -m training.train $(MODEL)
-	v=$$($(VERSIONS) latest --path exported_models/$(MODEL)) && $(PY) -m training.evaluate $$v
+	@$(PY) -m training.train $(MODEL)
+	@v=$$($(VERSIONS) latest --path exported_models/$(MODEL)) && $(PY) -m training.evaluate $$v
 	@$(PY) -m serving.server --model_base_path exported_models --port $(GRPC_PORT) \
 	    --rest_api_port $(REST_PORT) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null' EXIT; \

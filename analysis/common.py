@@ -12,11 +12,19 @@ a study says so), on `training.modeling.measurement_copy` of a mixed-precision m
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import math
+import os
 import platform
+import re
+import shutil
+import signal
 import sys
+import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +38,17 @@ import numpy as np  # noqa: E402
 import zoo  # noqa: E402
 from serving import quiet
 from training import data, modeling, precision  # noqa: E402
+from training.cli_types import (  # noqa: E402,F401  (the studies' flag types live there)
+    MAX_SEED,
+    fraction,
+    integer,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    real,
+    seed_value,
+)
 from training.config import (  # noqa: E402
     ConfigError,
     TrainConfig,
@@ -41,6 +60,8 @@ DEFAULT_OUT = Path("reports")
 # What a --quick run says of every claim: smoke-size runs check that a study works; they are too
 # small to decide whether a report's claim holds.
 SMOKE_VERDICT = "not decided at smoke size"
+# The exit status of a program stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_STATUS = 128 + signal.SIGINT
 
 
 class UsageError(Exception):
@@ -54,9 +75,30 @@ class DivergedError(Exception):
 # ----------------------------------------------------------------------------- command line
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that a bad flag or value is one line, `error: ...`, exit status 2
+    (docs/ARCHITECTURE.md, "Conventions"), not a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+
+
+
+def run_seeds(args: argparse.Namespace, n: int, flag: str = "--seeds") -> list[int]:
+    """The seeds of a study's n runs: --seed, --seed + 1, ..., refused if the last would pass
+    MAX_SEED (keras.utils.set_random_seed would fail mid-study)."""
+    last = args.seed + n - 1
+    if last > MAX_SEED:
+        raise UsageError(f"--seed {args.seed} with {flag} {n} needs seeds up to {last}; seeds "
+                         f"go up to {MAX_SEED} (2**32-1)")
+    return list(range(args.seed, last + 1))
+
+
 def build_parser(name: str, description: str, default_model: str | None = None,
                  model_help: str = "a registered zoo model") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m analysis.{name}", description=description)
+    p = ArgumentParser(prog=f"python -m analysis.{name}", description=description)
     quiet.add_verbose_flag(p)
     g = p.add_argument_group("what to study")
     if default_model is not None:
@@ -68,7 +110,9 @@ def build_parser(name: str, description: str, default_model: str | None = None,
     r = p.add_argument_group("run size and repeatability")
     r.add_argument("--quick", action="store_true",
                    help="shrink everything to seconds (tests, smoke checks)")
-    r.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    r.add_argument("--seed", type=seed_value, default=0,
+                   help=f"seed of every random choice, 0 to {MAX_SEED} (2**32-1); a study of N "
+                   "runs uses --seed to --seed + N - 1 (default: 0)")
     o = p.add_argument_group("where things go")
     o.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"report root; this study writes OUT/{name}/ (default: %(default)s)")
@@ -78,21 +122,37 @@ def build_parser(name: str, description: str, default_model: str | None = None,
 
 def run(main: Callable[[argparse.Namespace], dict], parser: argparse.ArgumentParser,
         argv: list[str] | None = None) -> int:
-    """Parse, run, print where the report went; user mistakes become one line and status 2."""
-    args = parser.parse_args(argv)
-    import tensorflow as tf
+    """Parse, run, print where the report went; user mistakes become one line and status 2.
 
-    # Studies build many models on purpose; TF's "retracing" advice is noise here.
-    tf.get_logger().setLevel("ERROR")
+    Ctrl-C (SIGINT) at any point is one line and status 130: a study interrupted before its
+    `finish` swapped the new report in leaves the previous one as it was (its temporary
+    directory is removed); any other exit removes it too."""
+    args = parser.parse_args(argv)
+    started = len(_STARTED)
     try:
+        import tensorflow as tf
+
+        # Studies build many models on purpose; TF's "retracing" advice is noise here.
+        tf.get_logger().setLevel("ERROR")
         result = main(args)
+        print(f"report: {result['json']}")
+        return 0
     # Only errors that explain themselves; any other exception is a bug and keeps its traceback.
     except (UsageError, DivergedError, ConfigError, zoo.UnknownModelError,
             data.DataSourceError, precision.PrecisionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"report: {result['json']}")
-    return 0
+    except KeyboardInterrupt:
+        studies = _STARTED[started:]
+        done = [s for s in studies if s.committed]
+        where = (f" after {done[0].final_dir} was complete" if done else
+                 f": nothing written, {studies[0].final_dir} is as it was" if studies else "")
+        print(f"interrupted{where}", file=sys.stderr)
+        return INTERRUPTED_STATUS
+    finally:
+        for study in _STARTED[started:]:
+            study.abort()
+        del _STARTED[started:]
 
 
 def check_model(name: str, task: str | None = None, dataset: str | None = None) -> zoo.ModelSpec:
@@ -110,13 +170,24 @@ def check_model(name: str, task: str | None = None, dataset: str | None = None) 
 # ----------------------------------------------------------------------------- report
 
 
+# Every Study started in this process; `run` aborts those of its own call left unfinished.
+_STARTED: list[Study] = []
+
+
 class Study:
     """One study run: output directory, cost counters, progress, figures, the JSON.
 
     `measurement`: the dtype its losses, gradients and curvature are measured in (float32, or
     float64 where the study says so); `training_policy`: the policy its models train in, by
     default `--precision` resolved as the train CLI does. Both go to the JSON's `precision`;
-    a study may still change `self.precision` before `finish`."""
+    a study may still change `self.precision` before `finish`.
+
+    The report is built in a hidden temporary sibling `OUT/.NAME.tmp-PID-*` (`out_dir` while
+    the study runs) and swapped in whole by `finish`: the old OUT/NAME is renamed aside, the new
+    one renamed in, the old one removed. So OUT/NAME is always a complete report, the previous
+    one until the new one is, whatever stops the study (Ctrl-C is held back between the two
+    renames; a run killed outright there has its previous report put back by the next run's
+    `_sweep`); `abort` removes the temporary."""
 
     def __init__(self, name: str, args: argparse.Namespace, *,
                  measurement: str = modeling.MEASUREMENT_DTYPE,
@@ -130,15 +201,32 @@ class Study:
             why = "set by the study (--precision unused)"
         self.precision = {"training": training_policy, "training_reason": why,
                           "measurement": measurement}
-        self.out_dir = Path(args.out) / name
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.root = Path(args.out)
+        self.final_dir = self.root / name
+        self.committed = False
+        # The folders this study creates above its report (to remove again if it is aborted).
+        self._made = [d for d in (self.root, *self.root.parents) if not d.exists()]
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if self.final_dir.exists() and not self.final_dir.is_dir():
+                raise UsageError(f"--out {self.root}: {self.final_dir} is not a directory")
+            with _locked(self.root):
+                _sweep(self.root, name)
+                self.out_dir = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-",
+                                                     dir=self.root))
+        except OSError as e:
+            self._remove_made()
+            raise UsageError(f"--out {self.root}: cannot write a report there "
+                             f"({e.strerror or e})") from None
+        _STARTED.append(self)
         self.config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         self.config.update(config)
         self.costs: Counter = Counter()
         self.figures: list[dict] = []
         self.start = time.perf_counter()
         self._phases: dict[str, tuple[float, int]] = {}
-        self.log(f"writing to {self.out_dir}")
+        self.log(f"writing to {self.final_dir} (built in {self.out_dir.name}, swapped in "
+                 "when complete)")
 
     def count(self, kind: str, n: int = 1) -> None:
         """Record work done: 'loss_evaluations', 'gradients', 'hvps', 'training_steps'..."""
@@ -186,13 +274,81 @@ class Study:
             "environment": environment(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        path = self.out_dir / f"{self.name}.json"
         # write_json_atomic uses allow_nan (default); sanitise first so NaN fails loudly here.
         clean = to_json(doc)
         json.dumps(clean, allow_nan=False)
-        write_json_atomic(path, clean)
+        write_json_atomic(self.out_dir / f"{self.name}.json", clean)
+        self._swap_in()
+        path = self.final_dir / f"{self.name}.json"
         self.log(f"done in {wall:.1f}s; {path}")
         return {"json": str(path), "doc": clean}
+
+    def _swap_in(self) -> None:
+        """OUT/NAME becomes the finished temporary directory, by two renames under a lock on
+        OUT (another run of the same study swaps after, not between), with SIGINT held back
+        between them so that Ctrl-C cannot leave OUT/NAME missing."""
+        old = None
+        with _locked(self.root):
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                if self.final_dir.exists():
+                    old = self.root / f".{self.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                    os.rename(self.final_dir, old)
+                os.rename(self.out_dir, self.final_dir)
+                self.out_dir, self.committed = self.final_dir, True
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if old is not None:
+            shutil.rmtree(old)
+
+    def abort(self) -> None:
+        """Remove the unfinished report (the previous one, if any, was never touched)."""
+        if not self.committed:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+            self._remove_made()
+
+    def _remove_made(self) -> None:
+        for d in self._made:  # deepest first; stops at the first that is not empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive flock on the directory itself (nothing is written to hold it)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sweep(root: Path, name: str) -> None:
+    """Leftovers of runs of this study killed outright (SIGKILL, power loss): their
+    temporaries are removed; a previous report renamed aside by a run killed between its two
+    renames is put back. The process id in the name says whether its run is still alive."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.(tmp|old)-(\d+)-\w+")
+    for path in sorted(root.iterdir()):
+        m = pattern.fullmatch(path.name)
+        if not m or _alive(int(m[2])):
+            continue
+        if m[1] == "old" and not (root / name).exists():
+            os.rename(path, root / name)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def to_json(obj):

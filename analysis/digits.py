@@ -22,9 +22,10 @@ def build_parser():
                             model_help="a classifier whose first layer is a dense 784 -> 10")
     g = p.add_argument_group("study")
     g.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist")
-    g.add_argument("--steps", type=int, default=1000,
+    g.add_argument("--steps", type=common.positive_int, default=1000,
                    help="training steps of batch 100 (default: the report's %(default)s)")
-    g.add_argument("--samples", type=int, default=32, help="digits in the grid")
+    g.add_argument("--samples", type=common.positive_int, default=32,
+                   help="digits in the grid (default: %(default)s)")
     return p
 
 
@@ -34,6 +35,9 @@ def main(args) -> dict:
         args.steps = min(args.steps, 60)
     study = common.Study(NAME, args)
     ds = common.load(args.dataset, args)
+    if args.samples > len(ds.x_train):
+        raise common.UsageError(f"--samples {args.samples}: there are {len(ds.x_train)} "
+                                "training images")
     rng = np.random.default_rng(args.seed)
     idx = np.sort(rng.choice(len(ds.x_train), args.samples, replace=False))
     config = common.train_config(args.model, args, dataset=args.dataset, steps=args.steps,

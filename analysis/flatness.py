@@ -30,26 +30,28 @@ def build_parser():
                             model_help="a zoo classification model")
     g = p.add_argument_group("study")
     g.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist")
-    g.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 1024, 4096],
+    g.add_argument("--batch-sizes", type=common.positive_int, nargs="+",
+                   default=[64, 128, 256, 1024, 4096],
                    help="batch sizes of the sensitivity sweep (default: %(default)s)")
-    g.add_argument("--small-batch", type=int, default=64,
+    g.add_argument("--small-batch", type=common.positive_int, default=64,
                    help="interpolation end point a=0 (default: %(default)s)")
-    g.add_argument("--large-batch", type=int, default=1024,
+    g.add_argument("--large-batch", type=common.positive_int, default=1024,
                    help="interpolation end point a=1 (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=10,
+    g.add_argument("--epochs", type=common.positive_int, default=10,
                    help="epochs per model, the same for every batch size; the recipe's "
                    "learning rate and schedule (default: %(default)s)")
-    g.add_argument("--seeds", type=int, default=2, help="(default: %(default)s)")
-    g.add_argument("--train-limit", type=int, help="train on the first N images only")
+    g.add_argument("--seeds", type=common.positive_int, default=2, help="(default: %(default)s)")
+    g.add_argument("--train-limit", type=common.positive_int,
+                   help="train on the first N images only")
     m = p.add_argument_group("measurements")
-    m.add_argument("--alphas", type=int, default=31,
+    m.add_argument("--alphas", type=common.positive_int, default=31,
                    help="points on a in [-1, 2] (default: %(default)s)")
-    m.add_argument("--eval-train", type=int, default=10000,
+    m.add_argument("--eval-train", type=common.positive_int, default=10000,
                    help="training images the path's train loss is measured on: the first N "
                    "(default: %(default)s)")
-    m.add_argument("--eval-test", type=int, default=10000,
+    m.add_argument("--eval-test", type=common.positive_int, default=10000,
                    help="test images for the path and the test metrics (default: %(default)s)")
-    m.add_argument("--jacobian-images", type=int, default=1000,
+    m.add_argument("--jacobian-images", type=common.positive_int, default=1000,
                    help="test images the Jacobian norm is averaged over: the first N "
                    "(default: %(default)s)")
     return p
@@ -114,17 +116,13 @@ def main(args) -> dict:
         args.train_limit = args.train_limit or 1024
         args.alphas = 7
         args.eval_train, args.eval_test, args.jacobian_images = 500, 500, 100
-    if min(args.batch_sizes + [args.small_batch, args.large_batch, args.epochs, args.seeds,
-                               args.alphas, args.eval_train, args.eval_test,
-                               args.jacobian_images]) < 1:
-        raise common.UsageError("batch sizes, --epochs, --seeds, --alphas and the image counts "
-                                "must be >= 1")
     if (args.alphas - 1) % 3:
         raise common.UsageError(f"--alphas {args.alphas}: use 3k+1 points (e.g. 31) so that the "
                                 "grid on [-1, 2] holds a=0 and a=1 exactly")
     if args.small_batch == args.large_batch:
         raise common.UsageError("--small-batch and --large-batch must differ")
     sizes = sorted(set(args.batch_sizes) | {args.small_batch, args.large_batch})
+    seeds = common.run_seeds(args, args.seeds)
     ds = common.load(args.dataset, args)
     n_train = min(len(ds.x_train), args.train_limit or len(ds.x_train))
     if max(sizes) > n_train:
@@ -143,8 +141,7 @@ def main(args) -> dict:
     alphas = alphas_grid(args.alphas)
 
     per_seed, total, done = [], len(sizes) * args.seeds, 0
-    for s in range(args.seeds):
-        seed = args.seed + s
+    for seed in seeds:
         models, rows = {}, []
         for bs in sizes:
             config = common.train_config(args.model, args, seed=seed, dataset=args.dataset,

@@ -30,8 +30,9 @@ def build_parser():
                    help="regression zoo models with input x (default: the report's three)")
     g.add_argument("--function", default=None,
                    help="numpy expression in x (default: the report's sin(5*pi*x)/(5*pi*x))")
-    g.add_argument("--seeds", type=int, default=3, help="runs per model (default: %(default)s)")
-    g.add_argument("--epochs", type=int, help="default: the recipe's")
+    g.add_argument("--seeds", type=common.positive_int, default=3,
+                   help="runs per model (default: %(default)s)")
+    g.add_argument("--epochs", type=common.positive_int, help="default: the recipe's")
     return p
 
 
@@ -62,6 +63,7 @@ def main(args) -> dict:
     if args.quick:
         args.seeds = min(args.seeds, 2)
         args.epochs = args.epochs or 3
+    seeds = common.run_seeds(args, args.seeds)
     study = common.Study(NAME, args, function=args.function or "sin(5*pi*x)/(5*pi*x)")
     ds = dataset(args)
     per_model = {}
@@ -69,8 +71,7 @@ def main(args) -> dict:
     done = 0
     for name in args.models:
         runs = []
-        for s in range(args.seeds):
-            seed = args.seed + s
+        for seed in seeds:
             config = common.train_config(name, args, seed=seed, epochs=args.epochs,
                                          steps_per_epoch=8 if args.quick else None,
                                          dataset_size=len(ds.x_train))

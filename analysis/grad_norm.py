@@ -22,11 +22,12 @@ NAME = "grad_norm"
 def build_parser():
     p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128")
     g = p.add_argument_group("study")
-    g.add_argument("--steps", type=int, default=1500, help="(default: %(default)s)")
-    g.add_argument("--seeds", type=int, default=3, help="(default: %(default)s)")
+    g.add_argument("--steps", type=common.positive_int, default=1500, help="(default: %(default)s)")
+    g.add_argument("--seeds", type=common.positive_int, default=3, help="(default: %(default)s)")
     g.add_argument("--recipe", action="store_true",
                    help="the model's recipe instead of the report's GD at lr 0.05")
-    g.add_argument("--learning-rate", type=float, default=0.05)
+    g.add_argument("--learning-rate", type=common.positive_float, default=0.05,
+                   help="(default: %(default)s)")
     return p
 
 
@@ -88,17 +89,18 @@ def main(args) -> dict:
     if args.quick:
         args.steps = min(args.steps, 40)
         args.seeds = min(args.seeds, 2)
+    seeds = common.run_seeds(args, args.seeds)
     study = common.Study(NAME, args)
     ds = common.load(spec.dataset, args)
     runs = []
-    for s in range(args.seeds):
-        config = common.train_config(args.model, args, seed=args.seed + s, steps=args.steps,
+    for seed in seeds:
+        config = common.train_config(args.model, args, seed=seed, steps=args.steps,
                                      dataset_size=len(ds.x_train))
         if not args.recipe:
             config = dataclasses.replace(config, optimizer="sgd", schedule="constant",
                                          learning_rate=args.learning_rate)
-        _, losses, norms = run_steps(config, ds, args.steps, study, f"seed {args.seed + s}")
-        runs.append({"seed": args.seed + s, "loss": losses, "grad_norm": norms})
+        _, losses, norms = run_steps(config, ds, args.steps, study, f"seed {seed}")
+        runs.append({"seed": seed, "loss": losses, "grad_norm": norms})
     cfg = {"optimizer": config.optimizer, "learning_rate": config.learning_rate,
            "batch_size": config.batch_size, "schedule": config.schedule}
     _plots(study, args, runs, cfg)

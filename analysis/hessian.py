@@ -21,24 +21,28 @@ NAME = "hessian"
 def build_parser():
     p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="sinc_deep_50_10_4_tanh")
     g = p.add_argument_group("training before the measurement")
-    g.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
-    g.add_argument("--steps-per-epoch", type=int)
-    g.add_argument("--train-limit", type=int, help="train on the first N examples only")
+    g.add_argument("--epochs", type=common.positive_int,
+                   help="training epochs (default: the recipe's)")
+    g.add_argument("--steps-per-epoch", type=common.positive_int)
+    g.add_argument("--train-limit", type=common.positive_int,
+                   help="train on the first N examples only")
     h = p.add_argument_group("curvature")
-    h.add_argument("--examples", type=int, default=1000,
+    h.add_argument("--examples", type=common.positive_int, default=1000,
                    help="training examples the loss is measured on (default: %(default)s)")
-    h.add_argument("--batch-size", type=int, default=1000,
+    h.add_argument("--batch-size", type=common.positive_int, default=1000,
                    help="examples per HVP batch (memory) (default: %(default)s)")
     h.add_argument("--dtype", choices=("float32", "float64"),
                    help="curvature arithmetic (default: float64 up to 200k parameters)")
     h.add_argument("--method", choices=hvp.METHODS, default="double_backprop",
                    help="HVP method (CPU: double backprop 2.0x a gradient, fwd-over-rev 2.9x)")
-    h.add_argument("--top-k", type=int, default=5)
-    h.add_argument("--lanczos-steps", type=int, default=40)
-    h.add_argument("--trace-samples", type=int, default=100)
-    h.add_argument("--slq-runs", type=int, default=5)
-    h.add_argument("--slq-steps", type=int, default=60)
-    h.add_argument("--exact-max", type=int, default=3000,
+    h.add_argument("--top-k", type=common.positive_int, default=5)
+    h.add_argument("--lanczos-steps", type=common.positive_int, default=40)
+    h.add_argument("--trace-samples", type=common.integer(2), default=100,
+                   help="Rademacher samples, at least 2 for a standard error "
+                   "(default: %(default)s)")
+    h.add_argument("--slq-runs", type=common.positive_int, default=5)
+    h.add_argument("--slq-steps", type=common.positive_int, default=60)
+    h.add_argument("--exact-max", type=common.non_negative_int, default=3000,
                    help="compute the exact spectrum up to this many parameters")
     return p
 

@@ -23,18 +23,20 @@ NAME = "landscape"
 def build_parser():
     p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128")
     g = p.add_argument_group("study")
-    g.add_argument("--epochs", type=int, default=10, help="training epochs (default: "
-                   "%(default)s)")
-    g.add_argument("--train-limit", type=int, default=10000, help="(default: %(default)s)")
-    g.add_argument("--eval-images", type=int, default=2000,
+    g.add_argument("--epochs", type=common.positive_int, default=10,
+                   help="training epochs (default: %(default)s)")
+    g.add_argument("--train-limit", type=common.positive_int, default=10000,
+                   help="(default: %(default)s)")
+    g.add_argument("--eval-images", type=common.positive_int, default=2000,
                    help="the loss is the mean over the first N training examples "
                    "(default: %(default)s)")
-    g.add_argument("--grid", type=int, default=21, help="2-D grid points per axis "
+    g.add_argument("--grid", type=common.integer(3), default=21, help="2-D grid points per axis "
                    "(default: %(default)s)")
-    g.add_argument("--points", type=int, default=41, help="1-D points (default: %(default)s)")
-    g.add_argument("--span", type=float, default=1.0,
+    g.add_argument("--points", type=common.integer(3), default=41,
+                   help="1-D points (default: %(default)s)")
+    g.add_argument("--span", type=common.positive_float, default=1.0,
                    help="directions are scaled over [-span, span] (default: %(default)s)")
-    g.add_argument("--directions", type=int, default=3,
+    g.add_argument("--directions", type=common.positive_int, default=3,
                    help="1-D slices along this many independent filter-normalised directions, "
                    "the first two being the 2-D plane's axes (default: %(default)s)")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -118,8 +120,6 @@ def main(args) -> dict:
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     rng = np.random.default_rng(args.seed)
     weights = hvp.split_flat(theta, shapes)
-    if args.directions < 1:
-        raise common.UsageError(f"--directions must be at least 1, got {args.directions}")
     dirs = [hvp.flatten(filter_normalised([rng.standard_normal(s) for s in shapes], weights))
             for _ in range(max(2, args.directions))]
     d1, d2 = dirs[:2]

@@ -33,33 +33,34 @@ def build_parser():
     p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="sinc_deep_50_10_4_tanh",
                             model_help="a zoo model small enough for an exact Hessian")
     g = p.add_argument_group("runs")
-    g.add_argument("--runs", type=int, default=100, help="training runs (default: %(default)s)")
-    g.add_argument("--examples", type=int, default=300,
+    g.add_argument("--runs", type=common.positive_int, default=100,
+                   help="training runs (default: %(default)s)")
+    g.add_argument("--examples", type=common.positive_int, default=300,
                    help="training points, full batch (sinc: generated; others: the first N) "
                    "(default: %(default)s)")
-    g.add_argument("--train-steps", type=int, default=2000,
+    g.add_argument("--train-steps", type=common.positive_int, default=2000,
                    help="most full-batch training steps of a run; each run draws its own "
                    "number log-uniformly from [train-steps/20, train-steps] (default: %(default)s)")
-    g.add_argument("--gn-steps", type=int, default=1000,
+    g.add_argument("--gn-steps", type=common.non_negative_int, default=1000,
                    help="Adam steps on ||g||^2 (default: %(default)s)")
-    g.add_argument("--gn-lr", type=float, default=1e-3,
+    g.add_argument("--gn-lr", type=common.positive_float, default=1e-3,
                    help="Adam learning rate on ||g||^2, cosine-decayed to 1%% "
                    "(default: %(default)s)")
-    g.add_argument("--max-params", type=int, default=2000,
+    g.add_argument("--max-params", type=common.positive_int, default=2000,
                    help="refuse models with more weights (the exact Hessian is n x n and costs "
                    "n HVPs) (default: %(default)s)")
     c = p.add_argument_group("counting and flags")
-    c.add_argument("--eig-tol", type=float, default=1e-6,
+    c.add_argument("--eig-tol", type=common.non_negative_float, default=1e-6,
                    help="|eigenvalue| <= eig-tol * max|eigenvalue| counts as zero "
                    "(default: %(default)s)")
-    c.add_argument("--grad-tol", type=float, default=1e-3,
+    c.add_argument("--grad-tol", type=common.non_negative_float, default=1e-3,
                    help="||g|| <= grad-tol: a critical point (default: %(default)s)")
-    c.add_argument("--flat-tol", type=float, default=1e-2,
+    c.add_argument("--flat-tol", type=common.non_negative_float, default=1e-2,
                    help="||g|| > grad-tol but ||Hg|| <= flat-tol * max|eigenvalue| * ||g||: "
                    "gradient-flat (Frye et al. 2021) (default: %(default)s)")
-    c.add_argument("--perturbations", type=int, default=500,
+    c.add_argument("--perturbations", type=common.positive_int, default=500,
                    help="random perturbations per point for the proxy (default: %(default)s)")
-    c.add_argument("--perturb-scale", type=float, default=1e-3,
+    c.add_argument("--perturb-scale", type=common.positive_float, default=1e-3,
                    help="perturbation = scale * N(0, I) per weight (default: %(default)s)")
     return p
 
@@ -233,8 +234,7 @@ def main(args) -> dict:
         args.train_steps = min(args.train_steps, 200)
         args.gn_steps = min(args.gn_steps, 100)
         args.perturbations = min(args.perturbations, 100)
-    if min(args.runs, args.examples, args.train_steps, args.perturbations) < 1 or args.gn_steps < 0:
-        raise common.UsageError("--runs, --examples, --train-steps, --perturbations must be >= 1")
+    seeds = common.run_seeds(args, args.runs, "--runs")
     x, y, source = problem(spec, args)
     study = common.Study(NAME, args, measurement="float64", training_policy="float64",
                          data_source=source, parameters=n_params,
@@ -252,9 +252,8 @@ def main(args) -> dict:
     steps_per_run = np.round(np.exp(rng.uniform(np.log(lo), np.log(args.train_steps),
                                                 args.runs))).astype(int)
     runs, timings = [], []
-    for r in range(args.runs):
+    for r, seed in enumerate(seeds):
         t_run = time.perf_counter()
-        seed = args.seed + r
         keras.utils.set_random_seed(seed)
         runner.set_weights(hvp.flatten(zoo.create_model(args.model).trainable_variables))
         steps = int(steps_per_run[r])

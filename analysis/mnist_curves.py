@@ -24,9 +24,11 @@ def build_parser():
     g = p.add_argument_group("study")
     g.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     g.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist")
-    g.add_argument("--seeds", type=int, default=2, help="runs per model (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=6, help="(default: %(default)s)")
-    g.add_argument("--train-limit", type=int, help="train on the first N images only")
+    g.add_argument("--seeds", type=common.positive_int, default=2,
+                   help="runs per model (default: %(default)s)")
+    g.add_argument("--epochs", type=common.positive_int, default=6, help="(default: %(default)s)")
+    g.add_argument("--train-limit", type=common.positive_int,
+                   help="train on the first N images only")
     return p
 
 
@@ -37,16 +39,17 @@ def main(args) -> dict:
     if args.quick:
         args.seeds = min(args.seeds, 2)
         overrides = {"epochs": 2, "steps_per_epoch": 8, "train_limit": 2000, "test_limit": 500}
+    seeds = common.run_seeds(args, args.seeds)
     study = common.Study(NAME, args)
     ds = common.load(args.dataset, args)
     per_model = {}
     total, done = len(args.models) * args.seeds, 0
     for name in args.models:
         runs = []
-        for s in range(args.seeds):
-            config = common.train_config(name, args, seed=args.seed + s, dataset=args.dataset,
+        for seed in seeds:
+            config = common.train_config(name, args, seed=seed, dataset=args.dataset,
                                          **overrides)
-            _, records = common.fit(config, ds, study=study, label=f"{name} s{args.seed + s}")
+            _, records = common.fit(config, ds, study=study, label=f"{name} s{seed}")
             runs.append(records)
             done += 1
             study.progress(done, total, f"{name}: test accuracy "

@@ -26,14 +26,15 @@ def build_parser():
     p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128",
                             model_help="a zoo model whose width is scaled")
     g = p.add_argument_group("study")
-    g.add_argument("--factors", type=float, nargs="+", default=DEFAULT_FACTORS,
+    g.add_argument("--factors", type=common.positive_float, nargs="+", default=DEFAULT_FACTORS,
                    help="width multipliers, one model each (default: hidden widths 2..1024 "
                    "for mlp_128)")
-    g.add_argument("--train-limit", type=int, default=5000,
+    g.add_argument("--train-limit", type=common.positive_int, default=5000,
                    help="train on the first N images; a small set shows the gap (default: "
                    "%(default)s)")
-    g.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
-    g.add_argument("--seeds", type=int, default=2, help="runs per width (default: %(default)s)")
+    g.add_argument("--epochs", type=common.positive_int, default=30, help="(default: %(default)s)")
+    g.add_argument("--seeds", type=common.positive_int, default=2,
+                   help="runs per width (default: %(default)s)")
     return p
 
 
@@ -92,8 +93,7 @@ def main(args) -> dict:
         args.factors = [0.25, 1.0] if len(args.factors) > 2 else args.factors
         args.train_limit, args.epochs, args.seeds = 512, 2, min(args.seeds, 2)
     factors = sorted(set(args.factors))
-    if min(factors) <= 0:
-        raise common.UsageError("--factors must be positive")
+    seeds = common.run_seeds(args, args.seeds)
     study = common.Study(NAME, args)
     ds = common.load(spec.dataset, args)
     n = min(args.train_limit, len(ds.x_train))
@@ -104,8 +104,7 @@ def main(args) -> dict:
     rows, total, done = [], len(factors) * args.seeds, 0
     for factor in factors:
         runs = []
-        for s in range(args.seeds):
-            seed = args.seed + s
+        for seed in seeds:
             config = common.train_config(args.model, args, seed=seed, epochs=args.epochs,
                                          train_limit=n, dataset_size=len(ds.x_train))
             model, _ = common.fit(config, ds, validate=False,

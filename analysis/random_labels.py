@@ -24,14 +24,16 @@ def build_parser():
     p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128",
                             model_help="an MNIST classifier of the zoo")
     g = p.add_argument_group("study")
-    g.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.5, 1.0],
+    g.add_argument("--fractions", type=common.fraction, nargs="+", default=[0.0, 0.5, 1.0],
                    help="fractions of training labels shuffled, one curve each "
                    "(default: %(default)s)")
-    g.add_argument("--train-limit", type=int, default=4000,
+    g.add_argument("--train-limit", type=common.positive_int, default=4000,
                    help="memorise the first N training images (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=100, help="(default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=128, help="(default: %(default)s)")
-    g.add_argument("--seeds", type=int, default=2, help="runs per fraction (default: %(default)s)")
+    g.add_argument("--epochs", type=common.positive_int, default=100, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=common.positive_int, default=128,
+                   help="(default: %(default)s)")
+    g.add_argument("--seeds", type=common.positive_int, default=2,
+                   help="runs per fraction (default: %(default)s)")
     return p
 
 
@@ -53,6 +55,7 @@ def main(args) -> dict:
         args.train_limit, args.epochs, args.seeds = 512, 3, min(args.seeds, 2)
         args.fractions = args.fractions[:1] + args.fractions[-1:] if len(args.fractions) > 1 \
             else args.fractions
+    seeds = common.run_seeds(args, args.seeds)
     study = common.Study(NAME, args)
     ds = common.load(spec.dataset, args)
     n = min(args.train_limit, len(ds.x_train))
@@ -60,8 +63,7 @@ def main(args) -> dict:
     per_fraction, total, done = {}, len(args.fractions) * args.seeds, 0
     for fraction in args.fractions:
         runs = []
-        for s in range(args.seeds):
-            seed = args.seed + s
+        for seed in seeds:
             noisy = dataclasses.replace(ds, y_train=shuffle_labels(ds.y_train, n, fraction, seed))
             config = common.train_config(args.model, args, seed=seed, epochs=args.epochs,
                                          batch_size=args.batch_size, train_limit=n,

@@ -24,14 +24,15 @@ NAME = "trajectories"
 def build_parser():
     p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128")
     g = p.add_argument_group("study")
-    g.add_argument("--runs", type=int, default=8, help="(default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=24, help="(default: %(default)s)")
-    g.add_argument("--every", type=int, default=3,
+    g.add_argument("--runs", type=common.positive_int, default=8, help="(default: %(default)s)")
+    g.add_argument("--epochs", type=common.positive_int, default=24, help="(default: %(default)s)")
+    g.add_argument("--every", type=common.positive_int, default=3,
                    help="collect the weights at epochs 0, E, 2E, ... (default: %(default)s)")
     g.add_argument("--layer", help="the layer of the second panel (default: the first layer "
                    "with a kernel)")
-    g.add_argument("--train-limit", type=int, default=10000, help="(default: %(default)s)")
-    g.add_argument("--learning-rate", type=float, default=0.05,
+    g.add_argument("--train-limit", type=common.positive_int, default=10000,
+                   help="(default: %(default)s)")
+    g.add_argument("--learning-rate", type=common.positive_float, default=0.05,
                    help="plain SGD, as the report (default: %(default)s)")
     g.add_argument("--recipe", action="store_true", help="the model's own recipe instead")
     return p
@@ -75,13 +76,13 @@ def main(args) -> dict:
         args.runs, args.epochs, args.every = min(args.runs, 3), 2, 1
         args.train_limit = 1024
     epochs = collected_epochs(args.epochs, args.every)
+    seeds = common.run_seeds(args, args.runs, "--runs")
     study = common.Study(NAME, args, collected_epochs=epochs)
     ds = common.load(spec.dataset, args)
     n_test = 500 if args.quick else 2000
     x_test, y_test = ds.x_test[:n_test], ds.y_test[:n_test]
     points, metric, layer = [], [], args.layer
-    for r in range(args.runs):
-        seed = args.seed + r
+    for r, seed in enumerate(seeds):
         config = common.train_config(args.model, args, seed=seed, epochs=args.epochs,
                                      train_limit=args.train_limit, dataset_size=len(ds.x_train))
         if not args.recipe:
@@ -122,11 +123,11 @@ def main(args) -> dict:
             "per_run_projected": np.array([o["projected"] for o in own]),
             "per_run_null_projected": np.array([o["projected"] for o in own_null]),
             "projected": real["projected"].reshape(args.runs, len(epochs), 2),
-            "explained_variance": real["explained"][:5],
+            "explained_variance": _pad(real["explained"]),
             "null_projected": walk["projected"].reshape(args.runs, len(epochs), 2),
-            "null_explained_variance": walk["explained"][:5],
+            "null_explained_variance": _pad(walk["explained"]),
         }
-    runs = [{"seed": args.seed + r, "color": f"C{r % 10}", "metric": metric[r],
+    runs = [{"seed": seeds[r], "color": f"C{r % 10}", "metric": metric[r],
              "step_norms": np.linalg.norm(np.diff(points[r], axis=0), axis=1),
              "null_step_norms": np.linalg.norm(np.diff(null[r], axis=0), axis=1)}
             for r in range(args.runs)]

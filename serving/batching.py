@@ -76,10 +76,15 @@ class _Task:
 
 class Batcher:
     """One queue; `run(inputs) -> outputs` is a synchronous function run in `executor`, or on
-    the event loop itself when `executor` is None (for models cheaper than a thread hand-off)."""
+    the event loop itself when `executor` is None (for models cheaper than a thread hand-off).
+    Callbacks, for metrics: `on_batch(rows)` as a batch (padded) starts; `on_run(waits,
+    seconds)` when it has run, with each request's seconds in the queue and the run's seconds;
+    `on_queue(rows)` whenever the rows waiting change."""
 
-    def __init__(self, run, options: BatchingOptions, executor, on_batch=None):
+    def __init__(self, run, options: BatchingOptions, executor, on_batch=None, on_run=None,
+                 on_queue=None):
         self.run, self.options, self.executor, self.on_batch = run, options, executor, on_batch
+        self.on_run, self.on_queue = on_run, on_queue
         self.tasks: collections.deque[_Task] = collections.deque()
         self.queued_rows = 0
         self._wake = asyncio.Event()   # set when the queue goes from empty to non-empty
@@ -106,6 +111,8 @@ class Batcher:
         future = asyncio.get_running_loop().create_future()
         self.tasks.append(_Task(inputs, rows, future))
         self.queued_rows += rows
+        if self.on_queue:
+            self.on_queue(self.queued_rows)
         # Wake the scheduler only when it has something new to decide (not on every request:
         # each wake-up re-arms a timeout, which cost more than the request itself).
         if len(self.tasks) == 1:
@@ -138,6 +145,8 @@ class Batcher:
                 batch.append(t)
                 rows += t.rows
             self.queued_rows -= rows
+            if self.on_queue:
+                self.on_queue(self.queued_rows)
             batch = [t for t in batch if not t.future.cancelled()]
             if not batch:
                 self._threads.release()
@@ -165,6 +174,7 @@ class Batcher:
                 inputs[k] = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if self.on_batch:
                 self.on_batch(size)
+            began = time.monotonic()
             try:
                 if self.executor is None:
                     outputs = self.run(inputs)
@@ -176,6 +186,9 @@ class Batcher:
                     if not t.future.done():
                         t.future.set_exception(e)
                 return
+            finally:
+                if self.on_run:
+                    self.on_run([began - t.enqueued for t in batch], time.monotonic() - began)
             start = 0
             for t in batch:
                 if not t.future.done():

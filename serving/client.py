@@ -15,6 +15,7 @@ gRPC API has no list call; the real tensorflow_model_server has no such endpoint
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -77,7 +78,13 @@ class ZooClient:
         if tls or ca_file or cert_file:
             if server_name:
                 options.append(("grpc.ssl_target_name_override", server_name))
-            read = lambda p: Path(p).read_bytes() if p else None
+            def read(path):
+                try:
+                    return Path(path).read_bytes() if path else None
+                except OSError as e:
+                    raise ClientError("INVALID_ARGUMENT",
+                                      f"cannot read {path}: {e.strerror}") from None
+
             creds = grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
             self.channel = grpc.secure_channel(address, creds, options)
         else:
@@ -198,6 +205,14 @@ class ZooClient:
                               "list endpoint; name the model instead)") from None
         except (urllib.error.URLError, OSError) as e:
             raise ClientError("UNAVAILABLE", f"{url}: {getattr(e, 'reason', e)}") from None
+        except http.client.InvalidURL as e:
+            raise ClientError("INVALID_ARGUMENT", f"--rest {self.rest_address!r} is not "
+                              f"HOST:PORT ({e})") from None
+        except http.client.HTTPException as e:  # e.g. --rest pointed at the gRPC port
+            raise ClientError("UNAVAILABLE", f"{url} does not answer HTTP/1.1 ({type(e).__name__}"
+                              "); is --rest the REST port?") from None
+        except (ValueError, KeyError, TypeError) as e:  # a bad address, or not our JSON
+            raise ClientError("INVALID_ARGUMENT", f"{url}: {e}") from None
 
 
 # ---------------------------------------------------------------------- CLI helpers
@@ -232,6 +247,13 @@ def load_image(path: str) -> np.ndarray:
     return a[None]
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.client",
                                 description="Talk to a TF-Serving-compatible server.")
@@ -257,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--label")
         if name == "predict":
             src = s.add_mutually_exclusive_group(required=True)
-            src.add_argument("--mnist-test", type=int, metavar="N",
+            src.add_argument("--mnist-test", type=positive_int, metavar="N",
                              help="classify the first N MNIST test digits, print accuracy")
             src.add_argument("--image", help="classify one image file (PNG, JPEG, ...)")
-            s.add_argument("--batch-size", type=int, default=256)
+            s.add_argument("--batch-size", type=positive_int, default=256)
     args = p.parse_args(argv)
     try:
         with ZooClient(args.address, rest_address=args.rest, timeout=args.timeout, tls=args.tls,

@@ -107,6 +107,9 @@ class Manager:
         self.poll_seconds = poll_seconds
         self.metrics = metrics or Metrics()
         self.models: dict[str, ModelState] = {}
+        # Metrics label only the models served (configured or discovered), never a name a
+        # request made up.
+        self.metrics.served = lambda name: name in self.models
         self.discover_root = discover_root
         self.executor = ThreadPoolExecutor(inference_threads, thread_name_prefix="infer")
         self.batch_executor = ThreadPoolExecutor(
@@ -327,12 +330,12 @@ class Manager:
             log.info("model %s version %d: batches run on the event loop", name, version)
 
     def _make_batcher(self, loaded: LoadedVersion, sig_name: str) -> Batcher:
-        m = self.metrics
-        batcher = Batcher(lambda inputs: loaded.backend.run(sig_name, inputs), self.batching,
-                          None if loaded.inline_batches else self.batch_executor,
-                          on_batch=lambda n: m.batch(loaded.name, loaded.version, sig_name, n))
-        m.register_queue(loaded.name, loaded.version, sig_name, lambda: batcher.queued_rows)
-        return batcher
+        m, key = self.metrics, (loaded.name, loaded.version, sig_name)
+        return Batcher(lambda inputs: loaded.backend.run(sig_name, inputs), self.batching,
+                       None if loaded.inline_batches else self.batch_executor,
+                       on_batch=lambda rows: m.batch(*key, rows),
+                       on_run=lambda waits, seconds: m.batch_run(*key, waits, seconds),
+                       on_queue=lambda rows: m.batch_queue(*key, rows))
 
     def _warmup(self, loaded: LoadedVersion) -> int:
         """Replay the version's warmup requests (synchronously, before it takes traffic)."""
@@ -378,7 +381,7 @@ class Manager:
             await loaded.idle.wait()
             for sig_name, b in loaded.batchers.items():
                 await b.close()
-                self.metrics.unregister_queue(loaded.name, loaded.version, sig_name)
+                self.metrics.forget_queue(loaded.name, loaded.version, sig_name)
             close = getattr(loaded.backend, "close", None)
             if close:
                 close()
@@ -443,10 +446,20 @@ class Manager:
             if batcher is not None:
                 result = await batcher.submit(inputs)
                 return {k: result[k] for k in (outputs or result)}
+            submitted = time.perf_counter()
             if loaded.inline and rows <= 8:
-                return loaded.backend.run(sig.name, inputs, outputs)
-            return await asyncio.get_running_loop().run_in_executor(
-                self.executor, loaded.backend.run, sig.name, inputs, outputs)
+                result = loaded.backend.run(sig.name, inputs, outputs)
+                began = submitted
+            else:
+                def timed():
+                    start = time.perf_counter()
+                    return loaded.backend.run(sig.name, inputs, outputs), start
+
+                result, began = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, timed)
+            self.metrics.run(loaded.name, loaded.version, sig.name, began - submitted,
+                             time.perf_counter() - began)
+            return result
         except QueueFull as e:
             raise ServingError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
         except BatchTooLarge as e:
@@ -462,33 +475,22 @@ class Manager:
     async def predict(self, request: predict_pb2.PredictRequest, api: str = "grpc",
                       arrays: dict[str, np.ndarray] | None = None
                       ) -> tuple[predict_pb2.PredictResponse | None, dict, LoadedVersion | None]:
-        """Run a PredictRequest. Returns (response proto, output arrays, version)."""
-        started = time.perf_counter()
-        model = request.model_spec.name
-        version, sig_name = "", request.model_spec.signature_name or backends.DEFAULT_SIGNATURE
-        code = "OK"
+        """Run a PredictRequest. Returns (response proto, output arrays, version).
+        The request is counted in the metrics by its API (gRPC or REST), not here."""
+        loaded = self.resolve(request.model_spec)
         try:
-            loaded = self.resolve(request.model_spec)
-            version = str(loaded.version)
-            try:
-                sig, inputs, outputs = self.prepare(loaded, request, arrays)
-                result = await self.run(loaded, sig, inputs, outputs)
-            finally:
-                loaded.release()
-            response = predict_pb2.PredictResponse()
-            response.model_spec.name = model
-            response.model_spec.version.value = loaded.version
-            response.model_spec.signature_name = sig.name
-            if api == "grpc":
-                for k, v in result.items():
-                    tensors.to_proto(v, response.outputs[k])
-            return response, result, loaded
-        except ServingError as e:
-            code = e.code.name
-            raise
+            sig, inputs, outputs = self.prepare(loaded, request, arrays)
+            result = await self.run(loaded, sig, inputs, outputs)
         finally:
-            self.metrics.request(model, version, sig_name, f"{api}:predict", code,
-                                 time.perf_counter() - started)
+            loaded.release()
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = loaded.version
+        response.model_spec.signature_name = sig.name
+        if api == "grpc":
+            for k, v in result.items():
+                tensors.to_proto(v, response.outputs[k])
+        return response, result, loaded
 
     def model_status(self, request: get_model_status_pb2.GetModelStatusRequest
                      ) -> get_model_status_pb2.GetModelStatusResponse:

@@ -163,10 +163,7 @@ class RestServer:
 
     # ------------------------------------------------------------------ routes
     async def metrics_text(self) -> str:
-        if self.peers is None:
-            return self.manager.metrics.render()
-        others, notes = await self.peers.metric_families()
-        return self.manager.metrics.render(others) + "".join(n + "\n" for n in notes)
+        return self.manager.metrics.render()  # every worker's sums in a --workers server
 
     async def dispatch(self, method: str, target: str, headers: dict, body: bytes):
         path = target.split("?", 1)[0]
@@ -187,7 +184,8 @@ class RestServer:
             if method == "GET" and tail == "/metadata":
                 return 200, self.metadata(spec)
             if method == "POST" and tail == ":predict":
-                return 200, await self.predict(spec, headers, body)
+                with self.manager.metrics.track(spec.name, "predict", "REST", "INTERNAL"):
+                    return 200, await self.predict(spec, headers, body)
             if method == "POST" and tail in (":classify", ":regress"):
                 raise ServingError(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED[tail[1:]])
             raise HttpError(404, f"Malformed request: {method} {path}")

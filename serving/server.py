@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -56,7 +57,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def Predict(self, request, context):
         try:
-            response, _, _ = await self.manager.predict(request)
+            with self.manager.metrics.track(request.model_spec.name, "Predict", "GRPC"):
+                response, _, _ = await self.manager.predict(request)
             return response
         except ServingError as e:
             await context.abort(e.code, e.message)
@@ -247,7 +249,7 @@ async def serve(args) -> int:
                ("grpc.max_send_message_length", -1),
                ("grpc.so_reuseport", int(peers is not None))]
 
-    metrics = Metrics((("worker", str(peers.index)),) if peers else ())
+    metrics = Metrics(worker=peers.index if peers else None)
     manager = Manager(args.backend, batching, args.file_system_poll_wait_seconds,
                       metrics=metrics, inference_threads=args.inference_threads,
                       discover_root=root,
@@ -283,8 +285,7 @@ async def serve(args) -> int:
                 else server.add_insecure_port(address))
     except RuntimeError as e:
         raise protos.ConfigError(f"cannot listen on {address} for gRPC: {e}") from None
-    if peers:
-        server.add_generic_rpc_handlers([peers.metrics_handler(metrics)])
+    if peers:  # the private port through which a reload reaches every worker
         try:
             server.add_insecure_port(peers.own_address)
         except RuntimeError as e:
@@ -321,8 +322,7 @@ async def serve(args) -> int:
     poller = loop.create_task(manager.poll_forever())
     await stop.wait()
 
-    print(f"[serving] stopping: draining requests in flight (up to {args.drain_seconds:g} s)",
-          file=sys.stderr, flush=True)
+    _say(f"[serving] stopping: draining requests in flight (up to {args.drain_seconds:g} s)")
     poller.cancel()
     await health_servicer.enter_graceful_shutdown()
     stops = [server.stop(args.drain_seconds)]
@@ -332,8 +332,15 @@ async def serve(args) -> int:
     await manager.close()
     if peers:
         await peers.close()
-    print("[serving] stopped", file=sys.stderr, flush=True)
+    _say("[serving] stopped")
     return 0
+
+
+def _say(line: str) -> None:
+    """A line on stderr, unless stderr is gone (a worker whose supervisor was killed: its pipe
+    has no reader any more), which must not stop the drain."""
+    with contextlib.suppress(BrokenPipeError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,6 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         if value < least:
             print(f"error: {flag} must be >= {least}", file=sys.stderr)
             return 2
+    if args.worker_index is not None:
+        workers.die_with_supervisor()
+    else:  # a worker's siblings share its ports; anyone else on them is another server
+        for flag, port in (("--port", args.port), ("--rest_api_port", args.rest_api_port)):
+            if workers.listening(args.host, port):
+                print(f"error: {args.host}:{port} ({flag}) is already served by another "
+                      "process; stop it or choose another port", file=sys.stderr)
+                return 2
     if args.workers > 1 and args.worker_index is None:
         return workers.supervise(args, argv)
     who = "%(name)s" if args.worker_index is None else f"%(name)s worker {args.worker_index}"

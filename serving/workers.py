@@ -8,34 +8,51 @@ worker), relays their logs, passes SIGTERM/SIGINT on and exits 0 once all have d
 that dies unexpectedly stops the others and the supervisor exits 1: a server whose workers no
 longer agree is worse than a restart by the process manager.
 
-What every worker must agree on goes over a private loopback gRPC port per worker, guarded by a
-random token the supervisor hands out (outsiders cannot call these):
-- a HandleReloadConfigRequest received by any worker is applied by every worker before it is
-  answered, so no connection sees the old config afterwards;
-- the Prometheus endpoint returns every worker's series, each labelled worker="i".
-Each worker loads its own copy of the models and batches its own requests.
+A HandleReloadConfigRequest received by any worker is applied by every worker before it is
+answered, so no connection sees the old config afterwards: the worker that takes it forwards it
+over a private loopback gRPC port per worker, with a random token the supervisor hands out
+(a call carrying the token is a sibling's, and is not forwarded again).
+
+Metrics use prometheus_client's multiprocess mode: the supervisor makes a private temporary
+directory, passes it as PROMETHEUS_MULTIPROC_DIR, marks a worker that exits as dead there (its
+share of the queue gauge goes) and removes the directory when it exits; a scrape on any worker
+reads every worker's files (serving/metrics.py). Each worker loads its own copy of the models
+and batches its own requests.
+
+Workers die with their supervisor, even one killed by SIGKILL: each asks the kernel for SIGTERM
+when its parent dies (prctl PR_SET_PDEATHSIG), then checks that its parent is still the
+supervisor (one that died before that call would not be noticed otherwise). SIGTERM drains the
+worker as on a normal stop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import ctypes
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import grpc
+from prometheus_client import multiprocess
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
+from serving import metrics
+
 TOKEN_ENV = "ZOO_WORKER_TOKEN"
+SUPERVISOR_ENV = "ZOO_SUPERVISOR_PID"
 TOKEN_HEADER = "zoo-worker-token"
-METRICS_METHOD = "/zoo.serving.Worker/Metrics"
 READY = "[serving] models:"
+METRICS_DIR_PREFIX = "zoo-serving-metrics-"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -87,40 +104,87 @@ class Peers:
         results = await asyncio.gather(*[one(i, c) for i, c in self._others()])
         return [r for r in results if r is not None]
 
-    async def metric_families(self) -> tuple[list, list[str]]:
-        """(families of every other worker that answered, notes about those that did not)."""
-        async def one(i, channel):
-            call = channel.unary_unary(METRICS_METHOD)
-            try:
-                return json.loads(await call(b"", timeout=2,
-                                             metadata=((TOKEN_HEADER, self.token),))), None
-            except grpc.aio.AioRpcError as e:
-                return None, f"# worker {i} did not answer: {e.code().name}"
-        results = await asyncio.gather(*[one(i, c) for i, c in self._others()])
-        return [f for f, _ in results if f is not None], [n for _, n in results if n]
-
-    def metrics_handler(self, metrics) -> grpc.GenericRpcHandler:
-        """The private method a sibling calls to read this worker's metric families."""
-        async def handle(request: bytes, context):
-            if not self.is_peer(context):
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "workers only")
-            return json.dumps(metrics.families()).encode()
-        service, method = METRICS_METHOD.strip("/").split("/")
-        return grpc.method_handlers_generic_handler(
-            service, {method: grpc.unary_unary_rpc_method_handler(handle)})
-
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
 
 
+def listening(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if something accepts TCP connections on host:port (a wildcard host is probed on
+    loopback). SO_REUSEPORT lets a second server bind beside a live one, so binding is no test."""
+    if not port:
+        return False
+    host = host.strip("[]")
+    hosts = {"": ["127.0.0.1"], "0.0.0.0": ["127.0.0.1"], "::": ["::1", "127.0.0.1"]}.get(
+        host, [host])
+    for h in hosts:
+        try:
+            addresses = socket.getaddrinfo(h, port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            continue  # binding will say what is wrong with the host
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as s:
+                s.settimeout(timeout)
+                try:
+                    s.connect(address)
+                    return True
+                except OSError:
+                    pass
+    return False
+
+
+def die_with_supervisor() -> None:
+    """In a worker, first thing: have the kernel send SIGTERM when the parent dies (Linux), then
+    make sure the parent is still the supervisor that started this worker."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (AttributeError, OSError):  # no prctl (not Linux): watch the parent instead
+        parent = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=watch, daemon=True, name="supervisor-watch").start()
+    supervisor = int(os.environ.get(SUPERVISOR_ENV, "0"))
+    if supervisor and os.getppid() != supervisor:
+        sys.exit(1)  # the supervisor died before this worker could ask to follow it
+
+
+def _sweep_metrics_dirs() -> None:
+    """Remove the metrics directories of supervisors that are gone (killed by SIGKILL, which
+    leaves no chance to clean up)."""
+    for d in Path(tempfile.gettempdir()).glob(METRICS_DIR_PREFIX + "*"):
+        try:
+            pid = int(d.name[len(METRICS_DIR_PREFIX):].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass  # not ours, or another user's live supervisor
+
+
 def supervise(args, argv: list[str]) -> int:
     """Run `args.workers` copies of `python -m serving.server argv` on shared ports."""
+    _sweep_metrics_dirs()
+    metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+    try:
+        return _supervise(args, argv, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(args, argv: list[str], metrics_dir: str) -> int:
     n = args.workers
     port = args.port or _free_port(args.host)
     peers = [_free_port() for _ in range(n)]
-    env = {**os.environ, TOKEN_ENV: secrets.token_hex(16)}
+    env = {**os.environ, TOKEN_ENV: secrets.token_hex(16), SUPERVISOR_ENV: str(os.getpid()),
+           metrics.MULTIPROC_ENV: metrics_dir}
     procs = []
+    # Started from the main thread, which lives as long as the supervisor: PR_SET_PDEATHSIG
+    # fires when the thread that forked a worker exits, not only the process.
     for i in range(n):
         cmd = [sys.executable, "-m", "serving.server", *argv, "--port", str(port),
                "--worker_index", str(i), "--worker_peers", ",".join(map(str, peers))]
@@ -151,9 +215,18 @@ def supervise(args, argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
 
+    dead: set[int] = set()
+
+    def mark_dead() -> None:
+        for p in procs:
+            if p.returncode is not None and p.pid not in dead:
+                dead.add(p.pid)
+                multiprocess.mark_process_dead(p.pid, metrics_dir)
+
     announced = False
     while True:
         codes = [p.poll() for p in procs]
+        mark_dead()
         if all(c is not None for c in codes):
             break
         failed = [(i, c) for i, c in enumerate(codes) if c is not None and not stopping.is_set()]
@@ -167,6 +240,7 @@ def supervise(args, argv: list[str]) -> int:
                     p.send_signal(signal.SIGTERM)
             for p in procs:
                 p.wait()
+            mark_dead()
             for t in relays:
                 t.join(5)
             return code if code and not announced else 1

@@ -84,3 +84,16 @@ def test_an_unknown_layer_lists_the_layers(tmp_path):
                                                    str(tmp_path)])
     with pytest.raises(common.UsageError, match="hidden1"):
         trajectories.main(args)
+
+
+def test_trajectories_of_one_run_have_fewer_points_than_components(tmp_path):
+    """One run of three collected epochs: three points, two nonzero components, five plotted
+    (`--runs 1` used to end in a matplotlib traceback)."""
+    doc = run_study("trajectories", tmp_path, "--runs", "1")
+    for view in doc["results"]["views"].values():
+        for key in ("explained_variance", "null_explained_variance"):
+            # three points, centred: at most two components with variance (a third at
+            # roundoff), and the missing ones padded with zeros
+            assert len(view[key]) == 5 and view[key][3:] == [0, 0]
+            assert view[key][2] == pytest.approx(0, abs=1e-12)
+            assert sum(view[key]) == pytest.approx(1.0)

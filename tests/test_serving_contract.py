@@ -368,10 +368,11 @@ def test_rest_list_models_and_prometheus_metrics(contract_server, client, digits
     client.predict("deep_cnn", digits[0][:1])
     status, text = rest(contract_server, "/monitoring/prometheus/metrics")
     assert status == 200
-    line = next(s for s in text.splitlines() if s.startswith("zoo_serving_requests_total{")
-                and 'model="deep_cnn"' in s and 'code="OK"' in s and "grpc" in s)
+    line = next(s for s in text.splitlines() if s.startswith(
+        ':tensorflow:serving:request_count{model_name="deep_cnn",status="OK"} '))
     assert float(line.rsplit(" ", 1)[1]) >= 1
-    assert "zoo_serving_request_latency_seconds_bucket" in text
+    assert (':tensorflow:serving:request_latency_bucket{API="Predict",entrypoint="GRPC",'
+            'le="10.0",model_name="deep_cnn"}') in text
 
 
 # --------------------------------------------------------------------------- the client CLI

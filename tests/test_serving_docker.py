@@ -15,38 +15,8 @@ from pathlib import Path
 import pytest
 
 from serving import protos, versions
+from tests.images import DOCKERFILE, TF_SERVING_FLAGS, instructions, stages
 from tests.serving_fixtures import ENV, ROOT, exported  # noqa: F401
-
-DOCKERFILE = ROOT / "Dockerfile"
-
-# Flags of tensorflow_model_server, from tensorflow/serving
-# tensorflow_serving/model_servers/main.cc (the flag_list in main(), 2.x series). Kept short:
-# the ones this project might pass.
-TF_SERVING_FLAGS = {
-    "port", "grpc_socket_path", "rest_api_port", "rest_api_num_threads",
-    "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_batching",
-    "allow_version_labels_for_unavailable_models", "batching_parameters_file",
-    "enable_per_model_batching_parameters", "model_config_file",
-    "model_config_file_poll_wait_seconds", "model_name", "model_base_path", "num_load_threads",
-    "num_unload_threads", "max_num_load_retries", "load_retry_interval_micros",
-    "file_system_poll_wait_seconds", "flush_filesystem_caches",
-    "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism", "ssl_config_file", "platform_config_file",
-    "saved_model_tags", "grpc_channel_arguments", "grpc_max_threads", "enable_model_warmup",
-    "num_request_iterations_for_warmup", "version", "monitoring_config_file",
-    "enable_grpc_healthcheck_service",
-}
-
-
-def instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            out.append((keyword.upper(), rest.strip()))
-    return out
 
 
 def test_every_local_copy_source_exists():
@@ -70,9 +40,7 @@ def test_final_stage_is_the_pinned_tf_serving_image_with_ports_and_healthcheck()
 
 
 def test_entrypoint_flags_are_tensorflow_model_server_flags():
-    import json
-
-    entry = json.loads(next(rest for k, rest in instructions() if k == "ENTRYPOINT"))
+    entry = stages()[-1].entrypoint()
     assert entry[0].endswith("tensorflow_model_server")
     for arg in entry[1:]:
         name = arg.lstrip("-").split("=", 1)[0]

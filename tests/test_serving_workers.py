@@ -1,7 +1,9 @@
 # ruff: noqa: F811  (pytest fixtures imported from serving_fixtures are redefined as arguments)
 """`--workers N` against real server processes: connections spread over the workers, each
 answering correctly; a reload sent to one worker reaches all of them before it is answered;
-metrics cover every worker; SIGTERM drains all; a dead worker takes the server down."""
+a scrape on any worker returns the sums over all of them; SIGTERM drains all; a dead worker takes
+the server down, a killed supervisor takes its workers with it; a second server refuses the
+ports."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from tests.serving_fixtures import (  # noqa: F401
     ServerProcess,
     digits,
     exported,
+    free_port,
     onnx_reference,
     wait_for,
     write_config,
@@ -46,12 +49,21 @@ def own_connection(address: str, i: int) -> grpc.Channel:
 
 
 def request_total(rest: str) -> dict[str, float]:
-    """worker -> requests answered, from the Prometheus endpoint."""
-    text = urllib.request.urlopen(f"http://{rest}/monitoring/prometheus/metrics",
-                                  timeout=10).read().decode()
-    totals: dict[str, float] = {}
-    for m in re.finditer(r'^zoo_serving_requests_total\{.*worker="(\d+)"\} (\S+)$', text, re.M):
-        totals[m[1]] = totals.get(m[1], 0) + float(m[2])
+    """worker -> requests answered, from the Prometheus endpoint. Each scrape is a new
+    connection, so the scrapes land on any worker: every one must give the same sums."""
+    pages = set()
+    for _ in range(CONNECTIONS):
+        text = urllib.request.urlopen(f"http://{rest}/monitoring/prometheus/metrics",
+                                      timeout=10).read().decode()
+        per_worker = re.findall(r'^zoo_serving_worker_requests_total\{worker="(\d+)"\} (\S+)$',
+                                text, re.M)
+        counted = sum(float(v) for v in re.findall(
+            r"^:tensorflow:serving:request_count\{.*\} (\S+)$", text, re.M))
+        pages.add((tuple(sorted(per_worker)), counted))
+    assert len(pages) == 1, pages
+    (per_worker, counted), = pages
+    totals = {w: float(v) for w, v in per_worker}
+    assert counted == sum(totals.values()), (counted, totals)
     return totals
 
 
@@ -88,8 +100,10 @@ def test_reload_sent_to_one_worker_reaches_every_worker(two_workers, exported):
     config.model_config_list.config.add(name="softmax_regression", model_platform="tensorflow",
                                         base_path=str(exported / "softmax_regression"))
     with grpc.insecure_channel(two_workers.address) as channel:
+        # A wrong worker token is an outsider's call: it is forwarded all the same.
         response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
-            model_management_pb2.ReloadConfigRequest(config=config), timeout=120)
+            model_management_pb2.ReloadConfigRequest(config=config), timeout=120,
+            metadata=((workers.TOKEN_HEADER, "not-the-token"),))
     assert response.status.error_code == 0, response
     codes = set()
     for i in range(CONNECTIONS):  # every worker, not only the one that took the reload
@@ -113,13 +127,6 @@ def test_reload_sent_to_one_worker_reaches_every_worker(two_workers, exported):
     assert set(totals) == {"0", "1"} and sum(totals.values()) == CONNECTIONS, totals
 
 
-def test_private_worker_method_refuses_outsiders(two_workers):
-    with grpc.insecure_channel(two_workers.address) as channel:
-        with pytest.raises(grpc.RpcError) as e:
-            channel.unary_unary(workers.METRICS_METHOD)(b"", timeout=10)
-    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
-
-
 def test_sigterm_stops_every_worker_and_exits_0(two_workers):
     assert two_workers.stop() == 0, two_workers.logs()
     logs = two_workers.logs()
@@ -139,3 +146,47 @@ def test_workers_must_be_positive():
                         "--workers", "0"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "--workers must be >= 1" in r.stderr
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (an orphan's zombie may linger until
+    whoever adopted it reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_workers_die_with_a_killed_supervisor(two_workers):
+    pids = [int(p) for p in re.search(r"2 workers \(pids (\d+), (\d+)\)",
+                                      two_workers.logs()).groups()]
+    assert all(alive(p) for p in pids)
+    two_workers.proc.kill()  # SIGKILL: the supervisor cannot pass anything on
+    two_workers.proc.wait(30)
+    wait_for(lambda: not any(alive(p) for p in pids), 60, what="the workers to exit")
+
+
+def test_a_second_server_refuses_ports_already_served(two_workers, exported):
+    """SO_REUSEPORT would let a second server bind beside a live one and take half of its
+    connections: it must refuse, naming the port, before loading anything."""
+    model = ["--model_base_path", str(exported / "softmax_regression")]
+    grpc_port, rest_port = two_workers.port, two_workers.rest_port
+    for flags, port in (
+            (["--port", str(grpc_port)], grpc_port),
+            (["--port", str(grpc_port), "--workers", "2"], grpc_port),
+            (["--port", str(free_port()), "--rest_api_port", str(rest_port)], rest_port)):
+        r = subprocess.run([sys.executable, "-m", "serving.server", *model, *flags], cwd=ROOT,
+                           env=ENV, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (flags, r.stderr)
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and f":{port} " in last, (flags, r.stderr)
+        assert "Traceback" not in r.stderr
+    # the first server still answers on both ports
+    with grpc.insecure_channel(two_workers.address) as channel:
+        model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "deep_cnn"}),
+            timeout=10)
+    with urllib.request.urlopen(f"http://{two_workers.rest}/v1/models/deep_cnn", timeout=10) as r:
+        assert r.status == 200

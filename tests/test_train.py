@@ -241,8 +241,8 @@ def test_resuming_a_finished_exported_run_does_nothing_and_a_lost_export_is_redo
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
-    (["--seed", "99999999999999999999"], "--seed must be between 0 and 4294967295"),
+    (["--seed", "-1"], "--seed: must be between 0 and 4294967295, got -1"),
+    (["--seed", "99999999999999999999"], "--seed: must be between 0 and 4294967295"),
     (["--export-dir", "{file}"], "--export-dir {file} is a file"),
     (["--export-dir", "/proc/nope/exports"], "--export-dir /proc/nope/exports cannot be written"),
     (["--run-dir", "{file}"], "--run-dir {file} is a file"),

@@ -108,7 +108,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
             record[name] = float(value)
         if self.evaluate is not None:
             start = time.perf_counter()
-            record.update({f"test_{k}": v for k, v in self.evaluate(self.model).items()})
+            measured = self.evaluate(self.model)
+            record.update({f"test_{k}": v for k, v in measured.items()})
+            if logs is not None:  # the same dict the progress line and TensorBoard read next
+                logs.update({f"val_{k}": v for k, v in measured.items()})
             self._eval_seconds += time.perf_counter() - start
         wall = time.perf_counter() - self._epoch_start
         record["train_seconds"] = wall - self._eval_seconds

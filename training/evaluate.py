@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from serving import certificate, quiet
-from training import data
+from training import cli_types, data
 from training.export import run_onnx, run_savedmodel
 
 RUNNERS = {"savedmodel": run_savedmodel, "onnx": run_onnx}
@@ -49,20 +49,14 @@ def evaluate_export(version_dir: Path, runtime: str = "savedmodel", limit: int |
     return result
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate",
                                 description="Test-set accuracy (or MSE) of an exported version.")
     quiet.add_verbose_flag(p)
     p.add_argument("version_dir", type=Path, help="exported_models/NAME/VERSION")
     p.add_argument("--runtime", choices=sorted(RUNNERS), default="savedmodel")
-    p.add_argument("--limit", type=positive_int, help="evaluate on the first N test examples")
+    p.add_argument("--limit", type=cli_types.positive_int,
+                   help="evaluate on the first N test examples")
     p.add_argument("--data-dir", type=Path)
     args = p.parse_args(argv)
     try:

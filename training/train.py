@@ -17,7 +17,7 @@ from pathlib import Path
 
 import zoo
 from serving import quiet
-from training import checkpoints, data, modeling, precision
+from training import checkpoints, cli_types, data, modeling, precision
 from training.config import ConfigError, TrainConfig, resolve_config, write_json_atomic
 from training.export import ExportError
 
@@ -26,7 +26,6 @@ DEFAULT_EXPORTS = Path("exported_models")
 # Flags a resumed run cannot honour (its config.json decides): given with --resume, refused.
 RECIPE_FLAGS = ("epochs", "steps", "steps_per_epoch", "batch_size", "learning_rate", "dataset",
                 "precision", "seed", "run_dir", "train_limit", "test_limit")
-MAX_SEED = 2**32 - 1  # what NumPy and TensorFlow seeds accept
 
 
 class UsageError(Exception):
@@ -52,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", choices=data.DATASETS, help="default: the model's own dataset")
     r.add_argument("--precision", choices=precision.CHOICES, default=None,
                    help="dtype policy; auto picks by hardware (default: auto)")
-    r.add_argument("--seed", type=int, help="seed of every random choice, 0 to 2**32-1 "
-                   "(default: 0)")
+    r.add_argument("--seed", type=cli_types.seed_value,
+                   help="seed of every random choice, 0 to 2**32-1 (default: 0)")
 
     o = p.add_argument_group("where things go")
     o.add_argument("--run-dir", type=Path, help="run directory (default: runs/MODEL/TIME-sSEED)")
@@ -116,8 +115,6 @@ def run_from_args(args: argparse.Namespace) -> dict:
     if args.dataset and args.dataset not in spec.datasets:  # before any loading or download
         raise UsageError(f"{args.model} trains on {', '.join(spec.datasets)}, not {args.dataset}")
     seed = 0 if args.seed is None else args.seed
-    if not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     export_dir = None if args.no_export else args.export_dir
     check_destinations(args.run_dir, export_dir)  # before any data is loaded or trained
     resolved = precision.choose(args.precision or "auto")
