@@ -7,7 +7,8 @@
 
 gRPC (asyncio): PredictionService (Predict, GetModelMetadata; Classify, Regress and
 MultiInference answer UNIMPLEMENTED, saying why), ModelService (GetModelStatus,
-HandleReloadConfigRequest), grpc.health.v1 and reflection. REST on --rest_api_port (see rest.py).
+HandleReloadConfigRequest), grpc.health.v1 and reflection. REST on --rest_api_port (aiohttp, on
+the same event loop; see rest.py for its limits).
 Flags keep TF Serving's names; both `--flag=value` and `--flag value` work. Binds 127.0.0.1
 unless --host says otherwise. SIGTERM (or SIGINT) stops accepting, lets requests in flight finish
 (up to --drain_seconds), unloads, and exits 0.
@@ -39,11 +40,11 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, protos, quiet, workers
+from serving import backends, protos, quiet, rest, workers
 from serving.batching import BatchingOptions
 from serving.manager import Manager, ServingError
 from serving.metrics import Metrics
-from serving.rest import _UNIMPLEMENTED, RestServer
+from serving.rest import _UNIMPLEMENTED
 
 log = logging.getLogger("serving")
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
@@ -178,6 +179,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--drain_seconds", type=float, default=30.0,
                    help="on SIGTERM, how long requests in flight may take to finish")
     g.add_argument("--log_level", default="INFO")
+    rest.add_flags(p, _bool)
     return p
 
 
@@ -290,16 +292,18 @@ async def serve(args) -> int:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{port}", file=sys.stderr,
           flush=True)
-    rest = None
+    rest_server = None
     if args.rest_api_port:
         if args.rest_api_port == args.port:
             raise protos.ConfigError("--rest_api_port cannot be the same as --port")
-        rest = RestServer(manager, args.max_request_bytes, peers)
         try:
-            rest_port = await rest.start(args.host, args.rest_api_port,
-                                         reuse_port=peers is not None)
-        except OSError as e:
+            rest_server = rest.RestServer(manager, rest.RestOptions.from_args(args), peers)
+            rest_port = await rest_server.start(args.host, args.rest_api_port,
+                                                reuse_port=peers is not None)
+        except (OSError, ValueError) as e:
             await server.stop(None)
+            if isinstance(e, ValueError):
+                raise protos.ConfigError(str(e)) from None
             raise protos.ConfigError(f"cannot listen on {args.host}:{args.rest_api_port} for "
                                      f"REST: {e.strerror}") from None
         print(f"[serving] REST on http://{args.host}:{rest_port}", file=sys.stderr, flush=True)
@@ -321,8 +325,8 @@ async def serve(args) -> int:
     poller.cancel()
     await health_servicer.enter_graceful_shutdown()
     stops = [server.stop(args.drain_seconds)]
-    if rest:
-        stops.append(rest.stop(args.drain_seconds))
+    if rest_server:
+        stops.append(rest_server.stop(args.drain_seconds))
     await asyncio.gather(*stops)
     await manager.close()
     if peers:
