@@ -13,15 +13,17 @@ Why aiohttp: it runs on the asyncio (uvloop) event loop that grpc.aio already ru
 process serves both without a second loop or thread; its HTTP/1.1 parser (llhttp) has per-server
 limits on header count and size and refuses what our own parser let through (`Content-Length:
 1_0`, two Content-Lengths); it has a low-level server for callers who do their own routing; and
-it is a single dependency. We use that low-level server (`web.Server`, `ServerRunner`,
-`TCPSite`) rather than `web.Application`: every path goes through TF Serving's one regex anyway,
-and the protocol class must be ours to add what aiohttp leaves to its caller: a deadline for each
-request head, a cap on connections, and a lingering close after a request it cannot parse, so
-that the client reads the 400/431 instead of a reset. The limits are flags (`add_flags`).
+it is one pinned dependency (with its own small helpers: multidict, yarl, ...). We use that
+low-level server (`web.Server`, `ServerRunner`, `TCPSite`) rather than `web.Application`: every
+path goes through TF Serving's one regex anyway, and the protocol class must be ours to add what
+aiohttp leaves to its caller: a deadline for each request head, a cap on connections, and a
+lingering close after a request it cannot parse, so that the client reads the 400/431 instead
+of a reset. The limits are flags (`add_flags`).
 
 JSON work on a body or an answer of more than THREAD_ABOVE_BYTES runs in a thread, and in slices:
 json.loads, np.asarray and json.dumps each hold the GIL for their whole call, so one call on a
-50 MB body would stall the event loop (and every gRPC call on it) for a second even from a thread.
+50 MB body stalls the event loop (and every gRPC call on it) even from a thread: json.loads of
+61 MB in a thread kept the loop waiting 1.03 s; loads_sliced at most 0.05 s.
 """
 
 from __future__ import annotations
@@ -79,68 +81,66 @@ FD_RESERVE = 256                 # open files kept for everything but REST conne
 # ---------------------------------------------------------------------------- options (flags)
 @dataclasses.dataclass(frozen=True)
 class RestOptions:
-    max_request_bytes: int = 64 << 20
-    max_connections: int = 1024
-    max_header_count: int = 100
-    max_header_bytes: int = 8190
-    read_timeout_seconds: float = 10.0
-    keepalive_timeout_seconds: float = 75.0
-    cors_allowed_origins: tuple[str, ...] | None = None   # None: CORS off
+    """The REST server's flags, each field named as its flag (`add_flags` defines them)."""
+
+    max_request_bytes: int = 64 << 20  # shared with gRPC; the server's own flag
+    rest_api_max_connections: int = 1024
+    rest_api_max_header_count: int = 100
+    rest_api_max_header_bytes: int = 8190
+    rest_api_read_timeout_seconds: float = 10.0
+    rest_api_keepalive_timeout_seconds: float = 75.0
+    rest_api_enable_cors_support: bool = False
+    rest_api_cors_allowed_origins: str = "*"
 
     @classmethod
     def from_args(cls, args) -> RestOptions:
-        origins = None
-        if args.rest_api_enable_cors_support:
-            origins = tuple(o.strip() for o in args.rest_api_cors_allowed_origins.split(",")
-                            if o.strip()) or ("*",)
-        return cls(args.max_request_bytes, args.rest_api_max_connections,
-                   args.rest_api_max_header_count, args.rest_api_max_header_bytes,
-                   args.rest_api_read_timeout_seconds, args.rest_api_keepalive_timeout_seconds,
-                   origins)
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
     def __post_init__(self):
-        for name in ("max_request_bytes", "max_connections", "max_header_count",
-                     "max_header_bytes", "read_timeout_seconds", "keepalive_timeout_seconds"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{_FLAGS.get(name, name)} must be > 0")
+        for f in dataclasses.fields(self):
+            if f.type in ("int", "float") and not getattr(self, f.name) > 0:
+                raise ValueError(f"--{f.name} must be > 0, got {getattr(self, f.name)}")
 
-
-_FLAGS = {"max_connections": "rest_api_max_connections",
-          "max_header_count": "rest_api_max_header_count",
-          "max_header_bytes": "rest_api_max_header_bytes",
-          "read_timeout_seconds": "rest_api_read_timeout_seconds",
-          "keepalive_timeout_seconds": "rest_api_keepalive_timeout_seconds"}
+    @property
+    def cors_origins(self) -> tuple[str, ...] | None:
+        """The origins CORS allows ("*": any), or None when CORS is off."""
+        if not self.rest_api_enable_cors_support:
+            return None
+        return tuple(o.strip() for o in self.rest_api_cors_allowed_origins.split(",")
+                     if o.strip()) or ("*",)
 
 
 def add_flags(p: argparse.ArgumentParser, boolean) -> None:
-    """The REST flags (--max_request_bytes, shared with gRPC, is the server's)."""
+    """The REST flags but --max_request_bytes (the server's: it limits gRPC messages too)."""
     d = RestOptions()
     g = p.add_argument_group("REST limits and CORS")
-    g.add_argument("--rest_api_max_connections", type=int, default=d.max_connections,
-                   help="open REST connections at most; a connection beyond it is answered 503 "
-                        f"and closed at once (default {d.max_connections}, lowered if the "
-                        "process may not open that many files)")
-    g.add_argument("--rest_api_max_header_count", type=int, default=d.max_header_count,
-                   help=f"header lines a request may have (default {d.max_header_count})")
-    g.add_argument("--rest_api_max_header_bytes", type=int, default=d.max_header_bytes,
+    g.add_argument("--rest_api_max_connections", type=int, default=d.rest_api_max_connections,
+                   help="open REST connections at most; one more is answered 503 and closed at "
+                        f"once (default {d.rest_api_max_connections}; lowered if the process "
+                        "may not open that many files)")
+    g.add_argument("--rest_api_max_header_count", type=int, default=d.rest_api_max_header_count,
+                   help=f"header lines a request may have (default {d.rest_api_max_header_count})")
+    g.add_argument("--rest_api_max_header_bytes", type=int, default=d.rest_api_max_header_bytes,
                    help="longest request line or header line, in bytes (default "
-                        f"{d.max_header_bytes}); longer is answered 431")
+                        f"{d.rest_api_max_header_bytes}); beyond either limit the answer is 431")
     g.add_argument("--rest_api_read_timeout_seconds", type=float,
-                   default=d.read_timeout_seconds,
+                   default=d.rest_api_read_timeout_seconds,
                    help="a request's line and headers must arrive within this time of the "
                         "connection opening or of the request's first byte, and its body may "
                         "not pause longer; a slower client is disconnected "
-                        f"(default {d.read_timeout_seconds:g})")
+                        f"(default {d.rest_api_read_timeout_seconds:g})")
     g.add_argument("--rest_api_keepalive_timeout_seconds", type=float,
-                   default=d.keepalive_timeout_seconds,
+                   default=d.rest_api_keepalive_timeout_seconds,
                    help="an idle keep-alive connection is closed after this time (default "
-                        f"{d.keepalive_timeout_seconds:g}, above the usual 60 s of load "
-                        "balancers)")
+                        f"{d.rest_api_keepalive_timeout_seconds:g}, above the 60 s idle timeout "
+                        "of common load balancers)")
     g.add_argument("--rest_api_enable_cors_support", type=boolean, nargs="?", const=True,
-                   default=False, help="answer CORS preflights and add CORS headers (TF "
-                                       "Serving's flag; default false)")
-    g.add_argument("--rest_api_cors_allowed_origins", default="*",
-                   help="comma-separated origins CORS allows, or * for any (default *)")
+                   default=d.rest_api_enable_cors_support,
+                   help="answer CORS preflight requests and add CORS headers (TF Serving's "
+                        "flag; default false)")
+    g.add_argument("--rest_api_cors_allowed_origins", default=d.rest_api_cors_allowed_origins,
+                   help="comma-separated origins CORS allows, or * for any (default "
+                        f"{d.rest_api_cors_allowed_origins})")
 
 
 def connection_budget(wanted: int) -> int:
@@ -170,10 +170,14 @@ def _skip(s: str, i: int) -> int:
     return _SPACE.match(s, i).end()
 
 
+_gc_lock, _gc_pauses = threading.Lock(), 0
+
+
 @contextlib.contextmanager
 def _no_gc():
     """The cyclic GC off while a parse builds millions of (acyclic) lists: each full collection
-    over them held the GIL for 0.3 s, and made parsing 1.5M rows of [x] 4x slower."""
+    over them held the GIL for 0.3 s, and made parsing 1.5M rows of [x] 4x slower. It is on
+    again once no parse runs (the lists are then collected once, in about 0.1 s for 1.5M)."""
     global _gc_pauses
     with _gc_lock:
         _gc_pauses += 1
@@ -185,9 +189,6 @@ def _no_gc():
             _gc_pauses -= 1
             if _gc_pauses == 0:
                 gc.enable()
-
-
-_gc_lock, _gc_pauses = threading.Lock(), 0
 
 
 def loads_sliced(text: str):
@@ -358,9 +359,9 @@ class _AnswerThenClose(web.Response):
 
 class _Connection(web_protocol.RequestHandler):
     """One client connection: aiohttp's HTTP/1.1 protocol, plus
-    - a deadline for each request head (line and headers): `read_timeout_seconds` from the
+    - a deadline for each request head (line and headers): --rest_api_read_timeout_seconds from the
       connection opening or from the head's first byte. (aiohttp's own timer closes only a
-      connection left idle since its last answer, after `keepalive_timeout_seconds`.)
+      connection left idle since its last answer: --rest_api_keepalive_timeout_seconds.)
     - our JSON answers to requests aiohttp cannot parse, closed with a linger."""
 
     def __init__(self, server: _Server, **kwargs):
@@ -395,7 +396,7 @@ class _Connection(web_protocol.RequestHandler):
 
     def _arm(self) -> None:
         self._deadline = asyncio.get_running_loop().call_later(
-            self.options.read_timeout_seconds, self._expire)
+            self.options.rest_api_read_timeout_seconds, self._expire)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -412,8 +413,8 @@ class _Connection(web_protocol.RequestHandler):
         o = self.options
         if isinstance(exc, LineTooLong) or "Too many headers" in str(message):
             status, message = 431, (
-                f"Request header too large: at most {o.max_header_count} lines of at most "
-                f"{o.max_header_bytes} bytes each (--rest_api_max_header_count, "
+                f"Request header too large: at most {o.rest_api_max_header_count} lines of at "
+                f"most {o.rest_api_max_header_bytes} bytes each (--rest_api_max_header_count, "
                 "--rest_api_max_header_bytes)")
         elif status >= 500:
             log.error("REST %s %s failed", request.method, request.path, exc_info=exc)
@@ -428,10 +429,10 @@ class _Server(web.Server):
     """aiohttp's low-level server making _Connection protocols, with the connection cap."""
 
     def __init__(self, handler, options: RestOptions, max_connections: int):
-        kwargs = dict(access_log=None, max_headers=options.max_header_count,
-                      max_line_size=options.max_header_bytes,
-                      max_field_size=options.max_header_bytes,
-                      keepalive_timeout=options.keepalive_timeout_seconds,
+        kwargs = dict(access_log=None, max_headers=options.rest_api_max_header_count,
+                      max_line_size=options.rest_api_max_header_bytes,
+                      max_field_size=options.rest_api_max_header_bytes,
+                      keepalive_timeout=options.rest_api_keepalive_timeout_seconds,
                       lingering_time=LINGER_SECONDS)
         super().__init__(handler, **kwargs)
         self.protocol_kwargs = {**kwargs, "loop": asyncio.get_running_loop()}
@@ -465,7 +466,7 @@ class RestServer:
         self._runner: web.ServerRunner | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
-        budget = connection_budget(self.options.max_connections)
+        budget = connection_budget(self.options.rest_api_max_connections)
         self._runner = web.ServerRunner(_Server(self.handle, self.options, budget))
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None,
@@ -493,7 +494,7 @@ class RestServer:
         request.protocol.request_started()
         try:
             cors = self._cors(request)
-            if self.options.cors_allowed_origins is not None and request.method == "OPTIONS" \
+            if self.options.cors_origins is not None and request.method == "OPTIONS" \
                     and "Access-Control-Request-Method" in request.headers:
                 return self._preflight(request, cors)
             try:
@@ -514,7 +515,7 @@ class RestServer:
 
     def _cors(self, request) -> dict[str, str]:
         """The CORS headers for this request's Origin ({} when CORS is off or it is not allowed)."""
-        origins, origin = self.options.cors_allowed_origins, request.headers.get("Origin")
+        origins, origin = self.options.cors_origins, request.headers.get("Origin")
         if origins is None or origin is None:
             return {}
         if "*" in origins:
@@ -536,7 +537,8 @@ class RestServer:
 
     async def _body(self, request: web.BaseRequest) -> bytes:
         """The request body, within --max_request_bytes, each read within the read timeout."""
-        limit, timeout = self.options.max_request_bytes, self.options.read_timeout_seconds
+        limit, timeout = (self.options.max_request_bytes,
+                          self.options.rest_api_read_timeout_seconds)
         too_big = HttpError(413, f"Request body exceeds the limit of {limit} bytes "
                                  "(--max_request_bytes)")
         if (request.content_length or 0) > limit:
@@ -659,10 +661,8 @@ class RestServer:
         finally:
             loaded.release()
         row = "instances" in doc
-        # The parsed lists are handed to the thread, not shared with this frame, so that they
-        # are freed there too (1.5M small lists take 0.1 s to free).
-        handover = [doc.pop("instances" if row else "inputs")]
-        arrays = await off_the_loop(len(body), self._decode, sig, handover, row)
+        arrays = await off_the_loop(len(body), self._decode, sig,
+                                    doc["instances"] if row else doc["inputs"], row)
         _, result, _ = await self.manager.predict(request, api="rest", arrays=arrays)
         return await off_the_loop(sum(a.nbytes for a in result.values()), encode_predict,
                                   result, row)
@@ -687,8 +687,8 @@ class RestServer:
         return loaded.signatures[sig_name]
 
     @staticmethod
-    def _decode(sig, handover: list, row: bool) -> dict[str, np.ndarray]:
-        value, names = handover.pop(), list(sig.inputs)
+    def _decode(sig, value, row: bool) -> dict[str, np.ndarray]:
+        names = list(sig.inputs)
 
         def array(name, v):
             if name not in sig.inputs:  # reported by Manager.prepare with the full signature

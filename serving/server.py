@@ -47,7 +47,7 @@ from serving.metrics import Metrics
 from serving.rest import _UNIMPLEMENTED
 
 log = logging.getLogger("serving")
-DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+DEFAULT_MAX_REQUEST_BYTES = rest.RestOptions.max_request_bytes
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
@@ -296,14 +296,12 @@ async def serve(args) -> int:
     if args.rest_api_port:
         if args.rest_api_port == args.port:
             raise protos.ConfigError("--rest_api_port cannot be the same as --port")
+        rest_server = rest.RestServer(manager, rest.RestOptions.from_args(args), peers)
         try:
-            rest_server = rest.RestServer(manager, rest.RestOptions.from_args(args), peers)
             rest_port = await rest_server.start(args.host, args.rest_api_port,
                                                 reuse_port=peers is not None)
-        except (OSError, ValueError) as e:
+        except OSError as e:
             await server.stop(None)
-            if isinstance(e, ValueError):
-                raise protos.ConfigError(str(e)) from None
             raise protos.ConfigError(f"cannot listen on {args.host}:{args.rest_api_port} for "
                                      f"REST: {e.strerror}") from None
         print(f"[serving] REST on http://{args.host}:{rest_port}", file=sys.stderr, flush=True)
@@ -346,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         if value < least:
             print(f"error: {flag} must be >= {least}", file=sys.stderr)
             return 2
+    try:
+        rest.RestOptions.from_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.workers > 1 and args.worker_index is None:
         return workers.supervise(args, argv)
     who = "%(name)s" if args.worker_index is None else f"%(name)s worker {args.worker_index}"
