@@ -7,7 +7,8 @@
 
 gRPC (asyncio): PredictionService (Predict, GetModelMetadata; Classify, Regress and
 MultiInference answer UNIMPLEMENTED, saying why), ModelService (GetModelStatus,
-HandleReloadConfigRequest), grpc.health.v1 and reflection. REST on --rest_api_port (see rest.py).
+HandleReloadConfigRequest), grpc.health.v1 and reflection. REST on --rest_api_port (aiohttp, on
+the same event loop; see rest.py for its limits).
 Flags keep TF Serving's names; both `--flag=value` and `--flag value` work. Binds 127.0.0.1
 unless --host says otherwise. SIGTERM (or SIGINT) stops accepting, lets requests in flight finish
 (up to --drain_seconds), unloads, and exits 0.
@@ -40,14 +41,14 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, protos, quiet, workers
+from serving import backends, protos, quiet, rest, workers
 from serving.batching import BatchingOptions
 from serving.manager import Manager, ServingError
 from serving.metrics import Metrics
-from serving.rest import _UNIMPLEMENTED, RestServer
+from serving.rest import _UNIMPLEMENTED
 
 log = logging.getLogger("serving")
-DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+DEFAULT_MAX_REQUEST_BYTES = rest.RestOptions.max_request_bytes
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
@@ -184,6 +185,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--drain_seconds", type=float, default=30.0,
                    help="on SIGTERM, how long requests in flight may take to finish")
     g.add_argument("--log_level", default="INFO")
+    rest.add_flags(p, _bool)
     return p
 
 
@@ -296,14 +298,14 @@ async def serve(args) -> int:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{port}", file=sys.stderr,
           flush=True)
-    rest = None
+    rest_server = None
     if args.rest_api_port:
         if args.rest_api_port == args.port:
             raise protos.ConfigError("--rest_api_port cannot be the same as --port")
-        rest = RestServer(manager, args.max_request_bytes, peers)
+        rest_server = rest.RestServer(manager, rest.RestOptions.from_args(args), peers)
         try:
-            rest_port = await rest.start(args.host, args.rest_api_port,
-                                         reuse_port=peers is not None)
+            rest_port = await rest_server.start(args.host, args.rest_api_port,
+                                                reuse_port=peers is not None)
         except OSError as e:
             await server.stop(None)
             raise protos.ConfigError(f"cannot listen on {args.host}:{args.rest_api_port} for "
@@ -326,8 +328,8 @@ async def serve(args) -> int:
     poller.cancel()
     await health_servicer.enter_graceful_shutdown()
     stops = [server.stop(args.drain_seconds)]
-    if rest:
-        stops.append(rest.stop(args.drain_seconds))
+    if rest_server:
+        stops.append(rest_server.stop(args.drain_seconds))
     await asyncio.gather(*stops)
     await manager.close()
     if peers:
@@ -363,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {args.host}:{port} ({flag}) is already served by another "
                       "process; stop it or choose another port", file=sys.stderr)
                 return 2
+    try:
+        rest.RestOptions.from_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.workers > 1 and args.worker_index is None:
         return workers.supervise(args, argv)
     who = "%(name)s" if args.worker_index is None else f"%(name)s worker {args.worker_index}"
