@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -283,11 +284,46 @@ def conversion(x: np.ndarray, rows: int, seconds: float = 0.5) -> list[tuple[str
              per_call(lambda: tensors.to_proto(probs)))]
 
 
+def load_wrk(rest: str, model: str, x: np.ndarray, clients: int, seconds: float,
+             tmp: Path) -> dict | None:
+    """REST predict under Debian's `wrk` (keep-alive, `clients` connections, 2 threads): a load
+    generator that is not ours. None when wrk is not installed."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    script = tmp / f"wrk-{model}.lua"
+    body = json.dumps({"instances": x.tolist()})
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(body)}\n")
+    done = subprocess.run([wrk, "-t2", f"-c{clients}", f"-d{seconds:g}s", "--latency", "-s",
+                           str(script), f"http://{rest}/v1/models/{model}:predict"],
+                          capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+        return float(m[1]) * scale[m[2]] if m else float("nan")
+
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors:.*", out)
+    errors = {}
+    if bad:
+        errors["non-2xx"] = int(bad[1])
+    if socket_errors:
+        errors["socket"] = socket_errors[0]
+    return {"rate": float(rate[1]) * len(x) if rate else 0.0, "p50_ms": ms("50%"),
+            "p99_ms": ms("99%"), "errors": errors}
+
+
 class Server:
     def __init__(self, base: Path, backend: str, batching: bool, tmp: Path, workers: int = 1):
         self.port = free_port()
+        self.rest_port = free_port()
         cmd = [sys.executable, "-m", "serving.server", "--model_base_path", str(base),
-               "--port", str(self.port), "--backend", backend, "--workers", str(workers),
+               "--port", str(self.port), "--rest_api_port", str(self.rest_port),
+               "--backend", backend, "--workers", str(workers),
                "--file_system_poll_wait_seconds", "0", "--log_level", "WARNING"]
         if batching:
             cfg = tmp / "batching.config"
@@ -298,6 +334,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=self.log,
                                      stdout=subprocess.DEVNULL)
         self.address = f"127.0.0.1:{self.port}"
+        self.rest = f"127.0.0.1:{self.rest_port}"
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -407,6 +444,14 @@ def main(argv=None) -> int:
                                 print(fmt(f"gRPC {backend:10s} batching {batching:3s} workers "
                                           f"{workers} {model:18s} x{clients:<2d}", r, base_rate),
                                       flush=True)
+                                if model == "softmax_regression" and clients == 16:
+                                    w = load_wrk(server.rest, model, x, clients, args.seconds,
+                                                 Path(tmp))
+                                    if w is not None:
+                                        results["rest/" + key[5:]] = w
+                                        print(fmt(f"REST {backend:10s} batching {batching:3s} "
+                                                  f"workers {workers} {model:18s} x{clients:<2d}"
+                                                  " (wrk)", w, r["rate"]), flush=True)
                         if (args.long_run and backend == "onnx" and batching == "off"
                                 and workers == max(args.workers)
                                 and "softmax_regression" in args.models):
@@ -453,6 +498,10 @@ def main(argv=None) -> int:
             w, r = found
             print(f"  {name}: {'met' if ok(r) else 'NOT met'} (workers {w}: p50 "
                   f"{r['p50_ms']:.3f} ms, {r['rate']:.0f} pred/s)")
+    for key in [k for k in results if k.startswith("rest/")]:
+        ratio = results[key]["rate"] / results["grpc/" + key[5:]]["rate"]
+        print(f"  REST (wrk) / gRPC, {key[5:]}: {ratio:.2f}x "
+              f"({'met' if ratio >= 0.5 else 'NOT met'}; target >= 0.5x)")
     if "long_run" in results:
         r = results["long_run"]
         ok = not r["errors"] and r["p99_ms"] <= 10 * r["p50_ms"]
