@@ -195,6 +195,8 @@ def loads_sliced(text: str):
     """json.loads(text), but no C call parses much more than SLICE_CHARS: a big document's
     first WALK_DEPTH levels are walked here and runs of their elements parsed at once, so that
     the thread running this lets others take the GIL between runs."""
+    if len(text) <= SLICE_CHARS:
+        return json.loads(text)
     with _no_gc():
         value, end = _value(text, _skip(text, 0), WALK_DEPTH)
     if _skip(text, end) != len(text):
@@ -547,20 +549,21 @@ class RestServer:
                 request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
-        chunks, size = [], 0
-        while True:
-            try:
-                async with asyncio.timeout(timeout):
-                    chunk = await request.content.readany()
-            except TimeoutError:
-                raise HttpError(408, f"Request body paused for more than {timeout:g} s "
-                                     "(--rest_api_read_timeout_seconds)") from None
+        content, chunks, size = request.content, [], 0
+        while not content.at_eof():
+            chunk = content.read_nowait()  # what has arrived; else wait, within the timeout
             if not chunk:
-                return b"".join(chunks)
+                try:
+                    async with asyncio.timeout(timeout):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    raise HttpError(408, f"Request body paused for more than {timeout:g} s "
+                                         "(--rest_api_read_timeout_seconds)") from None
             size += len(chunk)
             if size > limit:
                 raise too_big
             chunks.append(chunk)
+        return b"".join(chunks)
 
     # ------------------------------------------------------------------ routes
     async def metrics_text(self) -> str:

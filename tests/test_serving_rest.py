@@ -20,7 +20,6 @@ import pytest
 from serving import rest
 from serving.rest import RestOptions
 
-pytestmark = pytest.mark.slow  # imports TensorFlow (through the Manager) and opens many sockets
 WIDTH = 4  # the models map x float32 [N, 4] to y = x
 
 
@@ -338,6 +337,7 @@ def test_connections_beyond_the_cap_are_refused_at_once(serve):
         assert exchange(port, get("/v1/models/identity"))[0] == 200
 
 
+@pytest.mark.slow  # a child process
 def test_connection_cap_fits_the_open_file_limit():
     """Where only the soft open-file limit is low, it is raised; where the hard one is (600), the
     cap is lowered, with a warning. (In a child process: a hard limit cannot be raised again.)"""
@@ -397,6 +397,7 @@ def test_cors_enabled_answers_preflights_and_allowed_origins(serve):
 
 
 # ------------------------------------------------------------------------------ JSON off the loop
+@pytest.mark.slow  # 50 MB each way: seconds of CPU
 def test_big_json_is_decoded_and_encoded_off_the_loop(serve):
     """While a 50 MB predict is decoded, run and encoded, 1-row gRPC calls on the same loop
     keep being answered promptly (json.loads on it stalled them 4.2 s)."""
