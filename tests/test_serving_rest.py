@@ -437,10 +437,11 @@ def test_big_json_is_decoded_and_encoded_off_the_loop(serve):
     assert status == 200
     np.testing.assert_array_equal(np.asarray(json.loads(answer)["predictions"], np.float32),
                                   rows)
-    assert took > 1.0, f"the big request took only {took:.2f} s: nothing to measure"
     print(f"REST {took:.2f} s; {len(latencies)} gRPC calls meanwhile, p50 "
           f"{np.median(latencies) * 1e3:.1f} ms, max {max(latencies) * 1e3:.0f} ms")
-    assert len(latencies) > 10 and max(latencies) < 0.5, \
+    # Relative to the big call itself, so that it holds on a fast or a slow CPU: a parse on
+    # the loop (the old server) stalls one gRPC call for most of the REST call.
+    assert len(latencies) > 10 and max(latencies) < 0.5 * took, \
         f"gRPC calls waited up to {max(latencies):.2f} s during a {took:.2f} s REST call"
 
 
