@@ -160,6 +160,25 @@ def write_gated_model(base: Path, gate: Path, arrived: Path) -> Path:
     return path
 
 
+def predict_request(model="softmax_regression", x=None, **spec):
+    """A PredictRequest for `model` (spec: version, version_label, signature_name) with `x` as
+    its "images" input, if given."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving import tensors
+
+    r = predict_pb2.PredictRequest()
+    r.model_spec.name = model
+    for k, v in spec.items():
+        if k == "version":
+            r.model_spec.version.value = v
+        else:
+            setattr(r.model_spec, k, v)
+    if x is not None:
+        tensors.to_proto(np.asarray(x), r.inputs["images"])
+    return r
+
+
 def wait_for(condition, timeout: float = 60, interval: float = 0.1, what: str = "condition"):
     deadline = time.time() + timeout
     while time.time() < deadline:

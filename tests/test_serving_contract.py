@@ -19,14 +19,19 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     inference_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
 )
 
 from serving import tensors
 from serving.client import ClientError, ZooClient
-from tests.serving_fixtures import contract_server, digits, exported, onnx_reference  # noqa: F401
+from tests.serving_fixtures import (  # noqa: F401
+    contract_server,
+    digits,
+    exported,
+    onnx_reference,
+    predict_request,
+)
 
 pytestmark = pytest.mark.slow
 ZOO_ONLY = "behaviour of this project's server, not TF Serving's"
@@ -44,19 +49,6 @@ def grpc_stubs(contract_server):
 def client(contract_server):
     with ZooClient(contract_server[0], rest_address=contract_server[1], timeout=30) as c:
         yield c
-
-
-def predict_request(model="softmax_regression", x=None, **spec):
-    r = predict_pb2.PredictRequest()
-    r.model_spec.name = model
-    for k, v in spec.items():
-        if k == "version":
-            r.model_spec.version.value = v
-        else:
-            setattr(r.model_spec, k, v)
-    if x is not None:
-        tensors.to_proto(np.asarray(x), r.inputs["images"])
-    return r
 
 
 def code_of(call, request):

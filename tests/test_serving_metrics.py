@@ -15,12 +15,12 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import metrics, tensors
+from serving import metrics
 from serving.manager import ServingError, not_found
 from serving.metrics import UNKNOWN_MODEL, Metrics
-from tests.serving_fixtures import ServerProcess, exported  # noqa: F401
+from tests.serving_fixtures import ServerProcess, exported, predict_request  # noqa: F401
 
 COUNT = ":tensorflow:serving:request_count"
 LATENCY = ":tensorflow:serving:request_latency"
@@ -187,14 +187,7 @@ def test_server_counts_every_code_and_collapses_unknown_names(exported, tmp_path
     x = np.zeros((1, 28, 28), np.float32)
 
     def grpc_predict(name="softmax_regression", array=x, **spec):
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = name
-        for k, v in spec.items():
-            if k == "version":
-                request.model_spec.version.value = v
-            else:
-                setattr(request.model_spec, k, v)
-        tensors.to_proto(array, request.inputs["images"])
+        request = predict_request(name, array, **spec)
         try:
             stub.Predict(request, timeout=30)
             return "OK"
