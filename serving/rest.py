@@ -462,9 +462,13 @@ def status_json(response) -> dict:
 
 
 class RestServer:
-    def __init__(self, manager: Manager, options: RestOptions | None = None, peers=None):
+    def __init__(self, manager: Manager, options: RestOptions | None = None, peers=None,
+                 v2_plane=None):
+        from serving import v2_dataplane, v2_rest  # v2_rest builds on this module
+
         self.manager, self.peers = manager, peers  # peers: sibling workers (workers.Peers)
         self.options = options or RestOptions()
+        self.v2 = v2_rest.V2Rest(v2_plane or v2_dataplane.DataPlane(manager))
         self._runner: web.ServerRunner | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
@@ -507,9 +511,13 @@ class RestServer:
             else:
                 status, payload = await self.dispatch(request.method, request.path,
                                                       request.headers, body)
-                response = (web.Response(status=status, body=payload.encode(),
-                                         headers={"Content-Type": METRICS_TYPE})
-                            if isinstance(payload, str) else json_response(status, payload))
+                if isinstance(payload, web.Response):  # v2 binary tensors or JSON
+                    response = payload
+                elif isinstance(payload, str):
+                    response = web.Response(status=status, body=payload.encode(),
+                                            headers={"Content-Type": METRICS_TYPE})
+                else:
+                    response = json_response(status, payload)
             response.headers.update(cors)
             return response
         finally:
@@ -570,12 +578,15 @@ class RestServer:
         return self.manager.metrics.render()  # every worker's sums in a --workers server
 
     async def dispatch(self, method: str, path: str, headers, body: bytes):
-        """(HTTP status, payload): a str is Prometheus text, bytes are JSON, else a JSON value."""
+        """(HTTP status, payload): a str is Prometheus text, bytes are JSON, a web.Response is
+        sent as it is, else a JSON value."""
         try:
             if method == "GET" and path == "/monitoring/prometheus/metrics":
                 return 200, await self.metrics_text()
             if method == "GET" and path in ("/v1/models", "/v1/models/"):
                 return 200, self.list_models()
+            if path == "/v2" or path.startswith("/v2/"):  # the Open Inference Protocol
+                return await self.v2.dispatch(method, path, headers, body)
             m = MODEL_PATH.match(path)
             if m is None:
                 raise HttpError(404, f"Malformed request: {method} {path}")

@@ -41,7 +41,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, protos, quiet, rest, workers
+from serving import backends, protos, quiet, rest, v2_dataplane, v2_grpc, workers
 from serving.batching import BatchingOptions
 from serving.manager import Manager, ServingError
 from serving.metrics import Metrics
@@ -274,12 +274,14 @@ async def serve(args) -> int:
         PredictionService(manager), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, peers),
                                                               server)
+    v2_plane = v2_dataplane.DataPlane(manager)
+    v2_service = v2_grpc.add_to_server(v2_plane, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = (prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
                 model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME)
+                reflection.SERVICE_NAME, v2_service)
     reflection.enable_server_reflection(services, server)
     address = f"{args.host}:{args.port}"
     try:
@@ -302,7 +304,7 @@ async def serve(args) -> int:
     if args.rest_api_port:
         if args.rest_api_port == args.port:
             raise protos.ConfigError("--rest_api_port cannot be the same as --port")
-        rest_server = rest.RestServer(manager, rest.RestOptions.from_args(args), peers)
+        rest_server = rest.RestServer(manager, rest.RestOptions.from_args(args), peers, v2_plane)
         try:
             rest_port = await rest_server.start(args.host, args.rest_api_port,
                                                 reuse_port=peers is not None)
@@ -327,6 +329,7 @@ async def serve(args) -> int:
     _say(f"[serving] stopping: draining requests in flight (up to {args.drain_seconds:g} s)")
     poller.cancel()
     await health_servicer.enter_graceful_shutdown()
+    v2_plane.stopping = True
     stops = [server.stop(args.drain_seconds)]
     if rest_server:
         stops.append(rest_server.stop(args.drain_seconds))
