@@ -378,4 +378,8 @@ def _run(client, args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The importable module's main: serving.v2_client raises serving.client.ClientError, which
+    # is not the class this file defines when it runs as __main__.
+    from serving import client
+
+    sys.exit(client.main())

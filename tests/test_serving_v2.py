@@ -198,7 +198,11 @@ def test_bad_requests_through_tritonclient_and_rest(server, digits):  # noqa: F8
     ]:
         answer = rest_call(server, "POST", "/v2/models/softmax_regression/infer", body, headers)
         assert answer[0] == status and all(w in answer[1]["error"] for w in words), answer
-    assert rest_call(server, "POST", "/v2/models/nothing/infer", b"{}")[0] == 404
+    good = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 28, 28],
+                                   "data": [0.0] * 784}]}).encode()
+    assert rest_call(server, "POST", "/v2/models/softmax_regression/infer", good)[0] == 200
+    assert rest_call(server, "POST", "/v2/models/nothing/infer", good)[0] == 404
+    assert rest_call(server, "POST", "/v2/models/deep_cnn/versions/2/infer", good)[0] == 404
     assert rest_call(server, "GET", "/v2/models/deep_cnn/versions/x")[0] == 400
     assert rest_call(server, "GET", "/v2/nothing")[0] == 404
     # and the server is still up and right
