@@ -28,6 +28,7 @@ SERVER_NAME = "keras-model-zoo"
 EXTENSIONS = ("binary_tensor_data",)
 PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
 MAX_VERSION = 2**63 - 1
+_NO_FILTER = predict_pb2.PredictRequest()  # never changed
 
 
 class WireInput(NamedTuple):
@@ -117,7 +118,9 @@ class DataPlane:
                 arrays = await off_the_loop(decode_off_loop, _decode_all, inputs)
             else:
                 arrays = _decode_all(inputs)
-            request = predict_pb2.PredictRequest(model_spec=spec, output_filter=outputs)
+            # prepare reads only the signature name (the default) and the output filter
+            request = (predict_pb2.PredictRequest(output_filter=outputs) if outputs
+                       else _NO_FILTER)
             _, arrays, outputs = self.manager.prepare(loaded, request, arrays)
             result = await self.manager.run(loaded, sig, arrays, outputs)
         finally:

@@ -65,13 +65,12 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                                                 wire_inputs(request), requested(request))
         except ServingError as e:
             await context.abort(e.code, e.message)
-        response = pb.ModelInferResponse(model_name=result.model,
-                                         model_version=str(result.version), id=request.id)
-        for name, array in result.outputs.items():
-            response.outputs.add(name=name, datatype=v2_tensors.OF_NUMPY[array.dtype],
-                                 shape=array.shape)
-            response.raw_output_contents.append(array.tobytes())
-        return response
+        outputs = result.outputs.items()
+        return pb.ModelInferResponse(
+            model_name=result.model, model_version=str(result.version), id=request.id,
+            outputs=[pb.ModelInferResponse.InferOutputTensor(
+                name=k, datatype=v2_tensors.OF_NUMPY[a.dtype], shape=a.shape) for k, a in outputs],
+            raw_output_contents=[a.tobytes() for _, a in outputs])
 
 
 for _method in SERVICE.methods_by_name:
