@@ -598,18 +598,16 @@ def main(argv=None) -> int:
             w, r = found
             print(f"  {name}: {'met' if ok(r) else 'NOT met'} (workers {w}: p50 "
                   f"{r['p50_ms']:.3f} ms, {r['rate']:.0f} pred/s)")
-    for key in [k for k in results if k.startswith("rest/")]:
-        ratio = results[key]["rate"] / results["grpc/" + key[5:]]["rate"]
-        print(f"  REST (wrk) / gRPC, {key[5:]}: {ratio:.2f}x "
-              f"({'met' if ratio >= 0.5 else 'NOT met'}; target >= 0.5x)")
-    for key in [k for k in results if k.startswith("v2grpc/")]:
-        ratio = results[key]["rate"] / results["grpc/" + key[7:]]["rate"]
-        print(f"  v2 gRPC ModelInfer / Predict, {key[7:]}: {ratio:.2f}x "
-              f"({'met' if ratio >= 0.9 else 'NOT met'}; target >= 0.9x)")
-    for key in [k for k in results if k.startswith("v2rest/")]:
-        ratio = results[key]["rate"] / results["rest/" + key[7:]]["rate"]
-        print(f"  v2 REST binary / v1 REST JSON (wrk), {key[7:]}: {ratio:.2f}x "
-              f"({'met' if ratio >= 0.9 else 'NOT met'}; target >= 0.9x)")
+    # (measured, baseline, what, target): the same configuration, the same server, one run
+    for kind, base_kind, what, target in (("rest", "grpc", "REST (wrk) / gRPC", 0.5),
+                                          ("v2grpc", "grpc", "v2 gRPC ModelInfer / Predict", 0.9),
+                                          ("v2rest", "rest", "v2 REST binary / v1 REST JSON "
+                                                             "(wrk)", 0.9)):
+        for key in [k for k in results if k.startswith(kind + "/")]:
+            config = key[len(kind) + 1:]
+            ratio = results[key]["rate"] / results[f"{base_kind}/{config}"]["rate"]
+            print(f"  {what}, {config}: {ratio:.2f}x "
+                  f"({'met' if ratio >= target else 'NOT met'}; target >= {target}x)")
     if "long_run" in results:
         r = results["long_run"]
         ok = not r["errors"] and r["p99_ms"] <= 10 * r["p50_ms"]

@@ -60,6 +60,10 @@ class V2Rest:
         raise rest.HttpError(404, f"Malformed request: {method} {path}")
 
     async def infer(self, name: str, version: str, headers, body: bytes) -> web.Response:
+        encoding = headers.get("Content-Encoding", "identity").lower()
+        if encoding != "identity":  # tritonclient compresses only when asked to
+            raise invalid(f"Content-Encoding {encoding} is not supported; send the body "
+                          "uncompressed")
         header_length = headers.get(v2_tensors.INFERENCE_HEADER)
         binary = memoryview(b"")
         if header_length is not None:

@@ -195,6 +195,7 @@ def test_bad_requests_through_tritonclient_and_rest(server, digits):  # noqa: F8
                                  "data": [0] * 784}]}).encode(), {}, 400,
          ['input "images"', "INT64", "FP32 [-1,28,28]"]),
         (b"{", {}, 400, ["JSON"]),
+        (b"\x1f\x8b", {"Content-Encoding": "gzip"}, 400, ["Content-Encoding gzip"]),
     ]:
         answer = rest_call(server, "POST", "/v2/models/softmax_regression/infer", body, headers)
         assert answer[0] == status and all(w in answer[1]["error"] for w in words), answer
