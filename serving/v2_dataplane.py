@@ -2,11 +2,11 @@
 transports (serving/v2_grpc.py, serving/v2_rest.py; docs/ARCHITECTURE.md, "Open Inference
 Protocol").
 
-A v2 model is a served model's `serving_default` signature (v2 has no signatures). An inference
-goes through the same Manager path as Predict (resolve, validation.prepare, Manager.run), so
-batching, metrics and the drain on shutdown apply alike; before that, every input is checked
-here against the signature in v2 terms (names, datatype, shape, the element limit), and only
-then decoded.
+A v2 model is a served model's `serving_default` signature (v2 has no signatures). Every input
+is checked here against the signature in v2 terms (what serving/validation.py checks of a
+PredictRequest: names, datatype, shape, one batch size, the element limit, the output filter),
+and only then decoded; the inference then takes the same Manager path as Predict
+(Manager.resolve, Manager.run), so batching, metrics and the drain on shutdown apply alike.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import model_pb2, predict_pb2
+from tensorflow_serving.apis import model_pb2
 
 from serving import backends, v2_tensors
 from serving.errors import ServingError, invalid
@@ -28,7 +28,6 @@ SERVER_NAME = "keras-model-zoo"
 EXTENSIONS = ("binary_tensor_data",)
 PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
 MAX_VERSION = 2**63 - 1
-_NO_FILTER = predict_pb2.PredictRequest()  # never changed
 
 
 class WireInput(NamedTuple):
@@ -118,11 +117,7 @@ class DataPlane:
                 arrays = await off_the_loop(decode_off_loop, _decode_all, inputs)
             else:
                 arrays = _decode_all(inputs)
-            # prepare reads only the signature name (the default) and the output filter
-            request = (predict_pb2.PredictRequest(output_filter=outputs) if outputs
-                       else _NO_FILTER)
-            _, arrays, outputs = self.manager.prepare(loaded, request, arrays)
-            result = await self.manager.run(loaded, sig, arrays, outputs)
+            result = await self.manager.run(loaded, sig, arrays, outputs or None)
         finally:
             loaded.release()
         order = outputs or list(sig.outputs)
@@ -163,7 +158,7 @@ class DataPlane:
         missing = [k for k in sig.inputs if k not in names]
         if missing:
             raise invalid(f"input \"{missing[0]}\" is missing: {self._expects(loaded, sig)}")
-        elements = 0
+        elements, batch = 0, None
         for i in inputs:
             spec = sig.inputs[i.name]
             want = self._datatype(spec)
@@ -180,6 +175,11 @@ class DataPlane:
                 raise invalid(f"the request asks for {elements} elements (input \"{i.name}\" "
                               f"has shape [{','.join(map(str, i.shape))}]), more than the "
                               f"{limit} a request may hold (--max_request_elements)")
+            if spec.shape and spec.shape[0] == -1:  # batched inputs share their batch size
+                if batch is not None and i.shape[0] != batch:
+                    raise invalid(f"input \"{i.name}\" has batch size {i.shape[0]} but another "
+                                  f"input has {batch}; all inputs must have the same batch size")
+                batch = i.shape[0]
 
     @staticmethod
     def _outputs(loaded, sig, requested: list[str]) -> list[str]:

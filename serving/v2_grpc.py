@@ -87,7 +87,9 @@ def wire_inputs(request: pb.ModelInferRequest) -> list[WireInput]:
                       "inputs; give one per input, in order, or none")
     out = []
     for i, t in enumerate(request.inputs):
-        shape = v2_tensors.shape_of(t.name, list(t.shape))
+        shape = tuple(t.shape)  # int64s: only their sign needs checking
+        if shape and min(shape) < 0:
+            v2_tensors.shape_of(t.name, shape)  # raises, naming the input
         if t.datatype not in v2_tensors.NUMPY:
             raise invalid(f"input \"{t.name}\": datatype {t.datatype!r} is not supported (one "
                           f"of {', '.join(v2_tensors.NUMPY)})")
