@@ -405,7 +405,7 @@ class Server:
             text = r.read().decode()
         sums = {"sum": 0.0, "count": 0.0}
         for line in text.splitlines():
-            m = re.match(r'zoo_serving_batch_size_(sum|count)\{[^}]*model_name="([^"]+)"', line)
+            m = re.match(r'zoo_serving_batch_size_(sum|count)\{[^}]*\bmodel="([^"]+)"', line)
             if m and m[2] == model:
                 sums[m[1]] += float(line.rsplit(" ", 1)[1])
         return sums["sum"], sums["count"]

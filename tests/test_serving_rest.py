@@ -152,6 +152,13 @@ def closed_within(s: socket.socket, seconds: float) -> float | None:
     return None
 
 
+def untouched(s: socket.socket) -> bool:
+    """True if the server has neither sent anything on `s` nor closed it, as of now."""
+    poller = select.poll()
+    poller.register(s, select.POLLIN)
+    return not poller.poll(0)
+
+
 ROW = json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]]}).encode()
 
 
@@ -256,7 +263,7 @@ def test_body_size_limit_by_length_and_while_chunked(serve):
 
 # ------------------------------------------------------------------------------ connections
 def test_stalled_connections_do_not_block_a_new_client_and_are_closed_after_the_timeout(serve):
-    timeout = 1.5
+    timeout = 3.0
     port = serve(rest_api_read_timeout_seconds=timeout).port
     with ExitStack() as sockets:
         stalled = []
@@ -267,12 +274,11 @@ def test_stalled_connections_do_not_block_a_new_client_and_are_closed_after_the_
             elif i % 3 == 2:  # the head and half the body
                 s.sendall(post("/v1/models/identity:predict", ROW)[:-len(ROW) // 2])
             stalled.append(s)  # i % 3 == 0: connected, silent
-        started = time.monotonic()
         assert exchange(port, get("/v1/models/identity"))[0] == 200
-        answered = time.monotonic() - started
-        assert answered < 1.0, f"a new client waited {answered:.2f} s"
-        assert closed_within(stalled[0], 0.1) is None  # not closed before the timeout
-        assert closed_within(stalled[1], 0.1) is None
+        # Answered at once: before the read timeout acted on any stalled connection (an answer
+        # that had to wait for them would come after they are closed). No clock is read.
+        touched = [s for s in stalled if not untouched(s)]
+        assert not touched, f"{len(touched)} timed out before the new client's answer"
         # each is closed after the timeout (a stalled body first gets its 408, then a linger)
         waits = [closed_within(s, timeout + rest.LINGER_SECONDS + 5) for s in stalled]
         assert all(w is not None for w in waits), f"{waits.count(None)} still open"
@@ -296,23 +302,26 @@ def test_keepalive_connection_is_reused_then_closed_when_idle(serve):
                 time.sleep(0.5)  # idle longer than the read timeout, which applies to heads only
             s.sendall(get("/v1/models/identity"))
             assert read_response(s)[0] == 200
-        idle = closed_within(s, 5)
-    assert idle is not None and 0.7 < idle < 2.5, idle
+        # Not closed before the keep-alive timeout (closing later on a slow machine is fine),
+        # then closed.
+        assert closed_within(s, 0.5) is None
+        assert closed_within(s, 10) is not None
 
 
 def test_connections_beyond_the_cap_are_refused_at_once(serve):
-    port = serve(rest_api_max_connections=5).port
+    # The held connections outlive the extra one's socket timeout (10 s): an extra connection
+    # queued until a slot frees would time out (TimeoutError) instead of being answered.
+    port = serve(rest_api_max_connections=5, rest_api_read_timeout_seconds=60).port
     with ExitStack() as sockets:
         held = [sockets.enter_context(closing(connect(port))) for _ in range(5)]
         time.sleep(0.2)
         with closing(connect(port)) as extra:
-            started = time.monotonic()
             try:
                 status, _, body = read_response(extra)
                 assert status == 503 and "--rest_api_max_connections" in json.loads(body)["error"]
-            except ConnectionError:
+            except ConnectionResetError:
                 pass  # a reset is a refusal too
-            assert time.monotonic() - started < 1.0
+        assert all(untouched(s) for s in held)
         held[0].close()
         time.sleep(0.2)
         assert exchange(port, get("/v1/models/identity"))[0] == 200
