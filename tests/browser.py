@@ -25,8 +25,9 @@ def find() -> tuple[str, str] | None:
 
 
 @contextlib.contextmanager
-def chromium(width: int = 1280, height: int = 1000):
-    """A headless Chromium session (selenium WebDriver), quit on exit whatever happens."""
+def chromium(width: int = 1280, height: int = 1000, network_log: bool = False):
+    """A headless Chromium session (selenium WebDriver), quit on exit whatever happens.
+    `network_log`: keep DevTools' network events, read with driver.get_log("performance")."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -41,7 +42,8 @@ def chromium(width: int = 1280, height: int = 1000):
                 f"--window-size={width},{height}", f"--user-data-dir={profile}",
                 "--force-device-scale-factor=1"):
         options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    logs = {"browser": "ALL", **({"performance": "ALL"} if network_log else {})}
+    options.set_capability("goog:loggingPrefs", logs)
     driver = webdriver.Chrome(options=options, service=Service(found[1]))
     try:
         yield driver

@@ -102,7 +102,7 @@ async function choose(name, version) {
   $("detail-description").textContent = "";
   $("detail-error").hidden = true;
   $("certificate").replaceChildren();
-  for (const id of ["try-digit", "try-scalar", "try-none"]) $(id).hidden = true;
+  for (const id of ["try-digit", "try-scalar", "try-none", "try"]) $(id).hidden = true;
   const path = modelPath(name, version);
   let metadata;
   try {
@@ -112,6 +112,7 @@ async function choose(name, version) {
     showError($("detail-error"), e);
     return;
   }
+  $("try").hidden = false;
   if (!sameChoice(name, version)) return;
   let cert = null;
   try {

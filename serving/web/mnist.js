@@ -1,11 +1,12 @@
 // A drawing or an image made into what the digit classifiers expect, the way MNIST was made
 // (LeCun et al.): grey levels, the ink scaled into a 20x20 box keeping its aspect ratio
 // (anti-aliased: here by area averaging), then placed in 28x28 so that its centre of mass is at
-// the centre. Pixels are raw intensities 0-255, ink high, as the exported signature takes them.
+// the centre (where MNIST's are). Pixels are raw intensities 0-255, ink high, as the exported signature takes them.
 
 const BOX = 20;
 const SIDE = 28;
-const INK_FLOOR = 0.1; // of the darkest ink: fainter pixels do not widen the bounding box
+// Of the darkest ink: fainter pixels (a scan's or a photo's noise) do not widen the bounding box.
+const INK_FLOOR = 0.02;
 
 // Ink (0-255, ink high) of RGBA pixels. Transparent pixels are background. The background is
 // whichever of dark or light the image's border mostly is: pen on paper and MNIST's own
@@ -90,7 +91,8 @@ export function mnistInput(ink, width, height) {
   // MNIST's strokes reach full intensity; a faint drawing (thin pen, small digit) is brought
   // up to it so that it reads as ink.
   const gain = 255 / peak;
-  const dx = Math.round((SIDE - 1) / 2 - cx / mass), dy = Math.round((SIDE - 1) / 2 - cy / mass);
+  // MNIST's centres of mass sit at 14 (pixel indices 0-27), not 13.5: measured on its test set.
+  const dx = Math.round(SIDE / 2 - cx / mass), dy = Math.round(SIDE / 2 - cy / mass);
   const out = new Float32Array(SIDE * SIDE);
   for (let y = 0; y < outH; y++) {
     for (let x = 0; x < outW; x++) {
