@@ -14,7 +14,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+PAD_CELL = 10  # the page's drawing pad has 280 pixels for MNIST's 28
 
 
 def find() -> tuple[str, str] | None:
@@ -74,7 +77,8 @@ def draw(driver, element, strokes, pointer: str = "mouse", step_ms: int = 5) -> 
 
     kind = {"mouse": interaction.POINTER_MOUSE, "touch": interaction.POINTER_TOUCH,
             "pen": interaction.POINTER_PEN}[pointer]
-    size = driver.execute_script(
+    size = driver.execute_script(  # in the viewport first: WebDriver moves only within it
+        "arguments[0].scrollIntoView({block: 'nearest'});"
         "const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", element)
     builder = ActionBuilder(driver, mouse=PointerInput(kind, pointer), duration=step_ms)
     act = builder.pointer_action
@@ -92,3 +96,14 @@ def draw(driver, element, strokes, pointer: str = "mouse", step_ms: int = 5) -> 
 def console_errors(driver) -> list[str]:
     """The page's console messages at level SEVERE so far."""
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def strokes_of(image: np.ndarray, threshold: float = 128) -> list[list[tuple[float, float]]]:
+    """Strokes that cover a 28x28 digit's ink on the page's pad: one a run of ink (pixels >=
+    `threshold`) in each row, through the centre of every pixel of the run."""
+    out = []
+    for row in range(image.shape[0]):
+        ink = np.flatnonzero(image[row] >= threshold)
+        for run in np.split(ink, np.flatnonzero(np.diff(ink) > 1) + 1) if ink.size else []:
+            out.append([((c + 0.5) * PAD_CELL, (row + 0.5) * PAD_CELL) for c in run])
+    return out

@@ -37,7 +37,6 @@ pytestmark = [
                        reason="no chromium and chromedriver installed (.ci/run installs them: "
                               "apt-get install chromium chromium-driver)"),
 ]
-PAD_CELL = 10  # pad pixels per MNIST pixel: the pad is 280 pixels for 28
 
 
 def get(url: str, **headers) -> tuple[int, bytes]:
@@ -53,16 +52,6 @@ def rest_predict(rest: str, model: str, images: np.ndarray) -> np.ndarray:
     request = urllib.request.Request(f"http://{rest}/v1/models/{model}:predict", body)
     with urllib.request.urlopen(request, timeout=60) as r:
         return np.array([p["probabilities"] for p in json.load(r)["predictions"]])
-
-
-def strokes_of(image: np.ndarray, threshold: float = 128) -> list[list[tuple[float, float]]]:
-    """One stroke a run of ink in each row, through the centre of every pixel of the run."""
-    out = []
-    for row in range(image.shape[0]):
-        ink = np.flatnonzero(image[row] >= threshold)
-        for run in np.split(ink, np.flatnonzero(np.diff(ink) > 1) + 1) if ink.size else []:
-            out.append([((c + 0.5) * PAD_CELL, (row + 0.5) * PAD_CELL) for c in run])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -173,15 +162,17 @@ def test_drawn_digits_are_read_as_the_digits_they_were_drawn_from(site, chrome, 
                    and chrome.find_element("id", "pad"), what="the drawing pad")
     for pointer, (label, i) in zip(("mouse", "touch", "pen"), list(chosen.items())[:3]):
         chrome.find_element("id", "clear").click()
-        strokes = strokes_of(images[i])
+        strokes = browser.strokes_of(images[i])
         browser.draw(chrome, pad, strokes, pointer=pointer)
         # The page says which input it classified: the whole drawing, every stroke in it.
         prediction = classified(chrome, f"drawing:{len(strokes)}")
         assert prediction.get_attribute("data-class") == str(label), prediction.text
         bars = chrome.find_elements("css selector", "#bars li")
         assert [b.get_attribute("data-digit") for b in bars] == [str(d) for d in range(10)]
-        assert chrome.find_element("css selector", "#bars li.top").get_attribute(
-            "data-digit") == str(label)
+        top = chrome.find_element("css selector", "#bars li.top")
+        assert top.get_attribute("data-digit") == str(label)
+        widths = [b.find_element("class name", "bar").size["width"] for b in bars]
+        assert widths[label] == max(widths) > 0  # the bars are drawn, the longest the digit's
         shots(chrome, f"drawn-{label}-{pointer}")
     assert not browser.console_errors(chrome)
 
