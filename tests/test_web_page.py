@@ -27,6 +27,7 @@ from tests.serving_fixtures import (  # noqa: F401 - fixtures
     ServerProcess,
     digits,
     exported,
+    train_export,
     wait_for,
     write_config,
 )
@@ -47,18 +48,23 @@ def get(url: str, **headers) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def rest_predict(rest: str, model: str, images: np.ndarray) -> np.ndarray:
-    body = json.dumps({"instances": images.tolist()}).encode()
+def rest_predict(rest: str, model: str, instances: np.ndarray, output="probabilities"):
+    body = json.dumps({"instances": instances.tolist()}).encode()
     request = urllib.request.Request(f"http://{rest}/v1/models/{model}:predict", body)
     with urllib.request.urlopen(request, timeout=60) as r:
-        return np.array([p["probabilities"] for p in json.load(r)["predictions"]])
+        predictions = json.load(r)["predictions"]
+    return np.array([p[output] if output else p for p in predictions])
+
+
+SINC = "sinc_deep_50_10_4_tanh"
 
 
 @pytest.fixture(scope="module")
 def site(exported, tmp_path_factory):
-    """A server with softmax_regression (label "stable" -> 1), deep_cnn, and a copy of
-    softmax_regression without its certificate (served with a warning)."""
+    """A server with softmax_regression (label "stable" -> 1), deep_cnn, a sinc regressor, and a
+    copy of softmax_regression without its certificate (served with a warning)."""
     tmp = tmp_path_factory.mktemp("web")
+    train_export(SINC, tmp / "sinc", tmp / "sinc-run", 200)
     uncertified = tmp / "uncertified"
     shutil.copytree(exported / "softmax_regression" / "1", uncertified / "1")
     (uncertified / "1" / "metadata.json").unlink()
@@ -66,6 +72,7 @@ def site(exported, tmp_path_factory):
         "softmax_regression": {"base": exported / "softmax_regression", "labels": {"stable": 1}},
         "deep_cnn": {"base": exported / "deep_cnn"},
         "uncertified": {"base": uncertified},
+        SINC: {"base": tmp / "sinc" / SINC},
     })
     server = ServerProcess("--model_config_file", str(config), log=tmp / "server.log")
     yield server
@@ -119,7 +126,7 @@ def test_certificate_route_answers_the_versions_metadata_json(site, exported):
     assert status == 404 and "Specific(nosuch, 3)" in json.loads(body)["error"]
     listing = certified_answer(site, "/v1/models")["models"]
     assert {m["name"]: m["version_labels"] for m in listing} == {
-        "deep_cnn": {}, "softmax_regression": {"stable": "1"}, "uncertified": {}}
+        "deep_cnn": {}, "softmax_regression": {"stable": "1"}, "uncertified": {}, SINC: {}}
 
 
 def test_page_lists_the_models_and_shows_a_readable_certificate(site, chrome, shots, exported):
@@ -127,9 +134,9 @@ def test_page_lists_the_models_and_shows_a_readable_certificate(site, chrome, sh
     rows = wait_for(lambda: [r.text for r in chrome.find_elements(
         "css selector", "#models tbody tr") if r.text.strip()], what="the model table")
     table = "\n".join(rows)
-    for name in ("deep_cnn", "softmax_regression", "uncertified"):
+    for name in ("deep_cnn", "softmax_regression", "uncertified", SINC):
         assert name in table
-    assert table.count("AVAILABLE") == 3
+    assert table.count("AVAILABLE") == 4
     assert "stable" in text(chrome, "models")  # the label, beside its version
     assert "served without a certificate" in table  # the server's warning for that version
 
@@ -217,6 +224,24 @@ def test_a_dropped_png_of_a_test_digit_is_read_as_that_digit(site, chrome, shots
     browser.drop_file(chrome, pad, notes)
     wait_for(lambda: "notes.txt is not an image" in text(chrome, "detail-error"),
              what="the refusal of a text file")
+
+
+def test_the_slider_asks_a_regressor_for_y_at_x(site, chrome, shots):
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(chrome, site, f"#/models/{SINC}/versions/1")
+    slider = wait_for(lambda: chrome.find_element("id", "x").is_displayed()
+                      and chrome.find_element("id", "x"), what="the slider")
+    y = chrome.find_element("id", "y-value")
+    for key, x in ((Keys.END, 1.0), (Keys.HOME, -1.0), (Keys.ARROW_RIGHT, -0.99)):
+        slider.send_keys(key)  # real key presses on the range input
+        wait_for(lambda shown=f"{x:.2f}": text(chrome, "x-value") == shown
+                 and y.get_attribute("data-x") == shown, what=f"y at x = {x}")
+        expected = rest_predict(site.rest, SINC, np.array([[x]], np.float32), output=None)
+        assert float(y.get_attribute("data-y")) == pytest.approx(float(expected[0][0]),
+                                                                  abs=1e-6)
+        assert "sin(5πx)/(5πx)" in y.text  # the true function beside the model
+    shots(chrome, "sinc-slider")
 
 
 def test_every_request_carries_the_token_field_as_a_bearer_token(site, chrome):

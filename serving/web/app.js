@@ -335,6 +335,7 @@ async function slide() {
     const truth = state.dataset === "sinc" ? `; sin(5πx)/(5πx) = ${sinc(x).toFixed(4)}` : "";
     $("y-value").textContent = `model: ${y.toFixed(4)}${truth}`;
     $("y-value").dataset.y = y;
+    $("y-value").dataset.x = x.toFixed(2);
   } catch (e) {
     showError($("detail-error"), e);
   }
