@@ -12,7 +12,8 @@ export PYTHONPATH := $(CURDIR)
 # only the standard library, and the `serving` package would import TensorFlow first (3 s).
 VERSIONS = $(PY) -P serving/versions.py
 
-.PHONY: run test test-precision test-fast lint data train evaluate benchmarks bench-serving report clean
+.PHONY: run serve web-screenshot test test-precision test-fast lint data train evaluate benchmarks \
+	bench-serving report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,24 @@ run: $(VENV)/.installed
 	done; \
 	$(PY) -m serving.client --address 127.0.0.1:$(GRPC_PORT) predict $(MODEL) --mnist-test 100 \
 	  && kill -TERM $$pid && wait $$pid && echo "server stopped"
+
+# Serve every model in exported_models/ until Ctrl-C: gRPC on GRPC_PORT, REST and the web page
+# for people on REST_PORT, whose address is printed once the server answers.
+serve: $(VENV)/.installed
+	@$(PY) -m serving.server --model_base_path exported_models --port $(GRPC_PORT) \
+	    --rest_api_port $(REST_PORT) & pid=$$!; \
+	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' INT TERM; \
+	for i in $$(seq 120); do \
+	  $(PY) -P -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$(REST_PORT)/v1/models')" \
+	    >/dev/null 2>&1 && break; \
+	  kill -0 $$pid 2>/dev/null || { echo "server did not start"; exit 1; }; sleep 1; \
+	done; \
+	echo "[serve] the web page: http://127.0.0.1:$(REST_PORT)/   (Ctrl-C stops the server)"; \
+	wait $$pid
+
+# The README's screenshot of the web page (docs/web_page.png), from exported_models/ (make run).
+web-screenshot: $(VENV)/.installed
+	$(PY) -m tests.web_page_screenshot --models exported_models --out docs/web_page.png
 
 # The precision-sensitive tests (training, export, analysis) run a second time with the policy
 # forced to mixed_bfloat16 ($$ZOO_PRECISION is what --precision auto resolves to), so that an

@@ -5,6 +5,8 @@
     GET  /v1/models/NAME[/versions/N|/labels/L]/metadata   signature defs
     POST /v1/models/NAME[/versions/N|/labels/L]:predict    {"instances": ...} or {"inputs": ...}
     GET  /monitoring/prometheus/metrics                    Prometheus text format
+    GET  /v1/models/NAME[...]/certificate                  metadata.json (zoo extension)
+    GET  /  and /web/FILE                                  the web page (serving/webpage.py)
 
 Errors are `{"error": "..."}` with the HTTP code TF Serving maps each gRPC status to. Paths are
 percent-decoded (`/v1/models/mod%C3%A8le` names the model `modèle`).
@@ -51,6 +53,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
+from serving import webpage
 from serving.manager import Manager, ServingError, invalid
 
 log = logging.getLogger("serving.rest")
@@ -67,7 +70,7 @@ HTTP_CODES = {  # TF Serving's ToHTTPStatusCode
 }
 MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<tail>/metadata|:predict|:classify|:regress)?$")
+    r"(?P<tail>/metadata|/certificate|:predict|:classify|:regress)?$")
 MAX_VERSION = 2**63 - 1          # ModelSpec.version is an int64
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 THREAD_ABOVE_BYTES = 1 << 16     # bigger bodies and answers are (de)coded in a thread
@@ -91,6 +94,7 @@ class RestOptions:
     rest_api_keepalive_timeout_seconds: float = 75.0
     rest_api_enable_cors_support: bool = False
     rest_api_cors_allowed_origins: str = "*"
+    rest_api_web_page: bool = True
 
     @classmethod
     def from_args(cls, args) -> RestOptions:
@@ -141,6 +145,9 @@ def add_flags(p: argparse.ArgumentParser, boolean) -> None:
     g.add_argument("--rest_api_cors_allowed_origins", default=d.rest_api_cors_allowed_origins,
                    help="comma-separated origins CORS allows, or * for any (default "
                         f"{d.rest_api_cors_allowed_origins})")
+    g.add_argument("--rest_api_web_page", type=boolean, nargs="?", const=True,
+                   default=d.rest_api_web_page,
+                   help="serve the web page for people at / (default true; false: / is 404)")
 
 
 def connection_budget(wanted: int) -> int:
@@ -509,15 +516,18 @@ class RestServer:
                 response = json_response(e.status, {"error": e.message})
                 response.force_close()
             else:
-                status, payload = await self.dispatch(request.method, request.path,
-                                                      request.headers, body)
-                if isinstance(payload, web.Response):  # v2 binary tensors or JSON
-                    response = payload
-                elif isinstance(payload, str):
-                    response = web.Response(status=status, body=payload.encode(),
-                                            headers={"Content-Type": METRICS_TYPE})
-                else:
-                    response = json_response(status, payload)
+                response = (webpage.response(request.method, request.path)
+                            if self.options.rest_api_web_page else None)
+                if response is None:
+                    status, payload = await self.dispatch(request.method, request.path,
+                                                          request.headers, body)
+                    if isinstance(payload, web.Response):  # v2 binary tensors or JSON
+                        response = payload
+                    elif isinstance(payload, str):
+                        response = web.Response(status=status, body=payload.encode(),
+                                                headers={"Content-Type": METRICS_TYPE})
+                    else:
+                        response = json_response(status, payload)
             response.headers.update(cors)
             return response
         finally:
@@ -598,6 +608,8 @@ class RestServer:
                 return 200, status_json(self.manager.model_status(req))
             if method == "GET" and tail == "/metadata":
                 return 200, self.metadata(spec)
+            if method == "GET" and tail == "/certificate":
+                return 200, await webpage.served_certificate(self.manager, spec)
             if method == "POST" and tail == ":predict":
                 with self.manager.metrics.track(spec.name, "predict", "REST", "INTERNAL"):
                     return 200, await self.predict(spec, headers, body)
@@ -635,7 +647,10 @@ class RestServer:
                 status = status_json(self.manager.model_status(req))
             except ServingError:
                 status = {"model_version_status": []}
-            models.append({"name": name, **status})
+            state = self.manager.models.get(name)  # labels: the page shows them beside versions
+            labels = dict(state.config.version_labels) if state is not None else {}
+            models.append({"name": name, **status,
+                           "version_labels": {k: str(v) for k, v in sorted(labels.items())}})
         return {"models": models}
 
     def metadata(self, spec) -> dict:
