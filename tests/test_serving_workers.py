@@ -133,8 +133,15 @@ def test_sigterm_stops_every_worker_and_exits_0(two_workers):
     assert "[serving worker 0] stopped" in logs and "[serving worker 1] stopped" in logs, logs
 
 
+def worker_pids(server) -> re.Match:
+    """The supervisor's "2 workers (pids A, B)" line: printed once it has seen the health service
+    SERVING, which may be just after the test saw it too."""
+    return wait_for(lambda: re.search(r"2 workers \(pids (\d+), (\d+)\)", server.logs()), 30,
+                    what="the supervisor's line naming its workers")
+
+
 def test_a_dead_worker_takes_the_server_down(two_workers):
-    pids = re.search(r"2 workers \(pids (\d+), (\d+)\)", two_workers.logs())
+    pids = worker_pids(two_workers)
     os.kill(int(pids[2]), signal.SIGKILL)
     assert two_workers.proc.wait(60) == 1
     assert "worker 1 exited with -9; stopping the others" in two_workers.logs()
@@ -160,8 +167,7 @@ def alive(pid: int) -> bool:
 
 
 def test_workers_die_with_a_killed_supervisor(two_workers):
-    pids = [int(p) for p in re.search(r"2 workers \(pids (\d+), (\d+)\)",
-                                      two_workers.logs()).groups()]
+    pids = [int(p) for p in worker_pids(two_workers).groups()]
     assert all(alive(p) for p in pids)
     two_workers.proc.kill()  # SIGKILL: the supervisor cannot pass anything on
     two_workers.proc.wait(30)
