@@ -36,7 +36,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, certificate, tensors, validation, versions
+from serving import access_log, backends, certificate, tensors, validation, versions
 from serving.batching import Batcher, BatchingOptions, BatchTooLarge, QueueFull
 from serving.errors import ServingError, invalid, not_found
 from serving.metrics import Metrics
@@ -436,7 +436,15 @@ class Manager:
                                   arrays, self.max_request_elements)
 
     async def run(self, loaded: LoadedVersion, sig, inputs, outputs) -> dict[str, np.ndarray]:
+        """Every inference of every protocol comes here: it is noted in the access log."""
         rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        access_log.note(model=loaded.name, version=loaded.version, rows=rows)
+        result = await self._run(loaded, sig, inputs, outputs, rows)
+        access_log.note_payload(inputs, result)
+        return result
+
+    async def _run(self, loaded: LoadedVersion, sig, inputs, outputs, rows: int
+                   ) -> dict[str, np.ndarray]:
         if rows == 0 and all(s.shape and s.shape[0] == -1 for s in sig.outputs.values()):
             names = outputs or list(sig.outputs)
             return {k: np.zeros([0, *[max(d, 0) for d in sig.outputs[k].shape[1:]]],

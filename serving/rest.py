@@ -32,12 +32,15 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
 import re
 import resource
 import threading
+from collections.abc import Callable
+from importlib import resources
 
 import grpc
 import numpy as np
@@ -51,6 +54,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
+from serving import access_log, auth
 from serving.manager import Manager, ServingError, invalid
 
 log = logging.getLogger("serving.rest")
@@ -65,9 +69,6 @@ HTTP_CODES = {  # TF Serving's ToHTTPStatusCode
     grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500, grpc.StatusCode.UNAUTHENTICATED: 401,
 }
-MODEL_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<tail>/metadata|:predict|:classify|:regress)?$")
 MAX_VERSION = 2**63 - 1          # ModelSpec.version is an int64
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 THREAD_ABOVE_BYTES = 1 << 16     # bigger bodies and answers are (de)coded in a thread
@@ -462,9 +463,11 @@ def status_json(response) -> dict:
 
 
 class RestServer:
-    def __init__(self, manager: Manager, options: RestOptions | None = None, peers=None):
+    def __init__(self, manager: Manager, options: RestOptions | None = None, peers=None,
+                 access: access_log.AccessLog | None = None, guard: auth.Guard | None = None):
         self.manager, self.peers = manager, peers  # peers: sibling workers (workers.Peers)
         self.options = options or RestOptions()
+        self.access, self.guard = access, guard or auth.Guard()
         self._runner: web.ServerRunner | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
@@ -493,27 +496,48 @@ class RestServer:
         await runner.cleanup()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Every request: recorded in the access log (the one place for REST), then answered."""
         request.protocol.request_started()
+        begun = None if self.access is None else self.access.begin(
+            access_log.rest_protocol(request.path), f"{request.method} {request.path}",
+            request.remote)
+        status = 500
         try:
-            cors = self._cors(request)
-            if self.options.cors_origins is not None and request.method == "OPTIONS" \
-                    and "Access-Control-Request-Method" in request.headers:
-                return self._preflight(request, cors)
-            try:
-                body = await self._body(request) if request.method == "POST" else b""
-            except HttpError as e:  # the rest of the body is read and dropped, then we close
-                response = json_response(e.status, {"error": e.message})
-                response.force_close()
-            else:
-                status, payload = await self.dispatch(request.method, request.path,
-                                                      request.headers, body)
-                response = (web.Response(status=status, body=payload.encode(),
-                                         headers={"Content-Type": METRICS_TYPE})
-                            if isinstance(payload, str) else json_response(status, payload))
-            response.headers.update(cors)
+            response = await self._answer(request)
+            status = response.status
             return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's code)
+            raise
         finally:
+            if begun is not None:
+                self.access.end(begun, status)
             request.protocol.request_finished()
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
+        cors = self._cors(request)
+        if self.options.cors_origins is not None and request.method == "OPTIONS" \
+                and "Access-Control-Request-Method" in request.headers:
+            return self._preflight(request, cors)
+        refusal = self.guard.check_http(request.method, request.path, request.headers)
+        if refusal is not None:
+            status, message, headers = refusal
+            response = json_response(status, {"error": message})
+            response.headers.update({**headers, **cors})
+            return response
+        try:
+            body = await self._body(request) if request.method == "POST" else b""
+        except HttpError as e:  # the rest of the body is read and dropped, then we close
+            response = json_response(e.status, {"error": e.message})
+            response.force_close()
+        else:
+            status, payload = await self.dispatch(request.method, request.path,
+                                                  request.headers, body)
+            response = (web.Response(status=status, body=payload.encode(),
+                                     headers={"Content-Type": METRICS_TYPE})
+                        if isinstance(payload, str) else json_response(status, payload))
+        response.headers.update(cors)
+        return response
 
     def _cors(self, request) -> dict[str, str]:
         """The CORS headers for this request's Origin ({} when CORS is off or it is not allowed)."""
@@ -572,27 +596,9 @@ class RestServer:
     async def dispatch(self, method: str, path: str, headers, body: bytes):
         """(HTTP status, payload): a str is Prometheus text, bytes are JSON, else a JSON value."""
         try:
-            if method == "GET" and path == "/monitoring/prometheus/metrics":
-                return 200, await self.metrics_text()
-            if method == "GET" and path in ("/v1/models", "/v1/models/"):
-                return 200, self.list_models()
-            m = MODEL_PATH.match(path)
-            if m is None:
-                raise HttpError(404, f"Malformed request: {method} {path}")
-            spec = self._spec(m)
-            tail = m.group("tail")
-            if method == "GET" and tail is None:
-                req = get_model_status_pb2.GetModelStatusRequest()
-                req.model_spec.CopyFrom(spec)
-                return 200, status_json(self.manager.model_status(req))
-            if method == "GET" and tail == "/metadata":
-                return 200, self.metadata(spec)
-            if method == "POST" and tail == ":predict":
-                with self.manager.metrics.track(spec.name, "predict", "REST", "INTERNAL"):
-                    return 200, await self.predict(spec, headers, body)
-            if method == "POST" and tail in (":classify", ":regress"):
-                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED[tail[1:]])
-            raise HttpError(404, f"Malformed request: {method} {path}")
+            route, params = find_route(method, path)
+            access_log.note(model=params.get("name"))
+            return await route.handler(self, params, headers, body)
         except HttpError as e:
             return e.status, {"error": e.message}
         except ServingError as e:
@@ -601,18 +607,41 @@ class RestServer:
             log.exception("REST %s %s failed", method, path)
             return 500, {"error": f"Internal error: {type(e).__name__}: {e}"}
 
+    # Handlers of ROUTES: (self, path parameters, headers, body) -> (HTTP status, payload).
+    async def get_metrics(self, params, headers, body):
+        return 200, await self.metrics_text()
+
+    async def get_models(self, params, headers, body):
+        return 200, self.list_models()
+
+    async def get_status(self, params, headers, body):
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.CopyFrom(self._spec(params))
+        return 200, status_json(self.manager.model_status(req))
+
+    async def get_metadata(self, params, headers, body):
+        return 200, self.metadata(self._spec(params))
+
+    async def post_predict(self, params, headers, body):
+        spec = self._spec(params)
+        with self.manager.metrics.track(spec.name, "predict", "REST", "INTERNAL"):
+            return 200, await self.predict(spec, headers, body)
+
+    async def get_openapi(self, params, headers, body):
+        return 200, openapi_document()
+
     @staticmethod
-    def _spec(m) -> model_pb2.ModelSpec:
-        spec = model_pb2.ModelSpec(name=m.group("name"))
-        version = m.group("version")
+    def _spec(params: dict[str, str]) -> model_pb2.ModelSpec:
+        spec = model_pb2.ModelSpec(name=params["name"])
+        version = params.get("version")
         if version is not None:
             if not (version.isascii() and version.isdigit()):
                 raise HttpError(404, f"Malformed request: version {version!r} is not a number")
             if int(version) > MAX_VERSION:
                 raise invalid(f"version {version} is out of range (at most {MAX_VERSION})")
             spec.version.value = int(version)
-        elif m.group("label") is not None:
-            spec.version_label = m.group("label")
+        elif params.get("label") is not None:
+            spec.version_label = params["label"]
         return spec
 
     def list_models(self) -> dict:
@@ -736,3 +765,63 @@ _UNIMPLEMENTED = {
     "multi_inference": "MultiInference combines Classify and Regress signatures on tf.Example "
                        "input; zoo models export only predict signatures. Use Predict.",
 }
+
+
+def _unimplemented(what: str):
+    async def handler(server, params, headers, body):
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED[what])
+    return handler
+
+
+# ---------------------------------------------------------------------------- the routes
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One REST endpoint: a method, an OpenAPI path template (`{name}` is one path segment, or
+    the part of one before a `:verb`), and its handler. ROUTES is the only routing there is:
+    dispatch, the OpenAPI check (tests/test_serving_ops.py) and the docs read it."""
+
+    method: str
+    template: str
+    handler: Callable
+    pattern: re.Pattern = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/:]+)", re.escape(self.template))
+        object.__setattr__(self, "pattern", re.compile(regex))
+
+
+def _model_routes(method: str, tail: str, handler) -> list[Route]:
+    """TF Serving's three ways of naming a model's version: latest, number, label."""
+    return [Route(method, f"/v1/models/{{name}}{middle}{tail}", handler)
+            for middle in ("", "/versions/{version}", "/labels/{label}")]
+
+
+ROUTES: list[Route] = [
+    Route("GET", "/v1/models", RestServer.get_models),
+    *_model_routes("POST", ":predict", RestServer.post_predict),
+    *_model_routes("GET", "", RestServer.get_status),
+    *_model_routes("GET", "/metadata", RestServer.get_metadata),
+    *_model_routes("POST", ":classify", _unimplemented("classify")),
+    *_model_routes("POST", ":regress", _unimplemented("regress")),
+    Route("GET", "/monitoring/prometheus/metrics", RestServer.get_metrics),
+    Route("GET", "/openapi.json", RestServer.get_openapi),
+]
+ALIASES = {"/v1/models/": "/v1/models"}
+
+
+def find_route(method: str, path: str) -> tuple[Route, dict[str, str]]:
+    """The route serving `method path` and its path parameters; 404 (TF Serving's "Malformed
+    request") for anything else, whatever the method."""
+    path = ALIASES.get(path, path)
+    for route in ROUTES:
+        if route.method == method:
+            m = route.pattern.fullmatch(path)
+            if m is not None:
+                return route, m.groupdict()
+    raise HttpError(404, f"Malformed request: {method} {path}")
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    """serving/openapi.json, the OpenAPI 3 description of ROUTES (package data)."""
+    return resources.files("serving").joinpath("openapi.json").read_bytes()

@@ -41,7 +41,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, protos, quiet, rest, workers
+from serving import access_log, auth, backends, protos, quiet, rest, workers
 from serving.batching import BatchingOptions
 from serving.manager import Manager, ServingError
 from serving.metrics import Metrics
@@ -186,6 +186,8 @@ def parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, how long requests in flight may take to finish")
     g.add_argument("--log_level", default="INFO")
     rest.add_flags(p, _bool)
+    access_log.add_flags(p)
+    auth.add_flags(p, _bool)
     return p
 
 
@@ -269,7 +271,14 @@ async def serve(args) -> int:
     except ServingError as e:
         raise protos.ConfigError(e.message) from None
 
-    server = grpc.aio.server(options=options)
+    try:  # docs/ARCHITECTURE.md, "Request logging" and "Auth"
+        access = access_log.AccessLog.from_args(args, args.worker_index)
+        guard = auth.Guard.from_args(args)
+    except ValueError as e:
+        raise protos.ConfigError(str(e)) from None
+    interceptors = [i for i in (access and access.grpc_interceptor(), guard.grpc_interceptor())
+                    if i is not None]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(manager), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, peers),
@@ -302,7 +311,8 @@ async def serve(args) -> int:
     if args.rest_api_port:
         if args.rest_api_port == args.port:
             raise protos.ConfigError("--rest_api_port cannot be the same as --port")
-        rest_server = rest.RestServer(manager, rest.RestOptions.from_args(args), peers)
+        rest_server = rest.RestServer(manager, rest.RestOptions.from_args(args), peers,
+                                      access, guard)
         try:
             rest_port = await rest_server.start(args.host, args.rest_api_port,
                                                 reuse_port=peers is not None)
@@ -334,6 +344,8 @@ async def serve(args) -> int:
     await manager.close()
     if peers:
         await peers.close()
+    if access:
+        access.close()
     _say("[serving] stopped")
     return 0
 
@@ -367,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
     try:
         rest.RestOptions.from_args(args)
+        access_log.check_args(args)
+        auth.Guard.from_args(args)  # reads the token file: an unreadable one stops us here
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
