@@ -5,6 +5,11 @@
     GET  /v1/models/NAME[/versions/N|/labels/L]/metadata   signature defs
     POST /v1/models/NAME[/versions/N|/labels/L]:predict    {"instances": ...} or {"inputs": ...}
     GET  /monitoring/prometheus/metrics                    Prometheus text format
+    GET  /openapi.json                                     the OpenAPI 3 document of the above
+
+Every route is a row of ROUTES (method, OpenAPI path template, handler), the one routing table:
+dispatch reads it, and tests/test_serving_ops.py checks it against serving/openapi.json. Each
+request is logged (access_log) and authorized (auth) in `RestServer.handle`.
 
 Errors are `{"error": "..."}` with the HTTP code TF Serving maps each gRPC status to. Paths are
 percent-decoded (`/v1/models/mod%C3%A8le` names the model `modèle`).
@@ -14,8 +19,9 @@ process serves both without a second loop or thread; its HTTP/1.1 parser (llhttp
 limits on header count and size and refuses what our own parser let through (`Content-Length:
 1_0`, two Content-Lengths); it has a low-level server for callers who do their own routing; and
 it is one pinned dependency (with its own small helpers: multidict, yarl, ...). We use that
-low-level server (`web.Server`, `ServerRunner`, `TCPSite`) rather than `web.Application`: every
-path goes through TF Serving's one regex anyway, and the protocol class must be ours to add what
+low-level server (`web.Server`, `ServerRunner`, `TCPSite`) rather than `web.Application`: paths
+go through our own table (TF Serving's `:predict` suffixes are not path segments), and the
+protocol class must be ours to add what
 aiohttp leaves to its caller: a deadline for each request head, a cap on connections, and a
 lingering close after a request it cannot parse, so that the client reads the 400/431 instead
 of a reset. The limits are flags (`add_flags`).
