@@ -230,122 +230,216 @@ def server_credentials(path: str) -> grpc.ServerCredentials:
         require_client_auth=ssl.client_verify)
 
 
-async def serve(args) -> int:
-    batching = None
-    if args.batching_parameters_file and not args.enable_batching:
-        raise protos.ConfigError("--batching_parameters_file needs --enable_batching")
-    if args.enable_batching:
-        batching = BatchingOptions()
-        if args.batching_parameters_file:
-            try:
-                batching = BatchingOptions.from_proto(protos.read_text(
-                    args.batching_parameters_file, protos.BatchingParameters))
-            except ValueError as e:
-                raise protos.ConfigError(f"{args.batching_parameters_file}: {e}") from None
-    config, root = initial_config(args)
-    creds = server_credentials(args.ssl_config_file) if args.ssl_config_file else None
-    peers = None
-    if args.worker_index is not None:
-        peers = workers.Peers(args.worker_index, [int(p) for p in args.worker_peers.split(",")])
-    # gRPC core takes the first of repeated keys: the user's arguments go first to win
-    options = [*channel_arguments(args.grpc_channel_arguments),
-               ("grpc.max_receive_message_length", args.max_request_bytes),
-               ("grpc.max_send_message_length", -1),
-               ("grpc.so_reuseport", int(peers is not None))]
+def options(*argv: str) -> argparse.Namespace:
+    """The server's options from its command-line flags, e.g. for an in-process Server:
+    `Server(options("--model_base_path", "exported_models", "--port", "0"))`."""
+    args = parser().parse_args(argv)
+    check_options(args)
+    return args
 
-    metrics = Metrics(worker=peers.index if peers else None)
-    manager = Manager(args.backend, batching, args.file_system_poll_wait_seconds,
-                      metrics=metrics, inference_threads=args.inference_threads,
-                      discover_root=root,
-                      intra_op_threads=args.tensorflow_intra_op_parallelism,
-                      inter_op_threads=args.tensorflow_inter_op_parallelism,
-                      require_certificates=args.require_certificates,
-                      max_request_elements=args.max_request_elements or args.max_request_bytes)
-    if not args.enable_model_warmup:
-        manager._warmup = lambda loaded: 0
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse option values no server can run with (protos.ConfigError names the flag)."""
+    for flag, value, least in (("--workers", args.workers, 1),
+                               ("--max_request_elements", args.max_request_elements, 0),
+                               ("--tensorflow_intra_op_parallelism",
+                                args.tensorflow_intra_op_parallelism, 0),
+                               ("--tensorflow_inter_op_parallelism",
+                                args.tensorflow_inter_op_parallelism, 0)):
+        if value < least:
+            raise protos.ConfigError(f"{flag} must be >= {least}")
+    if args.rest_api_port and args.rest_api_port == args.port:
+        raise protos.ConfigError("--rest_api_port cannot be the same as --port")
     try:
-        if config is not None:
-            await manager.set_config(config)
-        else:
-            await manager.poll()
-    except ServingError as e:
-        raise protos.ConfigError(e.message) from None
-
-    try:  # docs/ARCHITECTURE.md, "Request logging" and "Auth"
-        access = access_log.AccessLog.from_args(args, args.worker_index)
-        guard = auth.Guard.from_args(args)
+        rest.RestOptions.from_args(args)
+        access_log.check_args(args)
+        if args.auth_token_file:  # read again by the Server; unreadable stops us here
+            auth.read_token(args.auth_token_file)
     except ValueError as e:
         raise protos.ConfigError(str(e)) from None
-    interceptors = [i for i in (access and access.grpc_interceptor(), guard.grpc_interceptor())
-                    if i is not None]
-    server = grpc.aio.server(options=options, interceptors=interceptors)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, peers),
-                                                              server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = (prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-                model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(services, server)
-    address = f"{args.host}:{args.port}"
-    try:
-        port = (server.add_secure_port(address, creds) if creds
-                else server.add_insecure_port(address))
-    except RuntimeError as e:
-        raise protos.ConfigError(f"cannot listen on {address} for gRPC: {e}") from None
-    if peers:  # the private port through which a reload reaches every worker
-        try:
-            server.add_insecure_port(peers.own_address)
-        except RuntimeError as e:
-            raise protos.ConfigError(f"cannot listen on {peers.own_address} (worker port): "
-                                     f"{e}") from None
-    await server.start()
-    for name in ("", *services[:2]):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    print(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{port}", file=sys.stderr,
-          flush=True)
-    rest_server = None
-    if args.rest_api_port:
-        if args.rest_api_port == args.port:
-            raise protos.ConfigError("--rest_api_port cannot be the same as --port")
-        rest_server = rest.RestServer(manager, rest.RestOptions.from_args(args), peers,
-                                      access, guard)
-        try:
-            rest_port = await rest_server.start(args.host, args.rest_api_port,
-                                                reuse_port=peers is not None)
-        except OSError as e:
-            await server.stop(None)
-            raise protos.ConfigError(f"cannot listen on {args.host}:{args.rest_api_port} for "
-                                     f"REST: {e.strerror}") from None
-        print(f"[serving] REST on http://{args.host}:{rest_port}", file=sys.stderr, flush=True)
-    served = ", ".join(f"{n} v{','.join(map(str, sorted(s.available))) or ' (none)'}"
-                       for n, s in sorted(manager.models.items()))
-    loop = asyncio.get_running_loop()
-    print(f"[serving] models: {served or '(none yet)'}; backend {args.backend}; batching "
-          f"{'on' if batching else 'off'}; event loop {type(loop).__module__}", file=sys.stderr,
-          flush=True)
 
+
+# The health service's name under which each --workers worker says it is up; the public status
+# (service "") turns SERVING only once every sibling says so, so a client that sees SERVING on
+# the shared port may rely on all workers.
+WORKER_UP = "zoo.worker"
+
+
+class Server:
+    """One model server, in this process: `await start()` loads the models and binds the ports
+    (port 0 picks a free one; the bound ports are then in .port and .rest_port) and turns the
+    health service SERVING, which is what readiness means; `await stop()` drains the requests
+    in flight (up to --drain_seconds), unloads and closes. `python -m serving.server` is this,
+    stopped by SIGTERM or SIGINT."""
+
+    def __init__(self, args: argparse.Namespace):
+        check_options(args)
+        self.args = args
+        self.port: int | None = None
+        self.rest_port: int | None = None
+        self.manager: Manager | None = None
+        self._grpc = None
+        self._rest = None
+        self._health = None
+        self._poller = None
+        self._peers = None
+        self._access: access_log.AccessLog | None = None
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
+        args = self.args
+        batching = None
+        if args.batching_parameters_file and not args.enable_batching:
+            raise protos.ConfigError("--batching_parameters_file needs --enable_batching")
+        if args.enable_batching:
+            batching = BatchingOptions()
+            if args.batching_parameters_file:
+                try:
+                    batching = BatchingOptions.from_proto(protos.read_text(
+                        args.batching_parameters_file, protos.BatchingParameters))
+                except ValueError as e:
+                    raise protos.ConfigError(f"{args.batching_parameters_file}: {e}") from None
+        config, root = initial_config(args)
+        creds = server_credentials(args.ssl_config_file) if args.ssl_config_file else None
+        peers = None
+        if args.worker_index is not None:
+            peers = self._peers = workers.Peers(
+                args.worker_index, [int(p) for p in args.worker_peers.split(",")])
+        # gRPC core takes the first of repeated keys: the user's arguments go first to win
+        grpc_options = [*channel_arguments(args.grpc_channel_arguments),
+                        ("grpc.max_receive_message_length", args.max_request_bytes),
+                        ("grpc.max_send_message_length", -1),
+                        ("grpc.so_reuseport", int(peers is not None))]
+
+        metrics = Metrics(worker=peers.index if peers else None)
+        manager = self.manager = Manager(
+            args.backend, batching, args.file_system_poll_wait_seconds, metrics=metrics,
+            inference_threads=args.inference_threads, discover_root=root,
+            intra_op_threads=args.tensorflow_intra_op_parallelism,
+            inter_op_threads=args.tensorflow_inter_op_parallelism,
+            require_certificates=args.require_certificates,
+            max_request_elements=args.max_request_elements or args.max_request_bytes)
+        if not args.enable_model_warmup:
+            manager._warmup = lambda loaded: 0
+        try:
+            if config is not None:
+                await manager.set_config(config)
+            else:
+                await manager.poll()
+        except ServingError as e:
+            raise protos.ConfigError(e.message) from None
+
+        try:  # docs/ARCHITECTURE.md, "Request logging" and "Auth"
+            access = self._access = access_log.AccessLog.from_args(args, args.worker_index)
+            guard = auth.Guard.from_args(args)
+        except ValueError as e:
+            raise protos.ConfigError(str(e)) from None
+        interceptors = [i for i in (access and access.grpc_interceptor(),
+                                    guard.grpc_interceptor()) if i is not None]
+        server = self._grpc = grpc.aio.server(options=grpc_options, interceptors=interceptors)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(manager), server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, peers),
+                                                                  server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        services = (
+            prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+            model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(services, server)
+        # Until every part is up, the health service says so (a client may ask during start-up).
+        for name in ("", *services[:2]):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = f"{args.host}:{args.port}"
+        try:
+            self.port = (server.add_secure_port(address, creds) if creds
+                         else server.add_insecure_port(address))
+        except RuntimeError as e:
+            raise protos.ConfigError(f"cannot listen on {address} for gRPC: {e}") from None
+        if peers:  # the private port through which a reload reaches every worker
+            try:
+                server.add_insecure_port(peers.own_address)
+            except RuntimeError as e:
+                raise protos.ConfigError(f"cannot listen on {peers.own_address} (worker port): "
+                                         f"{e}") from None
+        await server.start()
+        _say(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{self.port}")
+        if args.rest_api_port:
+            self._rest = rest.RestServer(manager, rest.RestOptions.from_args(args), peers,
+                                         access, guard)
+            try:
+                self.rest_port = await self._rest.start(args.host, args.rest_api_port,
+                                                        reuse_port=peers is not None)
+            except OSError as e:
+                raise protos.ConfigError(f"cannot listen on {args.host}:{args.rest_api_port} "
+                                         f"for REST: {e.strerror}") from None
+            _say(f"[serving] REST on http://{args.host}:{self.rest_port}")
+        if peers:
+            await self._health.set(WORKER_UP, health_pb2.HealthCheckResponse.SERVING)
+            await peers.wait_up(WORKER_UP)
+        for name in ("", *services[:2]):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        served = ", ".join(f"{n} v{','.join(map(str, sorted(s.available))) or ' (none)'}"
+                           for n, s in sorted(manager.models.items()))
+        loop = asyncio.get_running_loop()
+        _say(f"[serving] models: {served or '(none yet)'}; backend {args.backend}; batching "
+             f"{'on' if batching else 'off'}; event loop {type(loop).__module__}")
+        self._poller = loop.create_task(manager.poll_forever())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let requests in flight finish (up to `grace`, default
+        --drain_seconds), unload. Safe to call on a server that did not (fully) start."""
+        grace = self.args.drain_seconds if grace is None else grace
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        stops = []
+        if self._grpc is not None:
+            stops.append(self._grpc.stop(grace))
+        if self._rest is not None:
+            stops.append(self._rest.stop(grace))
+        await asyncio.gather(*stops)
+        self._grpc = self._rest = None
+        if self.manager is not None:
+            await self.manager.close()
+            self.manager = None
+        if self._peers is not None:
+            await self._peers.close()
+            self._peers = None
+        if self._access is not None:
+            self._access.close()
+            self._access = None
+
+
+async def serve(args) -> int:
+    """Run a Server until SIGTERM or SIGINT, which may also come while it is starting."""
+    server = Server(args)
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    poller = loop.create_task(manager.poll_forever())
-    await stop.wait()
-
+    starting = asyncio.ensure_future(server.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        starting.result()  # a ConfigError ends here, the server already stopped
+        await stopping
+    else:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
     _say(f"[serving] stopping: draining requests in flight (up to {args.drain_seconds:g} s)")
-    poller.cancel()
-    await health_servicer.enter_graceful_shutdown()
-    stops = [server.stop(args.drain_seconds)]
-    if rest_server:
-        stops.append(rest_server.stop(args.drain_seconds))
-    await asyncio.gather(*stops)
-    await manager.close()
-    if peers:
-        await peers.close()
-    if access:
-        access.close()
+    await server.stop()
     _say("[serving] stopped")
     return 0
 
@@ -360,15 +454,11 @@ def _say(line: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    for flag, value, least in (("--workers", args.workers, 1),
-                               ("--max_request_elements", args.max_request_elements, 0),
-                               ("--tensorflow_intra_op_parallelism",
-                                args.tensorflow_intra_op_parallelism, 0),
-                               ("--tensorflow_inter_op_parallelism",
-                                args.tensorflow_inter_op_parallelism, 0)):
-        if value < least:
-            print(f"error: {flag} must be >= {least}", file=sys.stderr)
-            return 2
+    try:
+        check_options(args)
+    except protos.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.worker_index is not None:
         workers.die_with_supervisor()
     else:  # a worker's siblings share its ports; anyone else on them is another server
@@ -377,13 +467,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {args.host}:{port} ({flag}) is already served by another "
                       "process; stop it or choose another port", file=sys.stderr)
                 return 2
-    try:
-        rest.RestOptions.from_args(args)
-        access_log.check_args(args)
-        auth.Guard.from_args(args)  # reads the token file: an unreadable one stops us here
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     if args.workers > 1 and args.worker_index is None:
         return workers.supervise(args, argv)
     who = "%(name)s" if args.worker_index is None else f"%(name)s worker {args.worker_index}"

@@ -42,15 +42,15 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import multiprocess
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
-from serving import metrics
+from serving import metrics, readiness
 
 TOKEN_ENV = "ZOO_WORKER_TOKEN"
 SUPERVISOR_ENV = "ZOO_SUPERVISOR_PID"
 TOKEN_HEADER = "zoo-worker-token"
-READY = "[serving] models:"
 METRICS_DIR_PREFIX = "zoo-serving-metrics-"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -103,6 +103,27 @@ class Peers:
             return None
         results = await asyncio.gather(*[one(i, c) for i, c in self._others()])
         return [r for r in results if r is not None]
+
+    async def wait_up(self, service: str) -> None:
+        """Wait until every sibling's health service says `service` is SERVING (a worker turns
+        its public health SERVING only then; see Server.start)."""
+        async def one(port: int) -> None:
+            # A channel of its own that retries a refused connection every 0.1 s (the reload
+            # channels keep gRPC's default backoff, which grows to minutes).
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                                 readiness.FAST_RECONNECT) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while True:
+                    try:
+                        reply = await stub.Check(
+                            health_pb2.HealthCheckRequest(service=service), timeout=5)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            return
+                    except grpc.aio.AioRpcError:
+                        pass  # not listening yet, or `service` not registered yet
+                    await asyncio.sleep(0.05)
+        await asyncio.gather(*[one(port) for i, port in enumerate(self.ports)
+                               if i != self.index])
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -190,22 +211,26 @@ def _supervise(args, argv: list[str], metrics_dir: str) -> int:
                "--worker_index", str(i), "--worker_peers", ",".join(map(str, peers))]
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
                                       stdin=subprocess.DEVNULL))
-    ready = [threading.Event() for _ in procs]
-    models_line = [""]
+    ready = threading.Event()
+    stopping = threading.Event()
 
     def relay(i: int, proc: subprocess.Popen) -> None:
         for line in proc.stderr:
-            if line.startswith(READY):
-                models_line[0] = line[len(READY):].strip()
-                ready[i].set()
             sys.stderr.write(line.replace("[serving]", f"[serving worker {i}]", 1))
             sys.stderr.flush()
+
+    def wait_ready() -> None:
+        # Any worker's own port will do: a worker turns SERVING only once all its siblings are
+        # up (Server.start), and its private port is plain gRPC even when the shared one is TLS.
+        if readiness.wait_serving(f"127.0.0.1:{peers[0]}", timeout=float("inf"),
+                                  alive=lambda: not stopping.is_set()):
+            ready.set()
 
     relays = [threading.Thread(target=relay, args=(i, p), daemon=True)
               for i, p in enumerate(procs)]
     for t in relays:
         t.start()
-    stopping = threading.Event()
+    threading.Thread(target=wait_ready, daemon=True).start()
 
     def on_signal(signum, frame) -> None:
         stopping.set()
@@ -244,11 +269,10 @@ def _supervise(args, argv: list[str], metrics_dir: str) -> int:
             for t in relays:
                 t.join(5)
             return code if code and not announced else 1
-        if not announced and all(e.is_set() for e in ready):
+        if not announced and ready.is_set():
             announced = True
             print(f"[serving] {n} workers (pids {', '.join(str(p.pid) for p in procs)}) share "
-                  f"gRPC port {port}", file=sys.stderr, flush=True)
-            print(f"{READY} {models_line[0]}; {n} workers", file=sys.stderr, flush=True)
+                  f"gRPC port {port}; serving", file=sys.stderr, flush=True)
         time.sleep(0.05)
     for t in relays:
         t.join(5)

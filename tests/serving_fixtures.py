@@ -89,9 +89,11 @@ STARTED: list[ServerProcess] = []
 
 
 class ServerProcess:
-    """`python -m serving.server ...` on free 127.0.0.1 ports; waits until it serves."""
+    """`python -m serving.server ...` on free 127.0.0.1 ports; waits until its health service
+    says SERVING (`ca_file`: the server's certificate, for a TLS server)."""
 
-    def __init__(self, *args: str, log: Path, rest: bool = True, timeout: float = 120):
+    def __init__(self, *args: str, log: Path, rest: bool = True, timeout: float = 120,
+                 ca_file: Path | None = None):
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
         self.address = f"127.0.0.1:{self.port}"
@@ -103,15 +105,18 @@ class ServerProcess:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         STARTED.append(self)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
-            if "[serving] models:" in self.logs():
-                return
-            time.sleep(0.1)
+        import grpc
+
+        from serving import readiness
+
+        credentials = (grpc.ssl_channel_credentials(Path(ca_file).read_bytes()) if ca_file
+                       else None)
+        if readiness.wait_serving(self.address, timeout, lambda: self.proc.poll() is None,
+                                  credentials):
+            return
         self.stop()
+        if self.proc.returncode not in (0, None) and "did not" not in self.logs():
+            raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
         raise RuntimeError(f"server did not start in {timeout} s:\n{self.logs()}")
 
     def logs(self) -> str:

@@ -257,7 +257,7 @@ def test_tls_with_a_generated_certificate(exported, digits, tmp_path):
     ssl_file.write_text(text_format.MessageToString(ssl))
     server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
                            "--model_name", "m", "--ssl_config_file", str(ssl_file),
-                           log=tmp_path / "server.log")
+                           log=tmp_path / "server.log", ca_file=cert)
     try:
         with ZooClient(server.address, ca_file=str(cert), timeout=10) as client:
             assert client.predict("m", digits[0][:3])["classes"].shape == (3,)

@@ -1,7 +1,6 @@
-"""The REST server (serving/rest.py) in-process: a real Manager serving tiny ONNX models, the REST
-server (and, for one test, the gRPC server) on an event loop in a background thread, driven with
-raw sockets where the test needs control over the bytes. Timeouts are set short through the
-same options the flags fill."""
+"""The REST server (serving/rest.py) in-process: the whole server (serving.server.Server) serving
+tiny ONNX models on an event loop in a background thread, driven with raw sockets where the test
+needs control over the bytes. Timeouts are set short through the server's own flags."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from serving import rest
-from serving.rest import RestOptions
+from tests.serving_fixtures import free_port
 
 WIDTH = 4  # the models map x float32 [N, 4] to y = x
 
@@ -44,17 +43,18 @@ def models(tmp_path_factory) -> Path:
 
 
 class Stack:
-    """Manager + RestServer (+ gRPC PredictionService) on a uvloop loop in a thread."""
+    """The whole server (serving.server.Server: gRPC and REST, ONNX backend) in this process, on
+    a uvloop loop in a thread; `flags` are extra command-line flags."""
 
-    def __init__(self, models: Path, options: RestOptions, with_grpc: bool):
+    def __init__(self, models: Path, flags: list[str]):
         import uvloop
 
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.grpc_server = None
+        self.server = None
         try:
-            self.call(self._start(models, options, with_grpc))
+            self.call(self._start(models, flags))
         except BaseException:
             self.close()
             raise
@@ -62,41 +62,20 @@ class Stack:
     def call(self, coro, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    async def _start(self, models: Path, options: RestOptions, with_grpc: bool):
-        from serving import protos
-        from serving.manager import Manager
+    async def _start(self, models: Path, flags: list[str]):
+        from serving.server import Server, options
 
-        self.manager = Manager("onnx", poll_seconds=0)
-        config = protos.ModelServerConfig()
-        for d in sorted(models.iterdir()):
-            config.model_config_list.config.add(name=d.name, base_path=str(d),
-                                                model_platform="tensorflow")
-        await self.manager.set_config(config)
-        self.rest = rest.RestServer(self.manager, options)
-        self.port = await self.rest.start("127.0.0.1", 0)
-        if with_grpc:
-            import grpc
-            from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-            from serving.server import PredictionService
-
-            self.grpc_server = grpc.aio.server()
-            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                PredictionService(self.manager), self.grpc_server)
-            self.grpc_port = self.grpc_server.add_insecure_port("127.0.0.1:0")
-            await self.grpc_server.start()
-
-    async def _stop(self):
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(None)
-        if getattr(self, "rest", None) is not None:
-            await self.rest.stop(1)
-        if getattr(self, "manager", None) is not None:
-            await self.manager.close()
+        self.server = Server(options(
+            "--model_base_path", str(models), "--backend", "onnx", "--port", "0",
+            "--rest_api_port", str(free_port()), "--file_system_poll_wait_seconds", "0", *flags))
+        await self.server.start()
+        self.manager = self.server.manager
+        self.port, self.grpc_port = self.server.rest_port, self.server.port
 
     def close(self):
         try:
-            self.call(self._stop())
+            if self.server is not None:
+                self.call(self.server.stop(1))
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(30)
@@ -105,10 +84,11 @@ class Stack:
 
 @pytest.fixture
 def serve(models):
-    """serve(**options, with_grpc=False) -> a running Stack, stopped when the test ends."""
+    """serve(**flags) -> a running Stack, stopped when the test ends; flags as keyword
+    arguments named as the server's flags, e.g. serve(rest_api_max_connections=5)."""
     with ExitStack() as stacks:
-        def start(with_grpc: bool = False, **options) -> Stack:
-            stack = Stack(models, RestOptions(**options), with_grpc)
+        def start(**flags) -> Stack:
+            stack = Stack(models, [f"--{k}={v}" for k, v in flags.items()])
             stacks.callback(stack.close)
             return stack
 
@@ -170,6 +150,13 @@ def closed_within(s: socket.socket, seconds: float) -> float | None:
             except ConnectionError:
                 return time.monotonic() - start
     return None
+
+
+def untouched(s: socket.socket) -> bool:
+    """True if the server has neither sent anything on `s` nor closed it, as of now."""
+    poller = select.poll()
+    poller.register(s, select.POLLIN)
+    return not poller.poll(0)
 
 
 ROW = json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]]}).encode()
@@ -276,7 +263,7 @@ def test_body_size_limit_by_length_and_while_chunked(serve):
 
 # ------------------------------------------------------------------------------ connections
 def test_stalled_connections_do_not_block_a_new_client_and_are_closed_after_the_timeout(serve):
-    timeout = 1.5
+    timeout = 3.0
     port = serve(rest_api_read_timeout_seconds=timeout).port
     with ExitStack() as sockets:
         stalled = []
@@ -287,12 +274,11 @@ def test_stalled_connections_do_not_block_a_new_client_and_are_closed_after_the_
             elif i % 3 == 2:  # the head and half the body
                 s.sendall(post("/v1/models/identity:predict", ROW)[:-len(ROW) // 2])
             stalled.append(s)  # i % 3 == 0: connected, silent
-        started = time.monotonic()
         assert exchange(port, get("/v1/models/identity"))[0] == 200
-        answered = time.monotonic() - started
-        assert answered < 1.0, f"a new client waited {answered:.2f} s"
-        assert closed_within(stalled[0], 0.1) is None  # not closed before the timeout
-        assert closed_within(stalled[1], 0.1) is None
+        # Answered at once: before the read timeout acted on any stalled connection (an answer
+        # that had to wait for them would come after they are closed). No clock is read.
+        touched = [s for s in stalled if not untouched(s)]
+        assert not touched, f"{len(touched)} timed out before the new client's answer"
         # each is closed after the timeout (a stalled body first gets its 408, then a linger)
         waits = [closed_within(s, timeout + rest.LINGER_SECONDS + 5) for s in stalled]
         assert all(w is not None for w in waits), f"{waits.count(None)} still open"
@@ -316,23 +302,26 @@ def test_keepalive_connection_is_reused_then_closed_when_idle(serve):
                 time.sleep(0.5)  # idle longer than the read timeout, which applies to heads only
             s.sendall(get("/v1/models/identity"))
             assert read_response(s)[0] == 200
-        idle = closed_within(s, 5)
-    assert idle is not None and 0.7 < idle < 2.5, idle
+        # Not closed before the keep-alive timeout (closing later on a slow machine is fine),
+        # then closed.
+        assert closed_within(s, 0.5) is None
+        assert closed_within(s, 10) is not None
 
 
 def test_connections_beyond_the_cap_are_refused_at_once(serve):
-    port = serve(rest_api_max_connections=5).port
+    # The held connections outlive the extra one's socket timeout (10 s): an extra connection
+    # queued until a slot frees would time out (TimeoutError) instead of being answered.
+    port = serve(rest_api_max_connections=5, rest_api_read_timeout_seconds=60).port
     with ExitStack() as sockets:
         held = [sockets.enter_context(closing(connect(port))) for _ in range(5)]
         time.sleep(0.2)
         with closing(connect(port)) as extra:
-            started = time.monotonic()
             try:
                 status, _, body = read_response(extra)
                 assert status == 503 and "--rest_api_max_connections" in json.loads(body)["error"]
-            except ConnectionError:
+            except ConnectionResetError:
                 pass  # a reset is a refusal too
-            assert time.monotonic() - started < 1.0
+        assert all(untouched(s) for s in held)
         held[0].close()
         time.sleep(0.2)
         assert exchange(port, get("/v1/models/identity"))[0] == 200
@@ -407,7 +396,7 @@ def test_big_json_is_decoded_and_encoded_off_the_loop(serve):
 
     from serving import tensors
 
-    stack = serve(with_grpc=True, max_request_bytes=128 << 20)
+    stack = serve(max_request_bytes=128 << 20)
     rows = np.random.default_rng(0).random((600_000, WIDTH), dtype=np.float32)
     body = json.dumps({"instances": rows.tolist()}).encode()
     one = predict_pb2.PredictRequest()
