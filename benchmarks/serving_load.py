@@ -5,10 +5,13 @@
 
 For every backend (savedmodel, onnx) x batching (off, on) x --workers, a server subprocess is
 started on 127.0.0.1; for softmax_regression and deep_cnn, 1 and 16 concurrent clients send a
-prebuilt one-image PredictRequest for --seconds. Printed: p50/p99 latency, predictions/s, errors,
-and the ratio to the in-process rate measured in this same run; then softmax x16 with the access
-log off and on, in turns (issue 12's cost target); then the issues' targets, each marked met or
-not. Bounded: every phase has a time limit and the server is stopped at the end.
+prebuilt one-image PredictRequest for --seconds; at 16 clients the same image is also sent as a
+v2 ModelInferRequest (the C++ client's generic stub sends any method's pre-serialised bytes), and
+softmax over REST as v1 JSON and as v2 binary tensors (wrk), each against the same server.
+Printed: p50/p99 latency, predictions/s, errors, and the ratio to the in-process rate measured in
+this same run; then softmax x16 with the access log off and on, in turns (issue 12's cost
+target); then the issues' targets, each marked met or not. Bounded: every phase has a time limit
+and the server is stopped at the end.
 Wrap in `flock /tmp/zoo-cpu.lock` on a shared machine.
 
 Clients share the machine's cores with the server, so their CPU cost matters. The default client
@@ -42,6 +45,7 @@ from training import data
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"  # the Open Inference Protocol (v2)
 BATCHING = """max_batch_size { value: 32 }
 batch_timeout_micros { value: 1000 }
 max_enqueued_batches { value: 64 }
@@ -78,12 +82,35 @@ def request_bytes(model: str, x: np.ndarray) -> bytes:
     return r.SerializeToString()
 
 
+def v2_request_bytes(model: str, x: np.ndarray) -> bytes:
+    """The same request as a v2 ModelInferRequest, the tensor in raw_input_contents (as
+    tritonclient sends it)."""
+    from tritonclient.grpc import service_pb2
+
+    r = service_pb2.ModelInferRequest(model_name=model)
+    r.inputs.add(name="images", datatype="FP32", shape=x.shape)
+    r.raw_input_contents.append(x.tobytes())
+    return r.SerializeToString()
+
+
+def v2_rest_body(x: np.ndarray) -> tuple[bytes, int]:
+    """(body, JSON header length) of a v2 REST inference with Triton's binary tensors, asking
+    for binary outputs (as tritonclient's HTTP client does by default)."""
+    raw = x.tobytes()
+    header = json.dumps({"inputs": [{"name": "images", "datatype": "FP32",
+                                     "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + raw, len(header)
+
+
 async def _load_async(address: str, payload: bytes, clients: int, seconds: float,
-                      ready=None, go=None) -> tuple[list[float], dict[str, int], float, float]:
+                      ready=None, go=None, method: str = PREDICT
+                      ) -> tuple[list[float], dict[str, int], float, float]:
     import grpc
 
     async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary(PREDICT)  # bytes in, bytes out: the client stays cheap
+        call = channel.unary_unary(method)  # bytes in, bytes out: the client stays cheap
         try:  # connect and warm up; a failing call is counted below, in the timed window
             await call(payload, timeout=30)
         except grpc.aio.AioRpcError as e:
@@ -139,11 +166,11 @@ def cxx_client() -> tuple[Path | None, str]:
 
 
 def load_cxx(binary: Path, address: str, payload: bytes, clients: int, seconds: float,
-             channels: int) -> dict:
+             channels: int, method: str = PREDICT) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         request, latencies = Path(tmp) / "request.bin", Path(tmp) / "latencies.bin"
         request.write_bytes(payload)
-        out = subprocess.run([str(binary), address, PREDICT, str(request), str(clients),
+        out = subprocess.run([str(binary), address, method, str(request), str(clients),
                               str(seconds), str(min(channels, clients)), str(latencies)],
                              capture_output=True, text=True, timeout=seconds + 60)
         if out.returncode:
@@ -164,15 +191,15 @@ def summary(latencies: np.ndarray, errors: dict[str, int], elapsed: float,
             "p99_ms": float(np.percentile(lat, 99)) if n else float("nan")}
 
 
-def _client_process(address, payload, clients, seconds, ready, go, out) -> None:
+def _client_process(address, payload, clients, seconds, ready, go, out, method) -> None:
     lat, errors, elapsed, cpu = asyncio.run(_load_async(address, payload, clients, seconds, ready,
-                                                        go))
+                                                        go, method))
     out.send((np.asarray(lat, np.float64).tobytes(), errors, elapsed, cpu))
     out.close()
 
 
 def load(address: str, payload: bytes, clients: int, seconds: float,
-         processes: int = 1) -> dict:
+         processes: int = 1, method: str = PREDICT) -> dict:
     """`clients` concurrent callers spread over `processes` client processes (never the
     benchmark's own process, so the load generator does not share a GIL with anything)."""
     import multiprocessing as mp
@@ -185,7 +212,8 @@ def load(address: str, payload: bytes, clients: int, seconds: float,
     for share in shares:
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_client_process,
-                           args=(address, payload, share, seconds, ready, go, send), daemon=True)
+                           args=(address, payload, share, seconds, ready, go, send, method),
+                           daemon=True)
         proc.start()
         send.close()
         pipes.append(recv)
@@ -286,19 +314,31 @@ def conversion(x: np.ndarray, rows: int, seconds: float = 0.5) -> list[tuple[str
 
 
 def load_wrk(rest: str, model: str, x: np.ndarray, clients: int, seconds: float,
-             tmp: Path) -> dict | None:
-    """REST predict under Debian's `wrk` (keep-alive, `clients` connections, 2 threads): a load
-    generator that is not ours. None when wrk is not installed."""
+             tmp: Path, v2: bool = False) -> dict | None:
+    """REST under Debian's `wrk` (keep-alive, `clients` connections, 2 threads): a load
+    generator that is not ours. TF Serving's JSON predict, or (`v2`) a v2 inference with binary
+    tensors, whose body wrk's Lua script reads from a file. None when wrk is not installed."""
     wrk = shutil.which("wrk")
     if wrk is None:
         return None
-    script = tmp / f"wrk-{model}.lua"
-    body = json.dumps({"instances": x.tolist()})
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(body)}\n")
+    script = tmp / f"wrk-{model}-{'v2' if v2 else 'v1'}.lua"
+    if v2:
+        body, header = v2_rest_body(x)
+        (tmp / f"{model}.v2body").write_bytes(body)
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/octet-stream"\n'
+            f'wrk.headers["Inference-Header-Content-Length"] = "{header}"\n'
+            f'local f = assert(io.open({json.dumps(str(tmp / f"{model}.v2body"))}, "rb"))\n'
+            'wrk.body = f:read("*a")\nf:close()\n')
+        url = f"http://{rest}/v2/models/{model}/infer"
+    else:
+        body = json.dumps({"instances": x.tolist()})
+        script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                          f"wrk.body = {json.dumps(body)}\n")
+        url = f"http://{rest}/v1/models/{model}:predict"
     done = subprocess.run([wrk, "-t2", f"-c{clients}", f"-d{seconds:g}s", "--latency", "-s",
-                           str(script), f"http://{rest}/v1/models/{model}:predict"],
-                          capture_output=True, text=True, timeout=seconds + 60)
+                           str(script), url], capture_output=True, text=True,
+                          timeout=seconds + 60)
     out = done.stdout
 
     def ms(label: str) -> float:
@@ -456,6 +496,9 @@ def main(argv=None) -> int:
     p.add_argument("--access-log-rounds", type=int, default=3,
                    help="turns of softmax x16 with --access_log off and on, on the first "
                         "backend (default 3; 0 skips)")
+    p.add_argument("--v2", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the Open Inference Protocol (v2 ModelInfer at 16 clients, "
+                        "v2 REST with binary tensors) against Predict and v1 REST (default on)")
     p.add_argument("--json", type=Path, help="write every figure here")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -469,10 +512,12 @@ def main(argv=None) -> int:
                 raise SystemExit(f"cannot build the C++ client: {why}")
             print(f"note: Python clients (C++ client not built: {why})")
 
-    def run_load(address: str, payload: bytes, clients: int, seconds: float) -> dict:
+    def run_load(address: str, payload: bytes, clients: int, seconds: float,
+                 method: str = PREDICT) -> dict:
         if binary is not None:
-            return load_cxx(binary, address, payload, clients, seconds, args.channels)
-        return load(address, payload, clients, seconds, min(args.client_processes, clients))
+            return load_cxx(binary, address, payload, clients, seconds, args.channels, method)
+        return load(address, payload, clients, seconds, min(args.client_processes, clients),
+                    method)
     with np.load(data.cache_dir() / "mnist.npz") as f:
         x = f["x_test"][:1].astype(np.float32)
     results: dict[str, dict] = {}
@@ -515,17 +560,27 @@ def main(argv=None) -> int:
                                 key = (f"grpc/{backend}/batching-{batching}/workers-{workers}/"
                                        f"{model}/{clients}")
                                 results[key] = r
-                                print(fmt(f"gRPC {backend:10s} batching {batching:3s} workers "
-                                          f"{workers} {model:18s} x{clients:<2d}", r, base_rate),
-                                      flush=True)
+                                label = (f"{backend:10s} batching {batching:3s} workers {workers} "
+                                         f"{model:18s} x{clients:<2d}")
+                                print(fmt(f"gRPC {label}", r, base_rate), flush=True)
+                                if clients == 16 and args.v2:  # v2 ModelInfer, same server
+                                    v = run_load(server.address, v2_request_bytes(model, x),
+                                                 clients, args.seconds, MODEL_INFER)
+                                    results["v2grpc/" + key[5:]] = v
+                                    print(fmt(f"v2 gRPC {label}", v, r["rate"]), flush=True)
                                 if model == "softmax_regression" and clients == 16:
                                     w = load_wrk(server.rest, model, x, clients, args.seconds,
                                                  Path(tmp))
                                     if w is not None:
                                         results["rest/" + key[5:]] = w
-                                        print(fmt(f"REST {backend:10s} batching {batching:3s} "
-                                                  f"workers {workers} {model:18s} x{clients:<2d}"
-                                                  " (wrk)", w, r["rate"]), flush=True)
+                                        print(fmt(f"REST {label} (wrk)", w, r["rate"]),
+                                              flush=True)
+                                    w2 = load_wrk(server.rest, model, x, clients, args.seconds,
+                                                  Path(tmp), v2=True) if args.v2 else None
+                                    if w is not None and w2 is not None:
+                                        results["v2rest/" + key[5:]] = w2
+                                        print(fmt(f"v2 REST binary {label} (wrk)", w2,
+                                                  w["rate"]), flush=True)
                         if (args.long_run and backend == "onnx" and batching == "off"
                                 and workers == max(args.workers)
                                 and "softmax_regression" in args.models):
@@ -539,7 +594,7 @@ def main(argv=None) -> int:
         if args.access_log_rounds > 0:
             results["access_log"] = access_log_cost(base, args.backends[0], Path(tmp), run_load,
                                                     x, args.seconds, args.access_log_rounds)
-    print("\ntargets (issues 3 and 11), best over --workers:")
+    print("\ntargets (issues 3, 11 and 12; issue 3's best over --workers):")
 
     def best(fmt_key: str, better) -> tuple[int, dict] | None:
         found = [(w, results[fmt_key.format(w=w)]) for w in args.workers
@@ -577,10 +632,16 @@ def main(argv=None) -> int:
             w, r = found
             print(f"  {name}: {'met' if ok(r) else 'NOT met'} (workers {w}: p50 "
                   f"{r['p50_ms']:.3f} ms, {r['rate']:.0f} pred/s)")
-    for key in [k for k in results if k.startswith("rest/")]:
-        ratio = results[key]["rate"] / results["grpc/" + key[5:]]["rate"]
-        print(f"  REST (wrk) / gRPC, {key[5:]}: {ratio:.2f}x "
-              f"({'met' if ratio >= 0.5 else 'NOT met'}; target >= 0.5x)")
+    # (measured, baseline, what, target): the same configuration, the same server, one run
+    for kind, base_kind, what, target in (("rest", "grpc", "REST (wrk) / gRPC", 0.5),
+                                          ("v2grpc", "grpc", "v2 gRPC ModelInfer / Predict", 0.9),
+                                          ("v2rest", "rest", "v2 REST binary / v1 REST JSON "
+                                                             "(wrk)", 0.9)):
+        for key in [k for k in results if k.startswith(kind + "/")]:
+            config = key[len(kind) + 1:]
+            ratio = results[key]["rate"] / results[f"{base_kind}/{config}"]["rate"]
+            print(f"  {what}, {config}: {ratio:.2f}x "
+                  f"({'met' if ratio >= target else 'NOT met'}; target >= {target}x)")
     if "long_run" in results:
         r = results["long_run"]
         ok = not r["errors"] and r["p99_ms"] <= 10 * r["p50_ms"]

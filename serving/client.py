@@ -5,6 +5,7 @@
     python -m serving.client metadata MODEL
     python -m serving.client predict MODEL --mnist-test 32
     python -m serving.client predict MODEL --image digit.png
+    python -m serving.client --protocol v2 predict MODEL --mnist-test 32   (any v2 server)
 
 Library: `ZooClient("127.0.0.1:8500").predict("softmax_regression", images)` -> {name: ndarray}.
 Every call has a deadline; only UNAVAILABLE is retried, with exponential backoff, by gRPC itself
@@ -289,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--max-message-bytes", type=int, default=64 << 20)
     g.add_argument("--token-file", help="bearer token for a server run with --auth_token_file "
                    "(sent on gRPC and REST calls)")
+    g.add_argument("--protocol", choices=("tfserving", "v2"), default="tfserving",
+                   help="TF Serving's gRPC API (default), or the Open Inference Protocol "
+                        "(KServe v2) over gRPC, as Triton, KServe and MLServer speak it")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every model and its versions (REST)")
     for name in ("status", "metadata", "predict"):
@@ -312,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
                 token = auth.read_token(args.token_file, "--token-file")
             except ValueError as e:
                 raise ClientError("INVALID_ARGUMENT", str(e)) from None
+        if args.protocol == "v2":
+            from serving.v2_client import V2Client
+
+            with V2Client(args.address, timeout=args.timeout, tls=args.tls,
+                          ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                          max_message_bytes=args.max_message_bytes, token=token) as client:
+                return _run(client, args)
         with ZooClient(args.address, rest_address=args.rest, timeout=args.timeout, tls=args.tls,
                        ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
                        server_name=args.server_name, max_message_bytes=args.max_message_bytes,
@@ -322,7 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(client: ZooClient, args) -> int:
+def _run(client, args) -> int:
+    v2 = args.protocol == "v2"
+    if v2 and (args.command == "list" or getattr(args, "label", None)):
+        raise ClientError("INVALID_ARGUMENT", "the v2 protocol has no "
+                          + ("list call" if args.command == "list" else "version labels")
+                          + "; use --protocol tfserving")
     if args.command == "list":
         for m in client.list():
             versions = ", ".join(f"v{s['version']} {s['state']}"
@@ -330,9 +346,20 @@ def _run(client: ZooClient, args) -> int:
             print(f"{m['name']:28s} {versions}")
         return 0
     if args.command == "status":
-        for s in client.status(args.model, version=args.version, label=args.label):
+        kw = {"version": args.version} if v2 else {"version": args.version, "label": args.label}
+        for s in client.status(args.model, **kw):
             print(f"{args.model} v{s['version']}: {s['state']}"
                   + (f" ({s['error']})" if s["error"] else ""))
+        return 0
+    if args.command == "metadata" and v2:
+        m = client.metadata(args.model, version=args.version)
+
+        def tensors(specs):
+            return ", ".join(f"{t['name']}: {t['datatype']} [{','.join(map(str, t['shape']))}]"
+                             for t in specs)
+
+        print(f"{m['name']} versions {','.join(m.get('versions', []))} ({m.get('platform')})\n"
+              f"  inputs:  {tensors(m['inputs'])}\n  outputs: {tensors(m['outputs'])}")
         return 0
     if args.command == "metadata":
         from tensorflow.core.framework import types_pb2
@@ -352,7 +379,7 @@ def _run(client: ZooClient, args) -> int:
                   f"  outputs: {fmt(sig.outputs)}")
         return 0
     # predict
-    kw = {"version": args.version, "label": args.label}
+    kw = {"version": args.version} if v2 else {"version": args.version, "label": args.label}
     if args.image:
         out = client.predict(args.model, load_image(args.image), **kw)
         if "classes" not in out:
@@ -378,4 +405,8 @@ def _run(client: ZooClient, args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The importable module's main: serving.v2_client raises serving.client.ClientError, which
+    # is not the class this file defines when it runs as __main__.
+    from serving import client
+
+    sys.exit(client.main())

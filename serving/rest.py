@@ -470,9 +470,13 @@ def status_json(response) -> dict:
 
 class RestServer:
     def __init__(self, manager: Manager, options: RestOptions | None = None, peers=None,
-                 access: access_log.AccessLog | None = None, guard: auth.Guard | None = None):
+                 v2_plane=None, access: access_log.AccessLog | None = None,
+                 guard: auth.Guard | None = None):
+        from serving import v2_dataplane, v2_rest  # v2_rest builds on this module
+
         self.manager, self.peers = manager, peers  # peers: sibling workers (workers.Peers)
         self.options = options or RestOptions()
+        self.v2 = v2_rest.V2Rest(v2_plane or v2_dataplane.DataPlane(manager))
         self.access, self.guard = access, guard or auth.Guard()
         self._runner: web.ServerRunner | None = None
 
@@ -539,9 +543,13 @@ class RestServer:
         else:
             status, payload = await self.dispatch(request.method, request.path,
                                                   request.headers, body)
-            response = (web.Response(status=status, body=payload.encode(),
-                                     headers={"Content-Type": METRICS_TYPE})
-                        if isinstance(payload, str) else json_response(status, payload))
+            if isinstance(payload, web.Response):  # v2 binary tensors or JSON
+                response = payload
+            elif isinstance(payload, str):
+                response = web.Response(status=status, body=payload.encode(),
+                                        headers={"Content-Type": METRICS_TYPE})
+            else:
+                response = json_response(status, payload)
         response.headers.update(cors)
         return response
 
@@ -600,7 +608,8 @@ class RestServer:
         return self.manager.metrics.render()  # every worker's sums in a --workers server
 
     async def dispatch(self, method: str, path: str, headers, body: bytes):
-        """(HTTP status, payload): a str is Prometheus text, bytes are JSON, else a JSON value."""
+        """(HTTP status, payload): a str is Prometheus text, bytes are JSON, a web.Response is
+        sent as it is, else a JSON value."""
         try:
             route, params = find_route(method, path)
             access_log.note(model=params.get("name"))
@@ -779,6 +788,14 @@ def _unimplemented(what: str):
     return handler
 
 
+def _v2(name: str):
+    """The handler V2Rest.`name` of the server's v2 part (serving/v2_rest.py imports this
+    module, so it is looked up when called)."""
+    async def handler(server, params, headers, body):
+        return await getattr(server.v2, name)(params, headers, body)
+    return handler
+
+
 # ---------------------------------------------------------------------------- the routes
 @dataclasses.dataclass(frozen=True)
 class Route:
@@ -811,6 +828,15 @@ ROUTES: list[Route] = [
     *_model_routes("POST", ":regress", _unimplemented("regress")),
     Route("GET", "/monitoring/prometheus/metrics", RestServer.get_metrics),
     Route("GET", "/openapi.json", RestServer.get_openapi),
+    # The Open Inference Protocol (serving/v2_rest.py)
+    Route("GET", "/v2", _v2("server_metadata")),
+    Route("GET", "/v2/health/live", _v2("live")),
+    Route("GET", "/v2/health/ready", _v2("ready")),
+    *[Route(method, f"/v2/models/{{name}}{middle}{tail}", _v2(handler))
+      for middle in ("", "/versions/{version}")
+      for method, tail, handler in (("GET", "", "model_metadata"),
+                                    ("GET", "/ready", "model_ready"),
+                                    ("POST", "/infer", "post_infer"))],
 ]
 ALIASES = {"/v1/models/": "/v1/models"}
 

@@ -41,7 +41,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import access_log, auth, backends, protos, quiet, rest, workers
+from serving import access_log, auth, backends, protos, quiet, rest, v2_dataplane, v2_grpc, workers
 from serving.batching import BatchingOptions
 from serving.manager import Manager, ServingError
 from serving.metrics import Metrics
@@ -284,6 +284,7 @@ class Server:
         self._poller = None
         self._peers = None
         self._access: access_log.AccessLog | None = None
+        self._v2 = None  # the Open Inference Protocol's data plane (serving/v2_dataplane.py)
 
     async def start(self) -> None:
         try:
@@ -347,13 +348,15 @@ class Server:
             PredictionService(manager), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, peers),
                                                                   server)
+        self._v2 = v2_dataplane.DataPlane(manager)
+        v2_service = v2_grpc.add_to_server(self._v2, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (
             prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
             model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME)
+            reflection.SERVICE_NAME, v2_service)
         reflection.enable_server_reflection(services, server)
         # Until every part is up, the health service says so (a client may ask during start-up).
         for name in ("", *services[:2]):
@@ -374,7 +377,7 @@ class Server:
         _say(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{self.port}")
         if args.rest_api_port:
             self._rest = rest.RestServer(manager, rest.RestOptions.from_args(args), peers,
-                                         access, guard)
+                                         self._v2, access, guard)
             try:
                 self.rest_port = await self._rest.start(args.host, args.rest_api_port,
                                                         reuse_port=peers is not None)
@@ -403,6 +406,8 @@ class Server:
             self._poller = None
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._v2 is not None:
+            self._v2.stopping = True
         stops = []
         if self._grpc is not None:
             stops.append(self._grpc.stop(grace))

@@ -1,0 +1,197 @@
+"""The Open Inference Protocol (KServe v2) over the Manager, shared by its gRPC and REST
+transports (serving/v2_grpc.py, serving/v2_rest.py; docs/ARCHITECTURE.md, "Open Inference
+Protocol").
+
+A v2 model is a served model's `serving_default` signature (v2 has no signatures). An inference
+goes through the same Manager path as Predict (resolve, validation.prepare, Manager.run), so
+batching, metrics and the drain on shutdown apply alike; before that, every input is checked
+here against the signature in v2 terms (names, datatype, shape, the element limit), and only
+then decoded.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import model_pb2, predict_pb2
+
+from serving import backends, v2_tensors
+from serving.errors import ServingError, invalid
+from serving.manager import LoadedVersion, Manager
+
+SERVER_NAME = "keras-model-zoo"
+EXTENSIONS = ("binary_tensor_data",)
+PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
+MAX_VERSION = 2**63 - 1
+_NO_FILTER = predict_pb2.PredictRequest()  # never changed
+
+
+class WireInput(NamedTuple):
+    """An input as the request states it; `decode()` builds the array (after the checks)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    decode: Callable[[], np.ndarray]
+
+
+class InferResult(NamedTuple):
+    model: str
+    version: int
+    outputs: dict[str, np.ndarray]  # in the order requested (or the signature's)
+
+
+def model_spec(name: str, version: str) -> model_pb2.ModelSpec:
+    """The ModelSpec of a v2 (name, version string); "" is the latest version."""
+    if not name:
+        raise invalid("model name is empty")
+    spec = model_pb2.ModelSpec(name=name)
+    if version:
+        if not (version.isascii() and version.isdigit()) or int(version) > MAX_VERSION:
+            raise invalid(f"model version {version!r} is not a version number")
+        spec.version.value = int(version)
+    return spec
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("keras-model-zoo")
+    except importlib.metadata.PackageNotFoundError:  # serving/ alone, as in the server image
+        return ""
+
+
+class DataPlane:
+    def __init__(self, manager: Manager):
+        self.manager = manager
+        self.server_version = _package_version()
+        self.stopping = False  # set on shutdown: not ready any more, still live
+
+    # ------------------------------------------------------------------ health and metadata
+    def ready(self) -> bool:
+        """Every configured model has a version available (and the server is not stopping)."""
+        return not self.stopping and all(s.available for s in self.manager.models.values())
+
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": self.server_version,
+                "extensions": list(EXTENSIONS)}
+
+    def model_ready(self, name: str, version: str) -> bool:
+        try:
+            self._signature(self._resolve(name, version))
+        except ServingError:
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str) -> dict:
+        loaded = self._resolve(name, version)
+        sig = self._signature(loaded)
+        state = self.manager.models.get(loaded.name)
+        versions = sorted(state.available) if state else [loaded.version]
+
+        def tensors(specs):
+            return [{"name": k, "datatype": self._datatype(v), "shape": list(v.shape)}
+                    for k, v in specs.items()]
+
+        return {"name": loaded.name, "versions": [str(v) for v in versions],
+                "platform": PLATFORMS.get(self.manager.backend_kind, self.manager.backend_kind),
+                "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
+
+    # ------------------------------------------------------------------ inference
+    async def infer(self, name: str, version: str, inputs: list[WireInput],
+                    requested: list[str], decode_off_loop: int = 0) -> InferResult:
+        """Check the inputs against the model, decode them, run. `decode_off_loop`: bytes the
+        decoding involves (big ones are decoded in a thread, serving.rest.off_the_loop)."""
+        spec = model_spec(name, version)
+        loaded = self.manager.resolve(spec)
+        try:
+            sig = self._signature(loaded)
+            self._check(loaded, sig, inputs)
+            outputs = self._outputs(loaded, sig, requested)
+            if decode_off_loop:
+                from serving.rest import off_the_loop
+
+                arrays = await off_the_loop(decode_off_loop, _decode_all, inputs)
+            else:
+                arrays = _decode_all(inputs)
+            # prepare reads only the signature name (the default) and the output filter
+            request = (predict_pb2.PredictRequest(output_filter=outputs) if outputs
+                       else _NO_FILTER)
+            _, arrays, outputs = self.manager.prepare(loaded, request, arrays)
+            result = await self.manager.run(loaded, sig, arrays, outputs)
+        finally:
+            loaded.release()
+        order = outputs or list(sig.outputs)
+        return InferResult(loaded.name, loaded.version, {k: result[k] for k in order})
+
+    def _resolve(self, name: str, version: str) -> LoadedVersion:
+        loaded = self.manager.resolve(model_spec(name, version))
+        loaded.release()  # metadata only: nothing runs on it
+        return loaded
+
+    @staticmethod
+    def _signature(loaded: LoadedVersion) -> backends.Signature:
+        sig = loaded.signatures.get(backends.DEFAULT_SIGNATURE)
+        if sig is None:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"model {loaded.name} version {loaded.version} has no "
+                               f"\"{backends.DEFAULT_SIGNATURE}\" signature, which the v2 "
+                               "protocol serves")
+        return sig
+
+    @staticmethod
+    def _datatype(spec: backends.TensorSpec) -> str:
+        return v2_tensors.OF_DT.get(spec.dtype, f"DT_{spec.dtype}")
+
+    def _expects(self, loaded: LoadedVersion, sig: backends.Signature) -> str:
+        ins = ", ".join(f"\"{k}\" {v2_tensors.describe(self._datatype(v), v.shape)}"
+                        for k, v in sig.inputs.items())
+        return f"model {loaded.name} version {loaded.version} expects inputs {ins}"
+
+    def _check(self, loaded, sig, inputs: list[WireInput]) -> None:
+        names = [i.name for i in inputs]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise invalid(f"input \"{dup[0]}\" is given more than once")
+        for i in inputs:
+            if i.name not in sig.inputs:
+                raise invalid(f"unexpected input \"{i.name}\": {self._expects(loaded, sig)}")
+        missing = [k for k in sig.inputs if k not in names]
+        if missing:
+            raise invalid(f"input \"{missing[0]}\" is missing: {self._expects(loaded, sig)}")
+        elements = 0
+        for i in inputs:
+            spec = sig.inputs[i.name]
+            want = self._datatype(spec)
+            if i.datatype != want:
+                raise invalid(f"input \"{i.name}\" has datatype {i.datatype} but "
+                              f"{self._expects(loaded, sig)}")
+            if len(i.shape) != len(spec.shape) or any(
+                    e != -1 and e != g for e, g in zip(spec.shape, i.shape)):
+                raise invalid(f"input \"{i.name}\" has shape [{','.join(map(str, i.shape))}] "
+                              f"but {self._expects(loaded, sig)}")
+            elements += math.prod(i.shape)
+            limit = self.manager.max_request_elements
+            if elements > limit:
+                raise invalid(f"the request asks for {elements} elements (input \"{i.name}\" "
+                              f"has shape [{','.join(map(str, i.shape))}]), more than the "
+                              f"{limit} a request may hold (--max_request_elements)")
+
+    @staticmethod
+    def _outputs(loaded, sig, requested: list[str]) -> list[str]:
+        for k in requested:
+            if k not in sig.outputs:
+                raise invalid(f"requested output \"{k}\" is not an output of model "
+                              f"{loaded.name} version {loaded.version}: its outputs are "
+                              f"{', '.join(sig.outputs)}")
+        if len(set(requested)) != len(requested):
+            raise invalid("an output is requested more than once")
+        return list(requested)
+
+
+def _decode_all(inputs: list[WireInput]) -> dict[str, np.ndarray]:
+    return {i.name: i.decode() for i in inputs}
