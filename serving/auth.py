@@ -32,7 +32,7 @@ from serving import workers
 AUTH_HEADER = "authorization"
 PUBLIC_GRPC_SERVICES = ("/grpc.health.v1.Health/",)
 PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/openapi.json", "/"})
-PUBLIC_PREFIXES = ("/static/",)
+PUBLIC_PREFIXES = ("/web/",)  # the web page's files (issue 14: `/` and `/web/FILE`)
 MODEL_CONTROL = frozenset({  # gRPC methods and REST paths that change the served models
     "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
     "/inference.GRPCInferenceService/RepositoryModelLoad",

@@ -94,7 +94,7 @@ def test_guard_compares_bearer_tokens():
     assert (status, extra["WWW-Authenticate"]) == (401, 'Bearer realm="zoo", '
                                                         'error="invalid_token"')
     for public in ("/v2/health/live", "/v2/health/ready", "/openapi.json", "/",
-                   "/static/app.js"):
+                   "/web/app.js"):
         assert g.check_http("GET", public, {}) is None
     assert g.check_http("OPTIONS", "/v1/models/m:predict", {}) is None  # CORS preflight
 
