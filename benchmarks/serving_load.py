@@ -1,16 +1,17 @@
 """Load test of serving/ over loopback, next to the same model called in-process (the limit).
 
     python -m benchmarks.serving_load [--base-path exported_models] [--seconds 5] [--long-run 60]
-        [--workers 1 2] [--client auto|cxx|python]
+        [--workers 1 2] [--client auto|cxx|python] [--access-log-rounds 3]
 
 For every backend (savedmodel, onnx) x batching (off, on) x --workers, a server subprocess is
 started on 127.0.0.1; for softmax_regression and deep_cnn, 1 and 16 concurrent clients send a
 prebuilt one-image PredictRequest for --seconds; at 16 clients the same image is also sent as a
 v2 ModelInferRequest (the C++ client's generic stub sends any method's pre-serialised bytes), and
 softmax over REST as v1 JSON and as v2 binary tensors (wrk), each against the same server.
-Printed: p50/p99 latency, predictions/s, errors,
-and the ratio to the in-process rate measured in this same run; then the issue's targets, each
-marked met or not. Bounded: every phase has a time limit and the server is stopped at the end.
+Printed: p50/p99 latency, predictions/s, errors, and the ratio to the in-process rate measured in
+this same run; then softmax x16 with the access log off and on, in turns (issue 12's cost
+target); then the issues' targets, each marked met or not. Bounded: every phase has a time limit
+and the server is stopped at the end.
 Wrap in `flock /tmp/zoo-cpu.lock` on a shared machine.
 
 Clients share the machine's cores with the server, so their CPU cost matters. The default client
@@ -358,19 +359,20 @@ def load_wrk(rest: str, model: str, x: np.ndarray, clients: int, seconds: float,
 
 
 class Server:
-    def __init__(self, base: Path, backend: str, batching: bool, tmp: Path, workers: int = 1):
+    def __init__(self, base: Path, backend: str, batching: bool, tmp: Path, workers: int = 1,
+                 extra: tuple[str, ...] = ()):
         self.port = free_port()
         self.rest_port = free_port()
         cmd = [sys.executable, "-m", "serving.server", "--model_base_path", str(base),
                "--port", str(self.port), "--rest_api_port", str(self.rest_port),
                "--backend", backend, "--workers", str(workers),
-               "--file_system_poll_wait_seconds", "0", "--log_level", "WARNING"]
+               "--file_system_poll_wait_seconds", "0", "--log_level", "WARNING", *extra]
         if batching:
             cfg = tmp / "batching.config"
             cfg.write_text(BATCHING)
             cmd += ["--enable_batching", "--batching_parameters_file", str(cfg)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        self.log = open(tmp / f"server-{backend}-{batching}-{workers}.log", "w")
+        self.log = open(tmp / f"server-{backend}-{batching}-{workers}-{len(extra)}.log", "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=self.log,
                                      stdout=subprocess.DEVNULL)
         self.address = f"127.0.0.1:{self.port}"
@@ -419,6 +421,32 @@ class Server:
         self.log.close()
 
 
+def access_log_cost(base: Path, backend: str, tmp: Path, run_load, x: np.ndarray,
+                    seconds: float, rounds: int) -> dict:
+    """softmax_regression x16 on two servers alike but for --access_log (batching off, one
+    worker), measured in turns (off, on, off, on, ...) so that a neighbour's load on a shared
+    machine hits both alike; medians of the rounds, and the access log's line count as proof
+    that it was on."""
+    payload = request_bytes("softmax_regression", x)
+    log = tmp / "access.log"
+    servers = {"off": Server(base, backend, False, tmp),
+               "on": Server(base, backend, False, tmp, extra=("--access_log", str(log)))}
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        for _ in range(rounds):
+            for mode, server in servers.items():
+                r = run_load(server.address, payload, 16, seconds)
+                rates[mode].append(r["rate"])
+                print(fmt(f"gRPC {backend:10s} softmax x16, access log {mode:3s}", r, None),
+                      flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    off, on = float(np.median(rates["off"])), float(np.median(rates["on"]))
+    return {"off_rates": rates["off"], "on_rates": rates["on"], "off": off, "on": on,
+            "cost": 1 - on / off, "log_lines": len(log.read_text().splitlines())}
+
+
 def busy(r: dict, server_cpu: float, rows: tuple[float, float],
          rows_before: tuple[float, float]) -> None:
     """Add to a load run's figures how busy it kept the CPUs (server + client CPU time over
@@ -465,6 +493,9 @@ def main(argv=None) -> int:
                    help="load generator: the C++ one (cxx; auto = cxx if it builds) or Python")
     p.add_argument("--channels", type=int, default=8,
                    help="connections the C++ client spreads its calls over (default 8)")
+    p.add_argument("--access-log-rounds", type=int, default=3,
+                   help="turns of softmax x16 with --access_log off and on, on the first "
+                        "backend (default 3; 0 skips)")
     p.add_argument("--v2", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the Open Inference Protocol (v2 ModelInfer at 16 clients, "
                         "v2 REST with binary tensors) against Predict and v1 REST (default on)")
@@ -560,6 +591,9 @@ def main(argv=None) -> int:
                                       f"{args.long_run:g} s", r, None), flush=True)
                     finally:
                         server.stop()
+        if args.access_log_rounds > 0:
+            results["access_log"] = access_log_cost(base, args.backends[0], Path(tmp), run_load,
+                                                    x, args.seconds, args.access_log_rounds)
     print("\ntargets (issues 3, 11 and 12; issue 3's best over --workers):")
 
     def best(fmt_key: str, better) -> tuple[int, dict] | None:
@@ -614,6 +648,12 @@ def main(argv=None) -> int:
         print(f"  long run: zero errors, p99 <= 10x p50: {'met' if ok else 'NOT met'} "
               f"(p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, errors "
               f"{sum(r['errors'].values())})")
+    if "access_log" in results:
+        r = results["access_log"]
+        print(f"  access log on costs {r['cost'] * 100:.1f}% of softmax x16 throughput "
+              f"({'met' if r['cost'] <= 0.10 else 'NOT met'}; target <= 10%; issue 12; median "
+              f"{r['on']:.0f} vs {r['off']:.0f} pred/s over {len(r['on_rates'])} turns; "
+              f"{r['log_lines']} lines logged)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -65,13 +65,18 @@ class ZooClient:
                  timeout: float = 10.0, tls: bool = False, ca_file: str | None = None,
                  cert_file: str | None = None, key_file: str | None = None,
                  server_name: str | None = None, max_message_bytes: int = 64 << 20,
-                 max_attempts: int = 4):
+                 max_attempts: int = 4, token: str | None = None):
+        """`token`: sent as `authorization: Bearer <token>` on every call (gRPC metadata, and
+        the HTTP header of `list`), for a server started with --auth_token_file."""
         from tensorflow_serving.apis import (
             model_service_pb2_grpc,
             prediction_service_pb2_grpc,
         )
 
+        from serving import auth
+
         self.address, self.rest_address, self.timeout = address, rest_address, timeout
+        self.auth_headers = {"authorization": auth.bearer(token)} if token else {}
         options = [("grpc.service_config", service_config(max_attempts)),
                    ("grpc.enable_retries", 1),
                    ("grpc.max_receive_message_length", max_message_bytes),
@@ -114,7 +119,8 @@ class ZooClient:
 
     def _call(self, method, request, timeout):
         try:
-            return method(request, timeout=timeout or self.timeout, wait_for_ready=False)
+            return method(request, timeout=timeout or self.timeout, wait_for_ready=False,
+                          metadata=tuple(self.auth_headers.items()))
         except grpc.RpcError as e:
             raise _rpc_error(e) from None
 
@@ -199,9 +205,12 @@ class ZooClient:
                               "(--rest HOST:PORT)")
         url = f"http://{self.rest_address}/v1/models"
         try:
-            with urllib.request.urlopen(url, timeout=timeout or self.timeout) as r:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=self.auth_headers),
+                                        timeout=timeout or self.timeout) as r:
                 return json.loads(r.read())["models"]
         except urllib.error.HTTPError as e:
+            if e.code == 401:
+                raise ClientError("HTTP 401", f"{url}: {_error_text(e)} (--token-file)") from None
             raise ClientError(f"HTTP {e.code}", f"{url}: {e.reason} (TF Serving itself has no "
                               "list endpoint; name the model instead)") from None
         except (urllib.error.URLError, OSError) as e:
@@ -214,6 +223,14 @@ class ZooClient:
                               "); is --rest the REST port?") from None
         except (ValueError, KeyError, TypeError) as e:  # a bad address, or not our JSON
             raise ClientError("INVALID_ARGUMENT", f"{url}: {e}") from None
+
+
+def _error_text(e: urllib.error.HTTPError) -> str:
+    """The server's {"error": ...} message, or the HTTP reason."""
+    try:
+        return json.loads(e.read())["error"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return str(e.reason)
 
 
 # ---------------------------------------------------------------------- CLI helpers
@@ -271,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--key-file", help="client key (PEM)")
     g.add_argument("--server-name", help="expected name in the server certificate")
     g.add_argument("--max-message-bytes", type=int, default=64 << 20)
+    g.add_argument("--token-file", help="bearer token for a server run with --auth_token_file "
+                   "(sent on gRPC and REST calls)")
     g.add_argument("--protocol", choices=("tfserving", "v2"), default="tfserving",
                    help="TF Serving's gRPC API (default), or the Open Inference Protocol "
                         "(KServe v2) over gRPC, as Triton, KServe and MLServer speak it")
@@ -289,17 +308,25 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--batch-size", type=positive_int, default=256)
     args = p.parse_args(argv)
     try:
+        token = None
+        if args.token_file:
+            from serving import auth
+
+            try:
+                token = auth.read_token(args.token_file, "--token-file")
+            except ValueError as e:
+                raise ClientError("INVALID_ARGUMENT", str(e)) from None
         if args.protocol == "v2":
             from serving.v2_client import V2Client
 
             with V2Client(args.address, timeout=args.timeout, tls=args.tls,
                           ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
-                          max_message_bytes=args.max_message_bytes) as client:
+                          max_message_bytes=args.max_message_bytes, token=token) as client:
                 return _run(client, args)
         with ZooClient(args.address, rest_address=args.rest, timeout=args.timeout, tls=args.tls,
                        ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
-                       server_name=args.server_name,
-                       max_message_bytes=args.max_message_bytes) as client:
+                       server_name=args.server_name, max_message_bytes=args.max_message_bytes,
+                       token=token) as client:
             return _run(client, args)
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)

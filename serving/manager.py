@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
-from serving import status, tensors, validation
+from serving import access_log, status, tensors, validation
 from serving.batching import BatchingOptions, BatchTooLarge, QueueFull
 from serving.errors import ServingError, invalid, not_found
 from serving.lifecycle import WARMUP_FILE, Lifecycle, LoadedVersion, ModelState
@@ -82,7 +82,15 @@ class Manager(Lifecycle):
                                   arrays, self.max_request_elements)
 
     async def run(self, loaded: LoadedVersion, sig, inputs, outputs) -> dict[str, np.ndarray]:
+        """Every inference of every protocol comes here: it is noted in the access log."""
         rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        access_log.note(model=loaded.name, version=loaded.version, rows=rows)
+        result = await self._run(loaded, sig, inputs, outputs, rows)
+        access_log.note_payload(inputs, result)
+        return result
+
+    async def _run(self, loaded: LoadedVersion, sig, inputs, outputs, rows: int
+                   ) -> dict[str, np.ndarray]:
         if rows == 0 and all(s.shape and s.shape[0] == -1 for s in sig.outputs.values()):
             names = outputs or list(sig.outputs)
             return {k: np.zeros([0, *[max(d, 0) for d in sig.outputs[k].shape[1:]]],

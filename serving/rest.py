@@ -5,8 +5,14 @@
     GET  /v1/models/NAME[/versions/N|/labels/L]/metadata   signature defs
     POST /v1/models/NAME[/versions/N|/labels/L]:predict    {"instances": ...} or {"inputs": ...}
     GET  /monitoring/prometheus/metrics                    Prometheus text format
-    GET  /v1/models/NAME[...]/certificate                  metadata.json (zoo extension)
-    GET  /  and /web/FILE                                  the web page (serving/webpage.py)
+    GET  /v1/models/NAME[/versions/N|/labels/L]/certificate  metadata.json (zoo extension)
+    GET  /openapi.json                                     the OpenAPI 3 document of the above
+    GET  /  and /web/FILE                                  the web page (serving/webpage.py;
+                                                           a page, not part of the API)
+
+Every route is a row of ROUTES (method, OpenAPI path template, handler), the one routing table:
+dispatch reads it, and tests/test_serving_ops.py checks it against serving/openapi.json. Each
+request is logged (access_log) and authorized (auth) in `RestServer.handle`.
 
 Errors are `{"error": "..."}` with the HTTP code TF Serving maps each gRPC status to. Paths are
 percent-decoded (`/v1/models/mod%C3%A8le` names the model `modèle`).
@@ -16,8 +22,9 @@ process serves both without a second loop or thread; its HTTP/1.1 parser (llhttp
 limits on header count and size and refuses what our own parser let through (`Content-Length:
 1_0`, two Content-Lengths); it has a low-level server for callers who do their own routing; and
 it is one pinned dependency (with its own small helpers: multidict, yarl, ...). We use that
-low-level server (`web.Server`, `ServerRunner`, `TCPSite`) rather than `web.Application`: every
-path goes through TF Serving's one regex anyway, and the protocol class must be ours to add what
+low-level server (`web.Server`, `ServerRunner`, `TCPSite`) rather than `web.Application`: paths
+go through our own table (TF Serving's `:predict` suffixes are not path segments), and the
+protocol class must be ours to add what
 aiohttp leaves to its caller: a deadline for each request head, a cap on connections, and a
 lingering close after a request it cannot parse, so that the client reads the 400/431 instead
 of a reset. The limits are flags (`add_flags`).
@@ -34,12 +41,15 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
 import re
 import resource
 import threading
+from collections.abc import Callable
+from importlib import resources
 
 import grpc
 import numpy as np
@@ -53,7 +63,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
-from serving import webpage
+from serving import access_log, auth, webpage
 from serving.manager import Manager, ServingError, invalid
 
 log = logging.getLogger("serving.rest")
@@ -68,9 +78,6 @@ HTTP_CODES = {  # TF Serving's ToHTTPStatusCode
     grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500, grpc.StatusCode.UNAUTHENTICATED: 401,
 }
-MODEL_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<tail>/metadata|/certificate|:predict|:classify|:regress)?$")
 MAX_VERSION = 2**63 - 1          # ModelSpec.version is an int64
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 THREAD_ABOVE_BYTES = 1 << 16     # bigger bodies and answers are (de)coded in a thread
@@ -470,12 +477,14 @@ def status_json(response) -> dict:
 
 class RestServer:
     def __init__(self, manager: Manager, options: RestOptions | None = None, peers=None,
-                 v2_plane=None):
+                 v2_plane=None, access: access_log.AccessLog | None = None,
+                 guard: auth.Guard | None = None):
         from serving import v2_dataplane, v2_rest  # v2_rest builds on this module
 
         self.manager, self.peers = manager, peers  # peers: sibling workers (workers.Peers)
         self.options = options or RestOptions()
         self.v2 = v2_rest.V2Rest(v2_plane or v2_dataplane.DataPlane(manager))
+        self.access, self.guard = access, guard or auth.Guard()
         self._runner: web.ServerRunner | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
@@ -504,34 +513,55 @@ class RestServer:
         await runner.cleanup()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Every request: recorded in the access log (the one place for REST), then answered."""
         request.protocol.request_started()
+        begun = None if self.access is None else self.access.begin(
+            access_log.rest_protocol(request.path), f"{request.method} {request.path}",
+            request.remote)
+        status = 500
         try:
-            cors = self._cors(request)
-            if self.options.cors_origins is not None and request.method == "OPTIONS" \
-                    and "Access-Control-Request-Method" in request.headers:
-                return self._preflight(request, cors)
-            try:
-                body = await self._body(request) if request.method == "POST" else b""
-            except HttpError as e:  # the rest of the body is read and dropped, then we close
-                response = json_response(e.status, {"error": e.message})
-                response.force_close()
-            else:
-                response = (webpage.response(request.method, request.path)
-                            if self.options.rest_api_web_page else None)
-                if response is None:
-                    status, payload = await self.dispatch(request.method, request.path,
-                                                          request.headers, body)
-                    if isinstance(payload, web.Response):  # v2 binary tensors or JSON
-                        response = payload
-                    elif isinstance(payload, str):
-                        response = web.Response(status=status, body=payload.encode(),
-                                                headers={"Content-Type": METRICS_TYPE})
-                    else:
-                        response = json_response(status, payload)
-            response.headers.update(cors)
+            response = await self._answer(request)
+            status = response.status
             return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's code)
+            raise
         finally:
+            if begun is not None:
+                self.access.end(begun, status)
             request.protocol.request_finished()
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
+        cors = self._cors(request)
+        if self.options.cors_origins is not None and request.method == "OPTIONS" \
+                and "Access-Control-Request-Method" in request.headers:
+            return self._preflight(request, cors)
+        refusal = self.guard.check_http(request.method, request.path, request.headers)
+        if refusal is not None:
+            status, message, headers = refusal
+            response = json_response(status, {"error": message})
+            response.headers.update({**headers, **cors})
+            return response
+        try:
+            body = await self._body(request) if request.method == "POST" else b""
+        except HttpError as e:  # the rest of the body is read and dropped, then we close
+            response = json_response(e.status, {"error": e.message})
+            response.force_close()
+        else:
+            response = (webpage.response(request.method, request.path)
+                        if self.options.rest_api_web_page else None)
+            if response is None:
+                status, payload = await self.dispatch(request.method, request.path,
+                                                      request.headers, body)
+                if isinstance(payload, web.Response):  # v2 binary tensors or JSON
+                    response = payload
+                elif isinstance(payload, str):
+                    response = web.Response(status=status, body=payload.encode(),
+                                            headers={"Content-Type": METRICS_TYPE})
+                else:
+                    response = json_response(status, payload)
+        response.headers.update(cors)
+        return response
 
     def _cors(self, request) -> dict[str, str]:
         """The CORS headers for this request's Origin ({} when CORS is off or it is not allowed)."""
@@ -591,31 +621,9 @@ class RestServer:
         """(HTTP status, payload): a str is Prometheus text, bytes are JSON, a web.Response is
         sent as it is, else a JSON value."""
         try:
-            if method == "GET" and path == "/monitoring/prometheus/metrics":
-                return 200, await self.metrics_text()
-            if method == "GET" and path in ("/v1/models", "/v1/models/"):
-                return 200, self.list_models()
-            if path == "/v2" or path.startswith("/v2/"):  # the Open Inference Protocol
-                return await self.v2.dispatch(method, path, headers, body)
-            m = MODEL_PATH.match(path)
-            if m is None:
-                raise HttpError(404, f"Malformed request: {method} {path}")
-            spec = self._spec(m)
-            tail = m.group("tail")
-            if method == "GET" and tail is None:
-                req = get_model_status_pb2.GetModelStatusRequest()
-                req.model_spec.CopyFrom(spec)
-                return 200, status_json(self.manager.model_status(req))
-            if method == "GET" and tail == "/metadata":
-                return 200, self.metadata(spec)
-            if method == "GET" and tail == "/certificate":
-                return 200, await webpage.served_certificate(self.manager, spec)
-            if method == "POST" and tail == ":predict":
-                with self.manager.metrics.track(spec.name, "predict", "REST", "INTERNAL"):
-                    return 200, await self.predict(spec, headers, body)
-            if method == "POST" and tail in (":classify", ":regress"):
-                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED[tail[1:]])
-            raise HttpError(404, f"Malformed request: {method} {path}")
+            route, params = find_route(method, path)
+            access_log.note(model=params.get("name"))
+            return await route.handler(self, params, headers, body)
         except HttpError as e:
             return e.status, {"error": e.message}
         except ServingError as e:
@@ -624,18 +632,44 @@ class RestServer:
             log.exception("REST %s %s failed", method, path)
             return 500, {"error": f"Internal error: {type(e).__name__}: {e}"}
 
+    # Handlers of ROUTES: (self, path parameters, headers, body) -> (HTTP status, payload).
+    async def get_metrics(self, params, headers, body):
+        return 200, await self.metrics_text()
+
+    async def get_models(self, params, headers, body):
+        return 200, self.list_models()
+
+    async def get_status(self, params, headers, body):
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.CopyFrom(self._spec(params))
+        return 200, status_json(self.manager.model_status(req))
+
+    async def get_metadata(self, params, headers, body):
+        return 200, self.metadata(self._spec(params))
+
+    async def post_predict(self, params, headers, body):
+        spec = self._spec(params)
+        with self.manager.metrics.track(spec.name, "predict", "REST", "INTERNAL"):
+            return 200, await self.predict(spec, headers, body)
+
+    async def get_certificate(self, params, headers, body):
+        return 200, await webpage.served_certificate(self.manager, self._spec(params))
+
+    async def get_openapi(self, params, headers, body):
+        return 200, openapi_document()
+
     @staticmethod
-    def _spec(m) -> model_pb2.ModelSpec:
-        spec = model_pb2.ModelSpec(name=m.group("name"))
-        version = m.group("version")
+    def _spec(params: dict[str, str]) -> model_pb2.ModelSpec:
+        spec = model_pb2.ModelSpec(name=params["name"])
+        version = params.get("version")
         if version is not None:
             if not (version.isascii() and version.isdigit()):
                 raise HttpError(404, f"Malformed request: version {version!r} is not a number")
             if int(version) > MAX_VERSION:
                 raise invalid(f"version {version} is out of range (at most {MAX_VERSION})")
             spec.version.value = int(version)
-        elif m.group("label") is not None:
-            spec.version_label = m.group("label")
+        elif params.get("label") is not None:
+            spec.version_label = params["label"]
         return spec
 
     def list_models(self) -> dict:
@@ -762,3 +796,81 @@ _UNIMPLEMENTED = {
     "multi_inference": "MultiInference combines Classify and Regress signatures on tf.Example "
                        "input; zoo models export only predict signatures. Use Predict.",
 }
+
+
+def _unimplemented(what: str):
+    async def handler(server, params, headers, body):
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED[what])
+    return handler
+
+
+def _v2(name: str):
+    """The handler V2Rest.`name` of the server's v2 part (serving/v2_rest.py imports this
+    module, so it is looked up when called)."""
+    async def handler(server, params, headers, body):
+        return await getattr(server.v2, name)(params, headers, body)
+    return handler
+
+
+# ---------------------------------------------------------------------------- the routes
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One REST endpoint: a method, an OpenAPI path template (`{name}` is one path segment, or
+    the part of one before a `:verb`), and its handler. ROUTES is the only routing there is:
+    dispatch, the OpenAPI check (tests/test_serving_ops.py) and the docs read it."""
+
+    method: str
+    template: str
+    handler: Callable
+    pattern: re.Pattern = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/:]+)", re.escape(self.template))
+        object.__setattr__(self, "pattern", re.compile(regex))
+
+
+def _model_routes(method: str, tail: str, handler) -> list[Route]:
+    """TF Serving's three ways of naming a model's version: latest, number, label."""
+    return [Route(method, f"/v1/models/{{name}}{middle}{tail}", handler)
+            for middle in ("", "/versions/{version}", "/labels/{label}")]
+
+
+ROUTES: list[Route] = [
+    Route("GET", "/v1/models", RestServer.get_models),
+    *_model_routes("POST", ":predict", RestServer.post_predict),
+    *_model_routes("GET", "", RestServer.get_status),
+    *_model_routes("GET", "/metadata", RestServer.get_metadata),
+    *_model_routes("GET", "/certificate", RestServer.get_certificate),  # zoo extension
+    *_model_routes("POST", ":classify", _unimplemented("classify")),
+    *_model_routes("POST", ":regress", _unimplemented("regress")),
+    Route("GET", "/monitoring/prometheus/metrics", RestServer.get_metrics),
+    Route("GET", "/openapi.json", RestServer.get_openapi),
+    # The Open Inference Protocol (serving/v2_rest.py)
+    Route("GET", "/v2", _v2("server_metadata")),
+    Route("GET", "/v2/health/live", _v2("live")),
+    Route("GET", "/v2/health/ready", _v2("ready")),
+    *[Route(method, f"/v2/models/{{name}}{middle}{tail}", _v2(handler))
+      for middle in ("", "/versions/{version}")
+      for method, tail, handler in (("GET", "", "model_metadata"),
+                                    ("GET", "/ready", "model_ready"),
+                                    ("POST", "/infer", "post_infer"))],
+]
+ALIASES = {"/v1/models/": "/v1/models"}
+
+
+def find_route(method: str, path: str) -> tuple[Route, dict[str, str]]:
+    """The route serving `method path` and its path parameters; 404 (TF Serving's "Malformed
+    request") for anything else, whatever the method."""
+    path = ALIASES.get(path, path)
+    for route in ROUTES:
+        if route.method == method:
+            m = route.pattern.fullmatch(path)
+            if m is not None:
+                return route, m.groupdict()
+    raise HttpError(404, f"Malformed request: {method} {path}")
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    """serving/openapi.json, the OpenAPI 3 description of ROUTES (package data)."""
+    return resources.files("serving").joinpath("openapi.json").read_bytes()

@@ -41,7 +41,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, protos, quiet, rest, v2_dataplane, v2_grpc, workers
+from serving import access_log, auth, backends, protos, quiet, rest, v2_dataplane, v2_grpc, workers
 from serving.batching import BatchingOptions
 from serving.manager import Manager, ServingError
 from serving.metrics import Metrics
@@ -186,6 +186,8 @@ def parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, how long requests in flight may take to finish")
     g.add_argument("--log_level", default="INFO")
     rest.add_flags(p, _bool)
+    access_log.add_flags(p)
+    auth.add_flags(p, _bool)
     return p
 
 
@@ -250,6 +252,9 @@ def check_options(args: argparse.Namespace) -> None:
         raise protos.ConfigError("--rest_api_port cannot be the same as --port")
     try:
         rest.RestOptions.from_args(args)
+        access_log.check_args(args)
+        if args.auth_token_file:  # read again by the Server; unreadable stops us here
+            auth.read_token(args.auth_token_file)
     except ValueError as e:
         raise protos.ConfigError(str(e)) from None
 
@@ -278,6 +283,7 @@ class Server:
         self._health = None
         self._poller = None
         self._peers = None
+        self._access: access_log.AccessLog | None = None
         self._v2 = None  # the Open Inference Protocol's data plane (serving/v2_dataplane.py)
 
     async def start(self) -> None:
@@ -330,7 +336,14 @@ class Server:
         except ServingError as e:
             raise protos.ConfigError(e.message) from None
 
-        server = self._grpc = grpc.aio.server(options=grpc_options)
+        try:  # docs/ARCHITECTURE.md, "Request logging" and "Auth"
+            access = self._access = access_log.AccessLog.from_args(args, args.worker_index)
+            guard = auth.Guard.from_args(args)
+        except ValueError as e:
+            raise protos.ConfigError(str(e)) from None
+        interceptors = [i for i in (access and access.grpc_interceptor(),
+                                    guard.grpc_interceptor()) if i is not None]
+        server = self._grpc = grpc.aio.server(options=grpc_options, interceptors=interceptors)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(manager), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, peers),
@@ -364,7 +377,7 @@ class Server:
         _say(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{self.port}")
         if args.rest_api_port:
             self._rest = rest.RestServer(manager, rest.RestOptions.from_args(args), peers,
-                                         self._v2)
+                                         self._v2, access, guard)
             try:
                 self.rest_port = await self._rest.start(args.host, args.rest_api_port,
                                                         reuse_port=peers is not None)
@@ -408,6 +421,9 @@ class Server:
         if self._peers is not None:
             await self._peers.close()
             self._peers = None
+        if self._access is not None:
+            self._access.close()
+            self._access = None
 
 
 async def serve(args) -> int:

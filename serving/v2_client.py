@@ -21,10 +21,14 @@ def _error(e) -> ClientError:
 class V2Client:
     def __init__(self, address: str, *, timeout: float = 10.0, tls: bool = False,
                  ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None, max_message_bytes: int = 64 << 20):
+                 key_file: str | None = None, max_message_bytes: int = 64 << 20,
+                 token: str | None = None):
         import tritonclient.grpc as triton
 
+        from serving import auth
+
         self.timeout, self.address = timeout, address
+        self.headers = {"authorization": auth.bearer(token)} if token else None
         try:
             self.client = triton.InferenceServerClient(
                 address, ssl=bool(tls or ca_file or cert_file), root_certificates=ca_file,
@@ -45,7 +49,7 @@ class V2Client:
         from tritonclient.utils import InferenceServerException
 
         try:
-            return method(*args, client_timeout=self.timeout, **kwargs)
+            return method(*args, client_timeout=self.timeout, headers=self.headers, **kwargs)
         except InferenceServerException as e:
             raise _error(e) from None
 

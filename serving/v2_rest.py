@@ -1,5 +1,5 @@
 """The Open Inference Protocol's REST API on the TF Serving REST port (docs/ARCHITECTURE.md,
-"Open Inference Protocol"); serving/rest.py hands it every path under /v2.
+"Open Inference Protocol"); its routes are rows of serving/rest.py's ROUTES.
 
     GET  /v2                                       server metadata
     GET  /v2/health/live, /v2/health/ready         200 when live / ready, else 400
@@ -19,7 +19,6 @@ serving.rest.THREAD_ABOVE_BYTES are parsed, decoded and encoded in a thread.
 from __future__ import annotations
 
 import json
-import re
 
 from aiohttp import web
 
@@ -27,37 +26,34 @@ from serving import rest, v2_tensors
 from serving.errors import invalid
 from serving.v2_dataplane import DataPlane, WireInput
 
-MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
-                        r"(?P<tail>/ready|/infer)?$")
-
 
 class V2Rest:
     def __init__(self, plane: DataPlane):
         self.plane = plane
 
-    async def dispatch(self, method: str, path: str, headers, body: bytes):
-        """(HTTP status, JSON value or a ready web.Response); raises rest.HttpError for an
-        unknown path and ServingError for a refused request (rest.py answers both)."""
-        if method == "GET" and path == "/v2":
-            return 200, self.plane.server_metadata()
-        if method == "GET" and path == "/v2/health/live":
-            return 200, {"live": True}
-        if method == "GET" and path == "/v2/health/ready":
-            ready = self.plane.ready()
-            return (200 if ready else 400), {"ready": ready}
-        m = MODEL_PATH.match(path)
-        if m is None:
-            raise rest.HttpError(404, f"Malformed request: {method} {path}")
-        name, version, tail = m.group("name"), m.group("version") or "", m.group("tail")
-        if method == "GET" and tail is None:
-            return 200, self.plane.model_metadata(name, version)
-        if method == "GET" and tail == "/ready":
-            ready = self.plane.model_ready(name, version)
-            return (200 if ready else 400), {"name": name, "ready": ready}
-        if method == "POST" and tail == "/infer":
-            with self.plane.manager.metrics.track(name, "infer", "REST", "INTERNAL"):
-                return 200, await self.infer(name, version, headers, body)
-        raise rest.HttpError(404, f"Malformed request: {method} {path}")
+    # Handlers of serving/rest.py's /v2 routes: (path parameters, headers, body) -> (HTTP status,
+    # JSON value or a ready web.Response); a refused request raises ServingError.
+    async def server_metadata(self, params, headers, body):
+        return 200, self.plane.server_metadata()
+
+    async def live(self, params, headers, body):
+        return 200, {"live": True}
+
+    async def ready(self, params, headers, body):
+        ready = self.plane.ready()
+        return (200 if ready else 400), {"ready": ready}
+
+    async def model_metadata(self, params, headers, body):
+        return 200, self.plane.model_metadata(params["name"], params.get("version") or "")
+
+    async def model_ready(self, params, headers, body):
+        ready = self.plane.model_ready(params["name"], params.get("version") or "")
+        return (200 if ready else 400), {"name": params["name"], "ready": ready}
+
+    async def post_infer(self, params, headers, body):
+        name = params["name"]
+        with self.plane.manager.metrics.track(name, "infer", "REST", "INTERNAL"):
+            return 200, await self.infer(name, params.get("version") or "", headers, body)
 
     async def infer(self, name: str, version: str, headers, body: bytes) -> web.Response:
         encoding = headers.get("Content-Encoding", "identity").lower()
