@@ -895,7 +895,7 @@ TFJOB_MUTATIONS = {
     "port": (lambda o: _trainer(o)["ports"][0].update(containerPort=2223), "no port tfjob-port"),
     "command": (lambda o: _trainer(o).update(command=["python", "-m", "training.export"]),
                 "not python -m training.train"),
-    "unknown flag": (lambda o: _trainer(o)["args"].append("--worker=2"), "refuses"),
+    "unknown flag": (lambda o: _trainer(o)["args"].append("--learning_rate=0.1"), "refuses"),
     "workers flag": (lambda o: _trainer(o)["args"].append("--workers=2"),
                      "--workers starts local workers"),
     "model": (lambda o: _trainer(o)["args"].__setitem__(0, "deep_cnnn"),
