@@ -25,7 +25,7 @@ from pathlib import Path
 from training.multiworker import TF_CONFIG
 
 POLL_SECONDS = 0.2
-STOP_SECONDS = 10  # SIGTERM, then SIGKILL for a worker that does not stop within this
+STOP_SECONDS = 5  # SIGTERM, then SIGKILL for a worker that does not stop within this
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -59,9 +59,11 @@ def worker_argv(argv: list[str], run_dir: Path | None) -> list[str]:
     return out + (["--run-dir", str(run_dir)] if run_dir is not None else [])
 
 
-def _die_with_launcher() -> None:  # in the child, before exec: a killed launcher leaves no worker
+def _die_with_launcher() -> None:
+    """In the child, before exec: a killed launcher leaves no worker. SIGKILL, since a worker
+    catches SIGTERM (TensorFlow's preemption notifier) and would go on alone."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (AttributeError, OSError):
         pass
 

@@ -216,15 +216,21 @@ class Trainer:
         return totals
 
     def dataset(self, dataset: data.Dataset, seed: int):
-        """This worker's slice of the global batches one process would train on."""
-        config, worker = self.config, self.worker
-        pipeline = data.train_pipeline(dataset, config.batch_size, seed, config.train_limit,
-                                       shard=(worker.rank, worker.size))
-        import tensorflow as tf
+        """This worker's slice of the global batches one process would train on. From a
+        function: experimental_distribute_dataset would take each slice for a global batch
+        and split it again."""
+        config = self.config
 
-        options = tf.data.Options()  # already sharded: the strategy must not shard again
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return iter(self.strategy.experimental_distribute_dataset(pipeline.with_options(options)))
+        def per_worker(context):
+            if context.num_replicas_in_sync != context.num_input_pipelines:
+                raise ClusterError("one replica a worker is supported (a CPU each), got "
+                                   f"{context.num_replicas_in_sync} replicas in "
+                                   f"{context.num_input_pipelines} workers")
+            shard = (context.input_pipeline_id, context.num_input_pipelines)
+            return data.train_pipeline(dataset, config.batch_size, seed, config.train_limit,
+                                       shard=shard)
+
+        return iter(self.strategy.distribute_datasets_from_function(per_worker))
 
     def train_epoch(self, iterator, steps: int) -> dict[str, float]:
         """Train `steps` steps; the epoch's mean loss (and accuracy), as fit reports them."""
