@@ -157,22 +157,27 @@ def test_a_killed_worker_stops_the_run_and_resume_finishes_it(tmp_path):
     args = ["softmax_regression", "--epochs", "3", "--batch-size", "32", "--precision",
             "float32", "--test-limit", "256", "--run-dir", str(run), "--no-export",
             "--peer-timeout", PEER_TIMEOUT]
-    procs = [subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=ROOT,
-                              env=worker_env(addresses, i), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    procs = []
     try:
+        for i in range(2):
+            with open(logs[i], "w") as log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "training.train", *args], cwd=ROOT,
+                    env=worker_env(addresses, i), stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 600
         while not (run / "state.json").exists():
             assert all(p.poll() is None for p in procs), [p.poll() for p in procs]
             assert time.monotonic() < deadline, "no epoch committed"
             time.sleep(0.05)
         procs[1].send_signal(signal.SIGKILL)
-        out, _ = procs[0].communicate(timeout=EXIT_BOUND)
+        procs[0].wait(timeout=EXIT_BOUND)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.communicate()
+                p.wait()
+    out = logs[0].read_text()
     assert procs[0].returncode == 1, out
     assert "error: worker 0 (" in out and "lost a worker" in out and "--resume" in out, out
     assert "Traceback" not in out, out
