@@ -88,6 +88,8 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
           f"workers' output goes to {logs}/", file=sys.stderr, flush=True)
     procs: list[subprocess.Popen] = []
     files = []
+    # SIGTERM, like ^C, stops the workers and keeps their logs (the default would skip finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         for i in range(n):
             env = dict(os.environ, **{TF_CONFIG: tf_config(addresses, i)})

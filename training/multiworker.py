@@ -329,6 +329,16 @@ def train(worker: Worker, strategy, config: TrainConfig, run_dir: Path | None,
     return summary
 
 
+def leave(code: int = 0) -> None:
+    """Exit a worker whose run is complete (all met in `finished_together`) without
+    TensorFlow's teardown: its coordination-service agent waits, at exit, for a leader that
+    may already be gone, and a worker left that way hung (seen here after the chief exited
+    first)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def local_copy(model, config: TrainConfig):
     """The same model and weights outside the strategy (the policy stays as trained)."""
     import zoo

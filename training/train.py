@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if summary is not None:  # None: a worker other than the chief, which writes no run
         print(format_summary(summary))
+    if worker is not None:
+        multiworker.leave(0)
     return 0
 
 
