@@ -106,12 +106,12 @@ def allreduce_seconds(model: str, repeats: int) -> tuple[float, int]:
     return result["seconds"], result["tensors"]
 
 
-def ring_seconds(n: int, nbytes: float, tensors: int) -> float:
-    """Ring all-reduce over n machines: 2(n-1)/n x bytes sent per worker, 2(n-1) hops each
-    paying the link latency per tensor (TF's RING sends each tensor in its own collective)."""
+def ring_seconds(n: int, nbytes: float) -> float:
+    """Ring all-reduce over n machines: 2(n-1)/n x bytes sent per worker in 2(n-1) hops, each
+    paying the link latency once (the gradients' collectives run concurrently)."""
     if n == 1:
         return 0.0
-    return 2 * (n - 1) / n * nbytes / LINK_BYTES_PER_S + 2 * (n - 1) * tensors * LINK_LATENCY_S
+    return 2 * (n - 1) / n * nbytes / LINK_BYTES_PER_S + 2 * (n - 1) * LINK_LATENCY_S
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{batch} (measured above), no overlap of communication and compute:")
     rows = []
     for n in (1, 2, 4, 8, 16, 32, 64):
-        comm = ring_seconds(n, nbytes, tensors)
+        comm = ring_seconds(n, nbytes)
         strong = step1 / n + comm  # global batch fixed, split n ways
         weak = step1 + comm  # per-worker batch fixed
         rows.append((n, f"{1e3 * comm:.1f}", f"{1e3 * step1 / n:.1f}",
