@@ -9,6 +9,8 @@
 #
 #   docker build --target zoo-server -t keras-model-zoo-server:2.21.0 .
 #
+# The target trainer is the train CLI alone (multi-worker training on Kubeflow, deploy/kubeflow).
+#
 # deploy/ runs either image on Kubernetes, tagged with TF_SERVING_VERSION
 # (docker build -t keras-model-zoo-serving:2.21.0 .; see deploy/overlays/*/kustomization.yaml).
 #
@@ -17,10 +19,10 @@
 
 ARG TF_SERVING_VERSION=2.21.0
 
-# ---------------------------------------------------------------- build: train and export
-FROM python:3.11-slim AS build
-ARG MODELS="softmax_regression"
-ARG TRAIN_ARGS=""
+# ---------------------------------------------------------------- trainer: the train CLI
+# The image deploy/kubeflow/tfjob.yaml runs, one worker a pod (the TFJob operator sets TF_CONFIG):
+#   docker build --target trainer -t keras-model-zoo-trainer:2.21.0 .
+FROM python:3.11-slim AS trainer
 ENV PIP_NO_CACHE_DIR=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 WORKDIR /src
 COPY pyproject.toml ./
@@ -29,6 +31,13 @@ COPY training ./training
 COPY serving ./serving
 COPY analysis ./analysis
 RUN pip install --no-cache-dir .
+ENTRYPOINT ["python", "-m", "training.train"]
+CMD ["--list"]
+
+# ---------------------------------------------------------------- build: train and export
+FROM trainer AS build
+ARG MODELS="softmax_regression"
+ARG TRAIN_ARGS=""
 # Each model is trained with its registered recipe (TRAIN_ARGS may shorten it) and exported as
 # /models/NAME/1; the config lists them all under the image's /models.
 # hadolint ignore=SC2086

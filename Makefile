@@ -84,6 +84,7 @@ benchmarks: $(VENV)/.installed
 	$(PY) -m benchmarks.reference_accuracy
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.export_agreement
+	$(PY) -m benchmarks.multiworker
 	$(MAKE) bench-serving
 
 # The serving load test (~10 min) needs both models it serves exported: trains the missing ones.

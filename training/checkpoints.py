@@ -40,12 +40,18 @@ def read_state(run_dir: Path) -> dict | None:
         raise DamagedRunError(f"{path} is damaged ({e}); the run cannot be resumed") from None
 
 
-def load_checkpoint(run_dir: Path) -> tuple[keras.Model, dict]:
+def committed_state(run_dir: Path) -> dict:
+    """The last committed state of a run being resumed; DamagedRunError if there is none."""
     state = read_state(run_dir)
     if state is None:
         raise DamagedRunError(
             f"{run_dir} has no {STATE}: it was stopped before its first epoch ended, or the "
             "file is gone; nothing to resume from, so start a new run")
+    return state
+
+
+def load_checkpoint(run_dir: Path, state: dict) -> keras.Model:
+    """The model (and optimizer state) of a single-process run's committed checkpoint."""
     path = Path(run_dir) / state["checkpoint"]
     try:
         model = keras.models.load_model(path)
@@ -53,7 +59,7 @@ def load_checkpoint(run_dir: Path) -> tuple[keras.Model, dict]:
         raise DamagedRunError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}); the run "
                               "cannot be resumed") from None
-    return model, state
+    return model
 
 
 class DivergedError(RuntimeError):

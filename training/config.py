@@ -38,6 +38,9 @@ class TrainConfig:
     # --steps N: exactly N steps, the last epoch shorter if N is not a multiple (None: whole
     # epochs of steps_per_epoch).
     steps: int | None = None
+    # The cluster shape: worker processes sharing each batch of `batch_size` (the global batch;
+    # 1 is a single-process model.fit run, docs/ARCHITECTURE.md, "Multi-worker training").
+    workers: int = 1
 
     @property
     def total_steps(self) -> int:
@@ -88,6 +91,7 @@ def resolve_config(
     seed: int = 0,
     train_limit: int | None = None,
     test_limit: int | None = None,
+    workers: int = 1,
 ) -> TrainConfig:
     """Recipe defaults, then overrides (None means "not given"; 0 is refused, not ignored).
     `steps` is the exact total: split into the fewest epochs of at most one pass each."""
@@ -109,6 +113,11 @@ def resolve_config(
     if steps is not None and (epochs is not None or steps_per_epoch is not None):
         raise ConfigError("give --steps, or --epochs/--steps-per-epoch, not both")
     batch_size = batch_size if batch_size is not None else r.batch_size
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    if batch_size % workers:  # every worker takes an equal slice of each global batch
+        raise ConfigError(f"batch size {batch_size} does not split evenly over {workers} "
+                          f"workers; give a --batch-size that is a multiple of {workers}")
     examples = min(train_size, train_limit or train_size)
     if batch_size > examples:  # an epoch would hold no batch at all
         raise ConfigError(f"batch size {batch_size} is larger than the {examples:,} training "
@@ -140,6 +149,7 @@ def resolve_config(
         train_limit=train_limit,
         test_limit=test_limit,
         steps=steps,
+        workers=workers,
     )
 
 

@@ -495,8 +495,13 @@ def as_float_inputs(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
-def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = None):
+def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = None,
+                   shard: tuple[int, int] | None = None):
     """Shuffled each epoch, batched, prefetched; repeats forever (the caller sets steps).
+
+    `shard=(i, n)`: worker i of n gets the i-th of n equal slices of every global batch, so that
+    n workers together see exactly the batches of one process (docs/ARCHITECTURE.md,
+    "Multi-worker training").
 
     Shuffling permutes indices once per epoch and gathers whole batches: an element-wise
     tf.data shuffle of 60,000 images cost ~0.4 s an epoch here, competing with training for
@@ -514,8 +519,11 @@ def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = 
 
     def epoch_batches(epoch):
         noise = tf.random.stateless_uniform([n], seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
-        order = tf.argsort(noise)[: per_epoch * batch_size]
-        return tf.data.Dataset.from_tensor_slices(tf.reshape(order, (per_epoch, batch_size)))
+        order = tf.reshape(tf.argsort(noise)[: per_epoch * batch_size], (per_epoch, batch_size))
+        if shard is not None:
+            width = batch_size // shard[1]
+            order = order[:, shard[0] * width:(shard[0] + 1) * width]
+        return tf.data.Dataset.from_tensor_slices(order)
 
     return (
         tf.data.Dataset.range(2**62)

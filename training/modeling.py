@@ -22,15 +22,21 @@ MEASUREMENT_DTYPE = "float32"
 
 def compile_model(config: TrainConfig, model=None):
     """Compile `model` (default: a fresh zoo.create_model(config.model)) with the recipe."""
-    import keras
 
     model = zoo.create_model(config.model) if model is None else model
-    lr = learning_rate_schedule(config)
-    optimizer = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}[config.optimizer](lr)
+    optimizer = make_optimizer(config)
     # Several steps per tf.function call: small models are otherwise bound by Python overhead.
     model.compile(optimizer=optimizer, loss=config.loss, metrics=metric_names(config.task),
                   steps_per_execution=steps_per_execution(config))
     return model
+
+
+def make_optimizer(config: TrainConfig):
+    """The recipe's optimizer with its learning-rate schedule (not yet built)."""
+    import keras
+
+    lr = learning_rate_schedule(config)
+    return {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}[config.optimizer](lr)
 
 
 def metric_names(task: str) -> list[str]:

@@ -4,6 +4,8 @@
     python -m training.train softmax_regression
     python -m training.train deep_cnn --epochs 2 --precision float32 --seed 7 --batch-size 256
     python -m training.train deep_cnn --resume runs/deep_cnn/20261122-101500-s0
+    python -m training.train deep_cnn --workers 2       # two local workers (tf.distribute)
+    TF_CONFIG='{...}' python -m training.train deep_cnn  # one worker of a cluster (e.g. TFJob)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import zoo
 from serving import quiet
-from training import checkpoints, cli_types, data, modeling, precision
+from training import checkpoints, cli_types, data, launcher, modeling, multiworker, precision
 from training.config import ConfigError, TrainConfig, resolve_config, write_json_atomic
 from training.export import ExportError
 
@@ -63,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-export", action="store_true", help="train only")
     o.add_argument("--data-dir", type=Path, help=f"where datasets are (also ${data.ENV_DATA_DIR})")
 
+    c = p.add_argument_group("beyond one machine (docs/ARCHITECTURE.md, \"Multi-worker training\")")
+    c.add_argument("--workers", type=int, metavar="N",
+                   help="train with N local worker processes on 127.0.0.1 "
+                        "(MultiWorkerMirroredStrategy; --batch-size is the global batch); "
+                        "with TF_CONFIG set, this process is one worker of that cluster instead")
+    c.add_argument("--peer-timeout", type=float, default=multiworker.DEFAULT_PEER_TIMEOUT,
+                   metavar="SECONDS",
+                   help="how long a worker waits for its peers to join, or for a lost peer's "
+                        "heartbeat, before the run fails (default: %(default)g)")
+
     s = p.add_argument_group("small runs (tests, quick looks)")
     s.add_argument("--train-limit", type=int, help="use only the first N training examples")
     s.add_argument("--test-limit", type=int, help="evaluate on the first N test examples")
@@ -89,34 +101,56 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print(list_models_table())
             return 0
-        summary = run_from_args(args)
+        worker = multiworker.Worker.from_env()
+        if worker is None and args.workers is not None and args.workers > 1:
+            return launcher.launch(args, sys.argv[1:] if argv is None else argv)
+        if worker is not None and args.workers is not None:
+            raise UsageError(f"--workers starts local workers, but {multiworker.TF_CONFIG} "
+                             "already makes this process one worker of a cluster; drop one")
+        summary = run_from_args(args, worker)
     except (UsageError, zoo.UnknownModelError, data.DataSourceError, ConfigError, ExportError,
             precision.PrecisionError, checkpoints.DivergedError, checkpoints.DamagedRunError,
             FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_summary(summary))
+    except multiworker.ClusterError as e:  # not the user's command line: the cluster's state
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if summary is not None:  # None: a worker other than the chief, which writes no run
+        print(format_summary(summary))
+    if worker is not None:
+        multiworker.leave(0)
     return 0
 
 
-def run_from_args(args: argparse.Namespace) -> dict:
+def run_from_args(args: argparse.Namespace, worker: multiworker.Worker | None = None) -> dict:
+    """Train as the arguments say; `worker`: this process is one worker of that cluster (it
+    joins it first, before any other TensorFlow op), and only the chief writes the run."""
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if worker is not None:
+        worker = (worker, multiworker.connect(worker, args.peer_timeout))
+    writes = worker is None or worker[0].is_chief
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in RECIPE_FLAGS if getattr(args, k) is not None]
         if given:
             raise UsageError(f"--resume continues a run with its own config.json; "
                              f"drop {', '.join(given)}")
+        # Every worker reads it (a finished, exported run is done for all), the chief writes it.
         export_dir = None if args.no_export else args.export_dir
-        check_destinations(None, export_dir)
+        if writes:
+            check_destinations(None, export_dir)
         return resume(args.resume, export_dir=export_dir, data_dir=args.data_dir,
-                      model=args.model)
+                      model=args.model, worker=worker)
     if not args.model:
         raise UsageError("name a model to train (python -m training.train --list shows them)")
     spec = zoo.get_spec(args.model)
     if args.dataset and args.dataset not in spec.datasets:  # before any loading or download
         raise UsageError(f"{args.model} trains on {', '.join(spec.datasets)}, not {args.dataset}")
     seed = 0 if args.seed is None else args.seed
-    export_dir = None if args.no_export else args.export_dir
-    check_destinations(args.run_dir, export_dir)  # before any data is loaded or trained
+    export_dir = None if args.no_export or not writes else args.export_dir
+    if writes:
+        check_destinations(args.run_dir, export_dir)  # before any data is loaded or trained
     resolved = precision.choose(args.precision or "auto")
     dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir, seed=seed)
     config = resolve_config(
@@ -134,7 +168,10 @@ def run_from_args(args: argparse.Namespace) -> dict:
         seed=seed,
         train_limit=args.train_limit,
         test_limit=args.test_limit,
+        workers=worker[0].size if worker else 1,
     )
+    if not writes:  # a worker other than the chief: its checkpoints go to a temporary folder
+        return train(config, None, dataset, export_dir=None, worker=worker)
     if args.run_dir:
         run_dir = args.run_dir
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -142,15 +179,15 @@ def run_from_args(args: argparse.Namespace) -> dict:
                              f"--resume {run_dir}, or choose another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
-        run_dir = new_run_dir(config)
-    return train(config, run_dir, dataset, export_dir=export_dir)
+        run_dir = new_run_dir(config.model, config.seed)
+    return train(config, run_dir, dataset, export_dir=export_dir, worker=worker)
 
 
-def new_run_dir(config: TrainConfig, root: Path = DEFAULT_RUNS) -> Path:
+def new_run_dir(model: str, seed: int, root: Path = DEFAULT_RUNS) -> Path:
     """runs/MODEL/TIME-sSEED, created here and now: two runs started in the same second get
     -2, -3, ... (mkdir is atomic), so neither can write into the other's folder."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / config.model / f"{stamp}-s{config.seed}"
+    base = Path(root) / model / f"{stamp}-s{seed}"
     base.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
         candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
@@ -201,7 +238,7 @@ def check_destinations(run_dir: Path | None, export_dir: Path | None) -> None:
 
 
 def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None,
-           model: str | None = None) -> dict:
+           model: str | None = None, worker=None) -> dict | None:
     """Continue a run with the config it was started with (recipe flags are not re-read)."""
     config_path = Path(run_dir) / "config.json"
     if not config_path.exists():
@@ -209,37 +246,61 @@ def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None,
     config = TrainConfig.read(config_path)
     if model and model != config.model:
         raise UsageError(f"{run_dir} is a run of {config.model}, not {model}")
+    if worker is not None and config.workers != worker[0].size:
+        # The global batch is split in config.workers slices: another cluster would train
+        # another run than the one config.json describes.
+        raise UsageError(f"{run_dir} was trained by {config.workers} worker(s), this cluster "
+                         f"has {worker[0].size}; resume it with {config.workers}")
+    if worker is None and config.workers > 1:
+        raise UsageError(f"{run_dir} was trained by {config.workers} workers; resume it with "
+                         f"--workers {config.workers}")
     dataset = data.load_dataset(config.dataset, data_dir, seed=config.seed)
-    return train(config, Path(run_dir), dataset, export_dir=export_dir, resuming=True)
+    return train(config, Path(run_dir), dataset, export_dir=export_dir, resuming=True,
+                 worker=worker)
 
 
-def train(config: TrainConfig, run_dir: Path, dataset: data.Dataset,
-          export_dir: Path | None = DEFAULT_EXPORTS, resuming: bool = False) -> dict:
-    """Train (or continue) one run and return its summary. The library entry point."""
+def train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
+          export_dir: Path | None = DEFAULT_EXPORTS, resuming: bool = False,
+          worker=None) -> dict | None:
+    """Train (or continue) one run and return its summary. The library entry point.
+
+    `worker`: (multiworker.Worker, strategy) to train as one worker of a cluster; only the
+    chief writes `run_dir` and returns the summary (the others: None; their run_dir, read when
+    resuming, is None otherwise)."""
     import keras
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    writes = worker is None or worker[0].is_chief
+    run_dir = None if run_dir is None else Path(run_dir)
+    if writes:
+        run_dir.mkdir(parents=True, exist_ok=True)
     precision.apply(config.precision)
     keras.utils.set_random_seed(config.seed)
     print(f"[precision] {config.precision} ({config.precision_requested}: "
           f"{config.precision_reason})", file=sys.stderr)
 
-    history: list[dict] = []
-    initial_epoch = 0
+    state = None
     if resuming:
         # No state.json: nothing to continue from (a run stopped before its first epoch ended,
         # or a damaged folder); starting over here would silently throw away what is left.
-        model, state = checkpoints.load_checkpoint(run_dir)
-        initial_epoch, history = state["epoch"], state["history"]
-        if initial_epoch >= config.epochs and (done := published_export(run_dir, export_dir)):
+        state = checkpoints.committed_state(run_dir)
+        if state["epoch"] >= config.epochs and (done := published_export(run_dir, export_dir)):
             print(f"[resume] {run_dir} is finished and exported as {done['export']}",
                   file=sys.stderr)
-            return done
-        checkpoints.write_metrics(run_dir, history)  # in case a kill left it one epoch behind
-        print(f"[resume] {run_dir} from epoch {initial_epoch}/{config.epochs}", file=sys.stderr)
-    else:
+            return done if writes else None
+        if writes:  # in case a kill left it one epoch behind
+            checkpoints.write_metrics(run_dir, state["history"])
+        print(f"[resume] {run_dir} from epoch {state['epoch']}/{config.epochs}", file=sys.stderr)
+    elif writes:
         config.write(run_dir / "config.json")
+    if worker is not None:
+        return multiworker.train(*worker, config, run_dir, dataset, state, export_dir)
+
+    history: list[dict] = []
+    initial_epoch = 0
+    if state is not None:
+        model = checkpoints.load_checkpoint(run_dir, state)
+        initial_epoch, history = state["epoch"], state["history"]
+    else:
         model = modeling.compile_model(config)
 
     fit_model(model, config, dataset, run_dir, history, initial_epoch)
@@ -276,12 +337,7 @@ def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
         checkpoints.EpochCheckpoint(run_dir, history, modeling.TestEvaluator(config, dataset)),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), profile_batch=0),
     ]
-    epoch = initial_epoch
-    while epoch < config.epochs:
-        steps = config.epoch_steps(epoch)
-        last = epoch + 1
-        while last < config.epochs and config.epoch_steps(last) == steps:
-            last += 1
+    for epoch, last, steps in epoch_groups(config, initial_epoch):
         modeling.set_epoch_steps(model, steps)
         model.fit(
             # A resumed run must not replay the shuffle order of epoch 1: offset the seed.
@@ -295,6 +351,19 @@ def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
             # A progress bar on a terminal, one line per epoch in logs and CI.
             verbose=1 if sys.stdout.isatty() else 2,
         )
+
+
+def epoch_groups(config: TrainConfig, initial_epoch: int):
+    """(first, end, steps) for each run of epochs of equal length from `initial_epoch` on: the
+    whole epochs, then a shorter last one. Each group trains on one pipeline seeded with
+    seed + first (the multi-worker path follows the same rule, so both see the same batches)."""
+    epoch = initial_epoch
+    while epoch < config.epochs:
+        steps = config.epoch_steps(epoch)
+        last = epoch + 1
+        while last < config.epochs and config.epoch_steps(last) == steps:
+            last += 1
+        yield epoch, last, steps
         epoch = last
 
 

@@ -1,0 +1,191 @@
+"""`python -m training.train MODEL --workers N`: a local cluster of N worker processes on
+127.0.0.1 (docs/ARCHITECTURE.md, "Multi-worker training").
+
+Each worker is `python -m training.train` with the same arguments, its own TF_CONFIG (free
+loopback ports) and one shared --run-dir that the chief (worker 0) writes. The chief's output is
+this command's output; the others' goes to RUN_DIR/logs/worker-K.log when they exit (a temporary
+folder until then: the chief refuses a run directory that is not empty). The run fails as a
+whole: when any worker fails, the others are stopped and the exit status is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from training.multiworker import TF_CONFIG
+
+POLL_SECONDS = 0.2
+STOP_SECONDS = 5  # SIGTERM, then SIGKILL for a worker that does not stop within this
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports the kernel calls free now (all held open at once, so no repeats)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config(addresses: list[str], index: int) -> str:
+    return json.dumps({"cluster": {"worker": addresses},
+                       "task": {"type": "worker", "index": index}})
+
+
+def worker_argv(argv: list[str], run_dir: Path | None) -> list[str]:
+    """The launcher's own arguments without --workers, plus the run directory it chose."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out + (["--run-dir", str(run_dir)] if run_dir is not None else [])
+
+
+def _die_with_launcher() -> None:
+    """In the child, before exec: a killed launcher leaves no worker. SIGKILL, since a worker
+    catches SIGTERM (TensorFlow's preemption notifier) and would go on alone."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (AttributeError, OSError):
+        pass
+
+
+def describe(code: int) -> str:
+    return (f"was killed by {signal.Signals(-code).name}" if code < 0
+            else f"exited with status {code}")
+
+
+def launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """Check what can be checked once, choose the run directory, start the workers, wait."""
+    from training import train
+    from training.config import TrainConfig
+
+    n = args.workers
+    run_dir, chosen = prepare(args, n, train, TrainConfig)
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(n)]
+    logs = run_dir / "logs"
+    scratch = Path(tempfile.mkdtemp(prefix="zoo-worker-logs-"))
+    command = [sys.executable, "-m", "training.train", *worker_argv(argv, chosen)]
+    print(f"[launcher] {n} workers on {', '.join(addresses)}; run dir {run_dir}; the other "
+          f"workers' output goes to {logs}/", file=sys.stderr, flush=True)
+    procs: list[subprocess.Popen] = []
+    files = []
+    # SIGTERM, like ^C, stops the workers and keeps their logs (the default would skip finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        for i in range(n):
+            env = dict(os.environ, **{TF_CONFIG: tf_config(addresses, i)})
+            out = None
+            if i:
+                out = open(scratch / f"worker-{i}.log", "w")
+                files.append(out)
+            procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=out,
+                                          preexec_fn=_die_with_launcher))
+            print(f"[launcher] worker {i}: pid {procs[-1].pid}, {addresses[i]}",
+                  file=sys.stderr, flush=True)
+        return wait(procs, addresses, run_dir, logs, args.peer_timeout)
+    finally:
+        stop(procs)
+        for f in files:
+            f.close()
+        keep_logs(scratch, logs)
+
+
+def keep_logs(scratch: Path, logs: Path) -> None:
+    """Append each worker's output to RUN_DIR/logs/ (a resumed run adds to its logs)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    for log in sorted(scratch.iterdir()):
+        with open(logs / log.name, "a") as dest:
+            dest.write(log.read_text(errors="replace"))
+        log.unlink()
+    scratch.rmdir()
+
+
+def prepare(args, n: int, train, TrainConfig) -> tuple[Path, Path | None]:
+    """(run directory, the --run-dir to add to the workers' arguments or None)."""
+    import zoo
+    from training.config import ConfigError
+
+    if args.resume:
+        config = TrainConfig.read(Path(args.resume) / "config.json")
+        if config.workers != n:
+            raise train.UsageError(f"{args.resume} was trained by {config.workers} worker(s); "
+                                   f"resume it with --workers {config.workers}")
+        return Path(args.resume), None
+    if not args.model:
+        raise train.UsageError("name a model to train (python -m training.train --list shows "
+                               "them)")
+    spec = zoo.get_spec(args.model)
+    batch = args.batch_size or spec.recipe.batch_size
+    if batch % n:
+        raise ConfigError(f"batch size {batch} does not split evenly over {n} workers; give a "
+                          f"--batch-size that is a multiple of {n}")
+    export_dir = None if args.no_export else args.export_dir
+    train.check_destinations(args.run_dir, export_dir)
+    if args.run_dir:
+        if args.run_dir.exists() and any(args.run_dir.iterdir()):
+            raise train.UsageError(f"run directory {args.run_dir} is not empty; continue it "
+                                   f"with --resume {args.run_dir}, or choose another --run-dir")
+        args.run_dir.mkdir(parents=True, exist_ok=True)
+        return args.run_dir, None
+    run_dir = train.new_run_dir(args.model, 0 if args.seed is None else args.seed)
+    return run_dir, run_dir
+
+
+def wait(procs, addresses, run_dir: Path, logs: Path, peer_timeout: float) -> int:
+    """Until every worker has exited 0 (0), or one has failed (its status, the others stopped)."""
+    finished_at = None
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            i = failed[0]
+            stop(procs)
+            where = "its output is above" if i == 0 else f"see {logs}/worker-{i}.log"
+            print(f"error: worker {i} ({addresses[i]}, pid {procs[i].pid}) "
+                  f"{describe(codes[i])}; stopped the other workers ({where}). Continue from "
+                  f"the last committed epoch with: python -m training.train --resume {run_dir} "
+                  f"--workers {len(procs)}", file=sys.stderr, flush=True)
+            return codes[i] if codes[i] > 0 else 1
+        if all(c == 0 for c in codes):
+            return 0
+        if codes[0] == 0:  # the chief is done: the others leave within the peer timeout
+            finished_at = finished_at or time.monotonic()
+            if time.monotonic() - finished_at > peer_timeout:
+                late = [i for i, c in enumerate(codes) if c is None]
+                stop(procs)
+                print(f"error: workers {late} did not exit {peer_timeout:g} s after the chief "
+                      "finished", file=sys.stderr, flush=True)
+                return 1
+        time.sleep(POLL_SECONDS)
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
