@@ -262,6 +262,24 @@ def test_every_request_carries_the_token_field_as_a_bearer_token(site, chrome):
     assert set(seen) == {"Bearer s3cret-token"}
 
 
+def test_the_page_works_with_a_server_that_requires_a_token(exported, chrome, shots, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
+                           "--model_name", "softmax_regression", "--auth_token_file", str(token),
+                           log=tmp_path / "server.log")
+    chrome.get(f"http://{server.rest}/")  # the page itself needs no token; its API calls do
+    wait_for(lambda: "token required" in text(chrome, "server-state"), what="the 401")
+    assert "HTTP 401" in text(chrome, "error")
+    shots(chrome, "token-required")
+    chrome.find_element("id", "token").send_keys("s3cret-token")
+    wait_for(lambda: "server up" in text(chrome, "server-state"), what="a poll with the token")
+    wait_for(lambda: any("softmax_regression" in r.text and "AVAILABLE" in r.text
+                         for r in chrome.find_elements("css selector", "#models tbody tr")),
+             what="the model table")
+    assert server.stop() == 0
+
+
 def test_errors_are_shown_as_the_server_words_them(exported, chrome, shots, tmp_path):
     server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
                            "--model_name", "softmax_regression", log=tmp_path / "server.log")

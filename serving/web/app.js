@@ -26,7 +26,9 @@ function showError(where, error) {
 
 function serverState(up, error) {
   const pill = $("server-state");
-  pill.textContent = up ? "server up" : "server unreachable";
+  // 401: the server is there but wants the token field (--auth_token_file).
+  const refused = !up && error instanceof ApiError && error.status === 401;
+  pill.textContent = up ? "server up" : refused ? "token required" : "server unreachable";
   pill.className = `pill ${up ? "up" : "down"}`;
   if (up) $("error").hidden = true; else showError($("error"), error);
 }
