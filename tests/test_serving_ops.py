@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from argparse import Namespace
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 
 from serving import access_log, auth, rest, tensors
+from serving.server import options
 from tests.serving_fixtures import (  # noqa: F401
     ENV,
     ROOT,
@@ -129,7 +131,7 @@ def test_tensor_summary_and_protocol_names():
 def test_bad_logging_flags_are_refused():
     args = Namespace(access_log=None, payload_log_sample_rate=0.5, payload_log_file=None,
                      payload_log_max_bytes=1, payload_log_backup_count=1,
-                     payload_log_max_values=0)
+                     payload_log_max_values=0, access_log_flush_seconds=1.0)
     with pytest.raises(ValueError, match="needs --payload_log_file"):
         access_log.check_args(args)
     args.payload_log_sample_rate = 1.5
@@ -137,6 +139,31 @@ def test_bad_logging_flags_are_refused():
         access_log.check_args(args)
     args.payload_log_sample_rate = 0
     assert access_log.AccessLog.from_args(args) is None  # off by default
+    args.access_log_flush_seconds = -1
+    with pytest.raises(ValueError, match="--access_log_flush_seconds must be >= 0"):
+        access_log.check_args(args)
+
+
+def test_access_lines_are_json_and_all_written_by_close(tmp_path):
+    """The hand-built line parses as the JSON it claims to be, odd characters included, and
+    close() (the server's stop) writes what the flush thread had not yet."""
+    args = options("--access_log", str(tmp_path / "access.log"), "--access_log_flush_seconds",
+                   "3600")
+    log = access_log.AccessLog.from_args(args)
+    begun = log.begin("tfs-rest", 'POST /v1/models/a"b\\c\u00e9:predict', None, "a\"b")
+    access_log.note(version=3, rows=2)
+    log.end(begun, 200)
+    begun = log.begin("tfs-grpc", "/tensorflow.serving.PredictionService/Predict",
+                      "ipv4:127.0.0.1:1")
+    log.end(begun, "INVALID_ARGUMENT")
+    assert (tmp_path / "access.log").read_text() == ""
+    log.close()
+    first, second = [json.loads(line) for line in
+                     (tmp_path / "access.log").read_text().splitlines()]
+    assert first["method"] == 'POST /v1/models/a"b\\c\u00e9:predict' and first["model"] == 'a"b'
+    assert (first["version"], first["rows"], first["status"], first["peer"]) == (3, 2, 200, None)
+    assert isinstance(first["latency_ms"], float) and first["time"].endswith("Z")
+    assert (second["model"], second["status"]) == (None, "INVALID_ARGUMENT")
 
 
 # ---------------------------------------------------------------------------- a real server
@@ -157,6 +184,21 @@ def guarded(exported, tmp_path_factory):
                            log=tmp / "server.log")
     yield server, token_file, access, payload
     assert server.stop() == 0, server.logs()
+
+
+def logged(server, path: Path, timeout: float = 60.0) -> list[dict]:
+    """The access log's lines up to a request made now: the server writes its lines every
+    --access_log_flush_seconds, in order, so once this marker request's line is there, so are
+    those of every request before it. Past the timeout, what is there (the test's asserts then
+    say what is missing)."""
+    marker = f"GET /v1/models/marker-{time.monotonic_ns()}"
+    http("GET", f"http://{server.rest}{marker.split(' ')[1]}", token=TOKEN)
+    deadline = time.monotonic() + timeout
+    while True:
+        log = [json.loads(line) for line in path.read_text().splitlines()]
+        if any(r["method"] == marker for r in log) or time.monotonic() > deadline:
+            return log
+        time.sleep(0.05)
 
 
 def http(method: str, url: str, body: bytes | None = None, token: str | None = None):
@@ -287,6 +329,8 @@ def test_access_and_payload_logs(guarded, digits):
     server, _, access, payload = guarded
     x = digits[0][:3]
     grpc_predict(server.address, x, TOKEN)
+    with pytest.raises(grpc.RpcError):
+        grpc_predict(server.address, x, "wrong")
     http("POST", f"http://{server.rest}/v1/models/softmax_regression/labels/stable:predict",
          json.dumps({"instances": x.tolist()}).encode(), token=TOKEN)
     http("GET", f"http://{server.rest}/v1/models/nope", token="wrong")
@@ -294,7 +338,7 @@ def test_access_and_payload_logs(guarded, digits):
     def lines(path: Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text().splitlines()]
 
-    log = lines(access)
+    log = logged(server, access)
     fields = {"time", "protocol", "method", "model", "version", "rows", "status", "latency_ms",
               "peer", "id"}
     assert all(set(line) == fields for line in log)
@@ -348,7 +392,7 @@ def test_open_inference_protocol_is_guarded_and_logged(guarded, digits):
     status, _, answer = http("POST", url, body, token=TOKEN)
     assert status == 200 and answer["model_name"] == "softmax_regression"
     assert http("GET", f"http://{server.rest}/v2/health/ready")[0] == 200  # no token needed
-    log = [json.loads(line) for line in access.read_text().splitlines()]
+    log = logged(server, access)
     grpc_line = [r for r in log if r["method"].endswith("/ModelInfer") and r["status"] == "OK"][-1]
     assert (grpc_line["protocol"], grpc_line["model"], grpc_line["version"],
             grpc_line["rows"]) == ("v2-grpc", "softmax_regression", 1, 2)
