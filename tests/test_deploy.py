@@ -49,8 +49,10 @@ OVERLAYS = {
     "zoo-server": DEPLOY / "overlays" / "zoo-server",
     "kserve": DEPLOY / "kserve",
     "kubeflow": DEPLOY / "kubeflow",
+    "volumes": DEPLOY / "volumes",
 }
-CORE_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+WORKLOAD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+CORE_KINDS = (*WORKLOAD_KINDS, "PersistentVolumeClaim")
 CRD_FILES = {("serving.kserve.io", "InferenceService"): "serving.kserve.io_inferenceservices.yaml",
              ("kubeflow.org", "TFJob"): "kubeflow.org_tfjobs.yaml"}
 CUSTOM_KINDS = ("InferenceService", "TFJob")
@@ -349,6 +351,9 @@ def check_inference_services(objects: list[dict]) -> list[str]:
             problems.append(f"{name}: runtimeVersion {model.get('runtimeVersion')!r} is not the "
                             f"pinned TensorFlow {tf} (the runtime image's tag)")
         uri = model.get("storageUri", "")
+        claim = re.fullmatch(r"pvc://([^/]+)/.*", uri)
+        if claim:
+            problems += check_claim(objects, claim[1], f"{name}: storageUri", shared=True)
         m = re.fullmatch(r"(pvc|gs|s3|hdfs|webhdfs|https?)://.+/([^/]+)/?", uri)
         if not m or m[2] not in models:
             problems.append(f"{name}: storageUri {uri!r} must end in the folder of one exported "
@@ -455,7 +460,7 @@ def test_kustomize_renders(directory):
 @pytest.mark.parametrize("overlay", ["tf-serving", "zoo-server"])
 def test_overlay_renders_the_workload(overlay):
     kinds = sorted(o["kind"] for o in render(OVERLAYS[overlay]))
-    assert kinds == sorted(CORE_KINDS)
+    assert kinds == sorted(WORKLOAD_KINDS)
 
 
 def test_overlays_do_not_collide():
@@ -513,7 +518,8 @@ def test_strict_kubernetes_validation_rejects(mutate):
 
 def _isvc(objs, which):
     key = "model" if which == "tensorflow" else "containers"
-    (found,) = [o for o in objs if key in o["spec"]["predictor"]]
+    (found,) = [o for o in objs if o["kind"] == "InferenceService"
+                and key in o["spec"]["predictor"]]
     return found
 
 
@@ -726,6 +732,9 @@ ISVC_MUTATIONS = {
         "storageUri"),
     "storageUri of a model not exported": (lambda o: _model(o).update(
         storageUri="gs://bucket/exported_models/mlp_128"), "storageUri"),
+    "storageUri on a claim not defined": (lambda o: _model(o).update(
+        storageUri="pvc://other-claim/exported_models/softmax_regression"),
+        "PersistentVolumeClaim other-claim is not defined"),
     "modelFormat": (lambda o: _model(o).update(modelFormat={"name": "onnx"}), "modelFormat"),
     "readiness under the folder's name": (lambda o: _model(o)["readinessProbe"]["httpGet"].update(
         path="/v1/models/softmax_regression/metadata"), "serves it as 'softmax-regression'"),
@@ -814,6 +823,20 @@ def mounted_claim(path: str, container: dict, pod: dict) -> tuple[str | None, st
     return None, ""
 
 
+def check_claim(objects: list[dict], name: str, where: str, shared: bool) -> list[str]:
+    """Problems with the PersistentVolumeClaim `name` among the rendered objects: missing, or
+    not ReadWriteMany where several pods mount it at once (`shared`)."""
+    found = [o for o in objects if o["kind"] == "PersistentVolumeClaim"
+             and o["metadata"]["name"] == name]
+    if not found:
+        return [f"{where}: PersistentVolumeClaim {name} is not defined (deploy/volumes)"]
+    modes = found[0]["spec"].get("accessModes", [])
+    if shared and "ReadWriteMany" not in modes:
+        return [f"{where}: PersistentVolumeClaim {name} is {modes}, but several pods mount it "
+                "at once: it must be ReadWriteMany"]
+    return []
+
+
 def check_tfjob(objects: list[dict], isvcs: list[dict]) -> list[str]:
     import zoo
 
@@ -837,6 +860,10 @@ def check_tfjob(objects: list[dict], isvcs: list[dict]) -> list[str]:
             continue
         (container,) = found
         problems += check_image(container.get("image", ""), IMAGES["trainer"], where)
+        for volume in pod.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                problems += check_claim(objects, volume["persistentVolumeClaim"]["claimName"],
+                                        f"{where} volume {volume['name']}", shared=tasks > 1)
         ports = {(p.get("name"), p["containerPort"]) for p in container.get("ports", [])}
         if TFJOB_PORT not in ports:
             problems.append(f"{where}: no port {TFJOB_PORT[0]} {TFJOB_PORT[1]} (the address "
@@ -869,7 +896,8 @@ def check_tfjob(objects: list[dict], isvcs: list[dict]) -> list[str]:
         claim, inside = mounted_claim(str(args.export_dir), container, pod)
         served = {re.fullmatch(r"pvc://([^/]+)/(.+)/[^/]+/?",
                                i["spec"]["predictor"]["model"]["storageUri"]).groups()
-                  for i in isvcs if "model" in i["spec"]["predictor"]}
+                  for i in isvcs
+                  if i["kind"] == "InferenceService" and "model" in i["spec"]["predictor"]}
         if args.no_export or (claim, inside) not in served:
             problems.append(f"{where}: --export-dir {args.export_dir} is not where KServe "
                             f"reads exports (claim/path {sorted(served)})")
@@ -878,6 +906,11 @@ def check_tfjob(objects: list[dict], isvcs: list[dict]) -> list[str]:
 
 def test_tfjob_is_consistent_with_the_train_cli_and_kserve():
     assert check_tfjob(render(OVERLAYS["kubeflow"]), render(OVERLAYS["kserve"])) == []
+
+
+def claim(objs, name):
+    return next(o for o in objs if o["kind"] == "PersistentVolumeClaim"
+                and o["metadata"]["name"] == name)
 
 
 def _worker(objs):
@@ -910,6 +943,10 @@ TFJOB_MUTATIONS = {
                          "not where KServe reads exports"),
     "no export": (lambda o: _trainer(o)["args"].append("--no-export"),
                   "not where KServe reads exports"),
+    "claim missing": (lambda o: o.remove(claim(o, "keras-model-zoo-runs")),
+                      "PersistentVolumeClaim keras-model-zoo-runs is not defined"),
+    "claim one pod": (lambda o: claim(o, "keras-model-zoo-models")["spec"].update(
+        accessModes=["ReadWriteOnce"]), "it must be ReadWriteMany"),
     "parameter server": (lambda o: one(o, "TFJob")["spec"]["tfReplicaSpecs"].update(
         PS={"replicas": 1, "template": _worker(o)["template"]}), "Worker (and an optional"),
 }
