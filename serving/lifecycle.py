@@ -94,8 +94,10 @@ class Lifecycle:
                  discover_root: Path | None = None, inline_threshold: float = 200e-6,
                  intra_op_threads: int = 0, inter_op_threads: int = 0,
                  require_certificates: bool = False,
-                 max_request_elements: int = validation.DEFAULT_MAX_REQUEST_ELEMENTS):
+                 max_request_elements: int = validation.DEFAULT_MAX_REQUEST_ELEMENTS,
+                 warmup: bool = True):
         self.backend_kind = backend
+        self.warmup = warmup  # False: --enable_model_warmup=false, the warmup file is ignored
         self.max_request_elements = max_request_elements
         self.require_certificates = require_certificates
         self.runtime_threads = (intra_op_threads, inter_op_threads)
@@ -336,7 +338,7 @@ class Lifecycle:
     def _warmup(self, loaded: LoadedVersion) -> int:
         """Replay the version's warmup requests (synchronously, before it takes traffic)."""
         path = loaded.path / WARMUP_FILE
-        if not path.exists():
+        if not self.warmup or not path.exists():
             return 0
         requests = read_warmup_records(path)
         small = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -22,10 +21,9 @@ from tensorflow_serving.apis import (
 )
 
 from serving import access_log, status, tensors, validation
-from serving.batching import BatchingOptions, BatchTooLarge, QueueFull
+from serving.batching import BatchTooLarge, QueueFull
 from serving.errors import ServingError, invalid, not_found
 from serving.lifecycle import WARMUP_FILE, Lifecycle, LoadedVersion, ModelState
-from serving.metrics import Metrics
 from serving.warmup import MAX_WARMUP_RECORDS, read_warmup_records
 
 __all__ = ["Manager", "ServingError", "invalid", "not_found", "read_warmup_records",
@@ -33,15 +31,10 @@ __all__ = ["Manager", "ServingError", "invalid", "not_found", "read_warmup_recor
 
 
 class Manager(Lifecycle):
-    def __init__(self, backend: str = "savedmodel", batching: BatchingOptions | None = None,
-                 poll_seconds: float = 1.0, metrics: Metrics | None = None,
-                 inference_threads: int = 4, discover_root: Path | None = None,
-                 inline_threshold: float = 200e-6, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, require_certificates: bool = False,
-                 max_request_elements: int = validation.DEFAULT_MAX_REQUEST_ELEMENTS):
-        super().__init__(backend, batching, poll_seconds, metrics, discover_root,
-                         inline_threshold, intra_op_threads, inter_op_threads,
-                         require_certificates, max_request_elements)
+    def __init__(self, *args, inference_threads: int = 4, **kwargs):
+        """Lifecycle's options (see there), and the threads that run requests too slow to run
+        on the event loop."""
+        super().__init__(*args, **kwargs)
         self.executor = ThreadPoolExecutor(inference_threads, thread_name_prefix="infer")
 
     # ---------------------------------------------------------------- resolving requests

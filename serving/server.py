@@ -325,9 +325,8 @@ class Server:
             intra_op_threads=args.tensorflow_intra_op_parallelism,
             inter_op_threads=args.tensorflow_inter_op_parallelism,
             require_certificates=args.require_certificates,
-            max_request_elements=args.max_request_elements or args.max_request_bytes)
-        if not args.enable_model_warmup:
-            manager._warmup = lambda loaded: 0
+            max_request_elements=args.max_request_elements or args.max_request_bytes,
+            warmup=args.enable_model_warmup)
         try:
             if config is not None:
                 await manager.set_config(config)

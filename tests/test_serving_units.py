@@ -536,6 +536,28 @@ def test_a_truncated_warmup_file_is_a_load_error(tmp_path):
             warmup.read_warmup_records(path)
 
 
+def test_warmup_off_ignores_the_warmup_file(tmp_path):
+    """--enable_model_warmup=false (Manager(warmup=False)): a version whose warmup file is
+    corrupt loads and serves; with warmup on the same version fails to load, naming the CRC."""
+    base = tmp_path / "m"
+    path = write_onnx_version(base / "1") / "assets.extra" / "tf_serving_warmup_requests"
+    raw = bytearray(path.read_bytes())
+    raw[-2] ^= 0x55
+    path.write_bytes(bytes(raw))
+
+    async def go(warmup: bool):
+        manager = await serving(base, warmup=warmup)
+        try:
+            return available(manager), status(manager)
+        finally:
+            await close(manager)
+
+    served, states = run(go(False))
+    assert served == [1] and states[1][0] == "AVAILABLE"
+    served, states = run(go(True))
+    assert served == [] and states[1][0] == "END" and "CRC" in states[1][1]
+
+
 # ------------------------------------------------------ the probe's faults, on a real Manager
 def test_versions_that_are_no_int64_or_unicode_digits_are_ignored_with_one_warning(
         tmp_path, caplog):
