@@ -6,6 +6,7 @@ wait on this, never on a log line. Standard library and grpc only: no TensorFlow
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -44,3 +45,20 @@ def wait_serving(address: str, timeout: float, alive: Callable[[], bool] = lambd
             return True
         time.sleep(0.1)
     return False
+
+
+async def until_serving(address: str, service: str = "") -> None:
+    """Wait, on the event loop and without a deadline (the caller sets one), until the health
+    service at `address` says `service` is SERVING; a refused connection or a service not yet
+    registered is tried again."""
+    async with grpc.aio.insecure_channel(address, FAST_RECONNECT) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service),
+                                         timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.05)

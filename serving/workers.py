@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import multiprocess
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
@@ -107,23 +106,8 @@ class Peers:
     async def wait_up(self, service: str) -> None:
         """Wait until every sibling's health service says `service` is SERVING (a worker turns
         its public health SERVING only then; see Server.start)."""
-        async def one(port: int) -> None:
-            # A channel of its own that retries a refused connection every 0.1 s (the reload
-            # channels keep gRPC's default backoff, which grows to minutes).
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
-                                                 readiness.FAST_RECONNECT) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                while True:
-                    try:
-                        reply = await stub.Check(
-                            health_pb2.HealthCheckRequest(service=service), timeout=5)
-                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                            return
-                    except grpc.aio.AioRpcError:
-                        pass  # not listening yet, or `service` not registered yet
-                    await asyncio.sleep(0.05)
-        await asyncio.gather(*[one(port) for i, port in enumerate(self.ports)
-                               if i != self.index])
+        await asyncio.gather(*[readiness.until_serving(f"127.0.0.1:{port}", service)
+                               for i, port in enumerate(self.ports) if i != self.index])
 
     async def close(self) -> None:
         for channel in self._channels.values():
