@@ -1,7 +1,7 @@
 """Load test of serving/ over loopback, next to the same model called in-process (the limit).
 
     python -m benchmarks.serving_load [--base-path exported_models] [--seconds 5] [--long-run 60]
-        [--workers 1 2] [--client auto|cxx|python] [--access-log-rounds 3]
+        [--workers 1 2] [--client auto|cxx|python] [--access-log-rounds 5]
 
 For every backend (savedmodel, onnx) x batching (off, on) x --workers, a server subprocess is
 started on 127.0.0.1; for softmax_regression and deep_cnn, 1 and 16 concurrent clients send a
@@ -493,9 +493,9 @@ def main(argv=None) -> int:
                    help="load generator: the C++ one (cxx; auto = cxx if it builds) or Python")
     p.add_argument("--channels", type=int, default=8,
                    help="connections the C++ client spreads its calls over (default 8)")
-    p.add_argument("--access-log-rounds", type=int, default=3,
+    p.add_argument("--access-log-rounds", type=int, default=5,
                    help="turns of softmax x16 with --access_log off and on, on the first "
-                        "backend (default 3; 0 skips)")
+                        "backend (default 5; 0 skips)")
     p.add_argument("--v2", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the Open Inference Protocol (v2 ModelInfer at 16 clients, "
                         "v2 REST with binary tensors) against Predict and v1 REST (default on)")

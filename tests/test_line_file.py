@@ -103,3 +103,10 @@ def test_a_failing_disk_is_reported_once_and_never_raises(capfd):
     out.close()
     err = capfd.readouterr().err
     assert err.count("access log /dev/full") == 1 and "lines are being dropped" in err
+
+
+def test_no_path_means_stderr(capfd):
+    out = LineFile(None, flush_seconds=3600)  # --access_log -
+    out.write('{"to": "stderr"}')
+    out.close()
+    assert capfd.readouterr().err == '{"to": "stderr"}\n'
