@@ -39,6 +39,7 @@ import itertools
 import json
 import logging
 import logging.handlers
+import math
 import os
 import random
 import time
@@ -121,14 +122,17 @@ def _json(value) -> str:
 
 
 _json_string = json.encoder.encode_basestring_ascii
-_second: list = [None, ""]  # the last whole second formatted, and its text
+_second = (None, "")  # the last whole second formatted: (second, text), replaced as one
 
 
 def _utc(t: float) -> str:
-    whole = int(t)
-    if whole != _second[0]:
-        _second[:] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second[1]}.{int(t % 1 * 1000):03d}Z"
+    global _second
+    whole, text = _second
+    if int(t) != whole:
+        whole = int(t)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = whole, text
+    return f"{text}.{int(t % 1 * 1000):03d}Z"
 
 
 def tensor_summary(a: np.ndarray, max_values: int) -> dict:
@@ -171,8 +175,8 @@ def check_args(args) -> None:
     for flag in ("payload_log_max_bytes", "payload_log_backup_count", "payload_log_max_values"):
         if getattr(args, flag) < 0:
             raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    if args.access_log_flush_seconds < 0:
-        raise ValueError("--access_log_flush_seconds must be >= 0, "
+    if not 0 <= args.access_log_flush_seconds < math.inf:  # NaN fails too
+        raise ValueError("--access_log_flush_seconds must be a number >= 0, "
                          f"got {args.access_log_flush_seconds}")
     if rate > 0 and not args.payload_log_file:
         raise ValueError("--payload_log_sample_rate needs --payload_log_file")

@@ -4,12 +4,18 @@ request."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from serving.line_file import LineFile
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def read(path) -> list[str]:
@@ -110,3 +116,70 @@ def test_no_path_means_stderr(capfd):
     out.write('{"to": "stderr"}')
     out.close()
     assert capfd.readouterr().err == '{"to": "stderr"}\n'
+
+
+def test_pipe_writes_are_cut_at_line_ends_within_pipe_buf(tmp_path):
+    """On a pipe only writes of at most PIPE_BUF bytes are atomic: a batch goes out in such
+    pieces, each ending a line, so another writer's line never lands inside one of ours."""
+    import select
+
+    read_end, write_end = os.pipe()
+    try:
+        out = LineFile(f"/proc/self/fd/{write_end}", flush_seconds=3600)
+        lines = [f"{i}:" + "z" * (i * 37 % 900) for i in range(300)] + ["L" * 9000, "end"]
+        data = ("\n".join(lines) + "\n").encode()
+        pieces = out._pieces(data)
+        assert b"".join(pieces) == data and len(pieces) > 10
+        assert all(p.endswith(b"\n") for p in pieces)
+        assert all(len(p) <= select.PIPE_BUF for p in pieces if b"L" * 9000 not in p)
+        out.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    regular = LineFile(str(tmp_path / "file"), flush_seconds=3600)
+    assert regular._pieces(data) == [data]  # O_APPEND on a file: one write
+    regular.close()
+
+
+def test_a_write_cut_short_does_not_glue_the_next_line_onto_the_fragment(tmp_path):
+    """A file-size limit cuts a batch mid-line (EFBIG); once writes work again the next line
+    starts on a line of its own, so every later line still parses."""
+    script = f"""
+import json, resource, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from serving.line_file import LineFile
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+out = LineFile({str(tmp_path / "access.log")!r}, flush_seconds=0)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+out.write(json.dumps({{"n": 1, "pad": "p" * 60}}))
+out.write(json.dumps({{"n": 2, "pad": "p" * 60}}))
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+out.write(json.dumps({{"n": 3}}))
+out.close()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "lines are being dropped" in done.stderr
+    lines = read(tmp_path / "access.log")
+    assert json.loads(lines[0])["n"] == 1
+    assert len(lines[1]) < 80 and json.loads(lines[-1]) == {"n": 3}
+
+
+def test_a_broken_stderr_never_raises_and_the_thread_lives_on(monkeypatch):
+    class Broken:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stderr", Broken())
+    out = LineFile("/dev/full", flush_seconds=0.01)
+    for _ in range(5):
+        out.write("x" * 100)
+    out.flush()  # the write fails, and so does the report of it: neither raises
+    threading.Event().wait(0.05)
+    assert out._thread.is_alive()
+    out.close()

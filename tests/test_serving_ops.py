@@ -139,9 +139,10 @@ def test_bad_logging_flags_are_refused():
         access_log.check_args(args)
     args.payload_log_sample_rate = 0
     assert access_log.AccessLog.from_args(args) is None  # off by default
-    args.access_log_flush_seconds = -1
-    with pytest.raises(ValueError, match="--access_log_flush_seconds must be >= 0"):
-        access_log.check_args(args)
+    for bad in (-1, float("nan"), float("inf")):  # inf would kill the flush thread
+        args.access_log_flush_seconds = bad
+        with pytest.raises(ValueError, match="--access_log_flush_seconds must be a number >= 0"):
+            access_log.check_args(args)
 
 
 def test_access_lines_are_json_and_all_written_by_close(tmp_path):
