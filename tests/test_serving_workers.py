@@ -7,6 +7,7 @@ ports."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -72,8 +73,11 @@ def two_workers(exported, tmp_path):
     config = write_config(tmp_path / "models.config", {
         "softmax_regression": {"base": exported / "softmax_regression"},
         "deep_cnn": {"base": exported / "deep_cnn"}})
+    # Both workers append to one access log, written only at stop (flush every hour).
     server = ServerProcess("--model_config_file", str(config), "--backend", "onnx",
-                           "--workers", "2", log=tmp_path / "server.log")
+                           "--workers", "2", "--access_log", str(tmp_path / "access.log"),
+                           "--access_log_flush_seconds", "3600", log=tmp_path / "server.log")
+    server.access_log = tmp_path / "access.log"
     yield server
     server.stop()
 
@@ -128,9 +132,22 @@ def test_reload_sent_to_one_worker_reaches_every_worker(two_workers, exported):
 
 
 def test_sigterm_stops_every_worker_and_exits_0(two_workers):
+    """... and each worker writes its pending access-log lines as it stops, whole, into the
+    one file they share."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "softmax_regression"
+    tensors.to_proto(np.zeros((1, 28, 28), np.float32), request.inputs["images"])
+    for i in range(CONNECTIONS):
+        with own_connection(two_workers.address, i) as channel:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert two_workers.access_log.read_text() == ""  # nothing written before the stop
     assert two_workers.stop() == 0, two_workers.logs()
     logs = two_workers.logs()
     assert "[serving worker 0] stopped" in logs and "[serving worker 1] stopped" in logs, logs
+    lines = [json.loads(line) for line in two_workers.access_log.read_text().splitlines()]
+    predicts = [r for r in lines if r["method"].endswith("/Predict")]
+    assert len(predicts) == CONNECTIONS and all(r["status"] == "OK" for r in predicts)
+    assert len({r["id"].split("-")[0] for r in predicts}) == 2  # ids start with the pid
 
 
 def worker_pids(server) -> re.Match:
