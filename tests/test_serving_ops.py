@@ -31,6 +31,7 @@ from tests.serving_fixtures import (  # noqa: F401
     digits,
     exported,
     predict_request,
+    wait_for,
     write_config,
 )
 
@@ -187,19 +188,18 @@ def guarded(exported, tmp_path_factory):
     assert server.stop() == 0, server.logs()
 
 
-def logged(server, path: Path, timeout: float = 60.0) -> list[dict]:
+def logged(server, path: Path) -> list[dict]:
     """The access log's lines up to a request made now: the server writes its lines every
     --access_log_flush_seconds, in order, so once this marker request's line is there, so are
-    those of every request before it. Past the timeout, what is there (the test's asserts then
-    say what is missing)."""
+    those of every request before it."""
     marker = f"GET /v1/models/marker-{time.monotonic_ns()}"
     http("GET", f"http://{server.rest}{marker.split(' ')[1]}", token=TOKEN)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def lines() -> list[dict] | None:
         log = [json.loads(line) for line in path.read_text().splitlines()]
-        if any(r["method"] == marker for r in log) or time.monotonic() > deadline:
-            return log
-        time.sleep(0.05)
+        return log if any(r["method"] == marker for r in log) else None
+
+    return wait_for(lines, 60, what=f"the access-log line of {marker}")
 
 
 def http(method: str, url: str, body: bytes | None = None, token: str | None = None):
