@@ -425,13 +425,13 @@ def access_log_cost(base: Path, backend: str, tmp: Path, run_load, x: np.ndarray
                     seconds: float, rounds: int) -> dict:
     """softmax_regression x16 on two servers alike but for --access_log (batching off, one
     worker), measured in turns (off, on, off, on, ...) so that a neighbour's load on a shared
-    machine hits both alike; medians of the rounds, and the access log's line count as proof
-    that it was on."""
+    machine hits both alike, over gRPC and (with wrk installed) over REST; medians of the
+    rounds, and the access log's line count as proof that it was on."""
     payload = request_bytes("softmax_regression", x)
     log = tmp / "access.log"
     servers = {"off": Server(base, backend, False, tmp),
                "on": Server(base, backend, False, tmp, extra=("--access_log", str(log)))}
-    rates: dict[str, list[float]] = {"off": [], "on": []}
+    rates: dict[str, list[float]] = {"off": [], "on": [], "rest off": [], "rest on": []}
     try:
         for _ in range(rounds):
             for mode, server in servers.items():
@@ -439,12 +439,23 @@ def access_log_cost(base: Path, backend: str, tmp: Path, run_load, x: np.ndarray
                 rates[mode].append(r["rate"])
                 print(fmt(f"gRPC {backend:10s} softmax x16, access log {mode:3s}", r, None),
                       flush=True)
+                w = load_wrk(server.rest, "softmax_regression", x, 16, seconds, tmp)
+                if w is not None:
+                    rates[f"rest {mode}"].append(w["rate"])
+                    print(fmt(f"REST {backend:10s} softmax x16 (wrk), access log {mode:3s}", w,
+                              None), flush=True)
     finally:
         for server in servers.values():
             server.stop()
-    off, on = float(np.median(rates["off"])), float(np.median(rates["on"]))
-    return {"off_rates": rates["off"], "on_rates": rates["on"], "off": off, "on": on,
-            "cost": 1 - on / off, "log_lines": len(log.read_text().splitlines())}
+    out = {"log_lines": len(log.read_text().splitlines())}
+    for transport, prefix in (("grpc", ""), ("rest", "rest ")):
+        if rates[prefix + "on"]:
+            off = float(np.median(rates[prefix + "off"]))
+            on = float(np.median(rates[prefix + "on"]))
+            out[transport] = {"off_rates": rates[prefix + "off"],
+                              "on_rates": rates[prefix + "on"], "off": off, "on": on,
+                              "cost": 1 - on / off}
+    return out
 
 
 def busy(r: dict, server_cpu: float, rows: tuple[float, float],
@@ -649,11 +660,17 @@ def main(argv=None) -> int:
               f"(p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, errors "
               f"{sum(r['errors'].values())})")
     if "access_log" in results:
-        r = results["access_log"]
-        print(f"  access log on costs {r['cost'] * 100:.1f}% of softmax x16 throughput "
-              f"({'met' if r['cost'] <= 0.10 else 'NOT met'}; target <= 10%; issue 12; median "
-              f"{r['on']:.0f} vs {r['off']:.0f} pred/s over {len(r['on_rates'])} turns; "
-              f"{r['log_lines']} lines logged)")
+        for transport, r in results["access_log"].items():
+            if transport == "log_lines":
+                continue
+            target = "target <= 10%; issue 12" if transport == "grpc" else "no target"
+            print(f"  access log on costs {r['cost'] * 100:.1f}% of softmax x16 throughput over "
+                  f"{'gRPC' if transport == 'grpc' else 'REST (wrk)'} ("
+                  + (f"{'met' if r['cost'] <= 0.10 else 'NOT met'}; " if transport == "grpc"
+                     else "")
+                  + f"{target}; median {r['on']:.0f} vs {r['off']:.0f} pred/s over "
+                  f"{len(r['on_rates'])} turns; {results['access_log']['log_lines']} lines "
+                  "logged in all)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
