@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from benchmarks.common import machine
 from serving import quiet
 
 
@@ -65,6 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--mr-runs", type=int, default=10,
                    help="minimal_ratio runs to time; < 100 projects to 100 (default: 10)")
     args = p.parse_args(argv)
+    print(machine(), flush=True)
     if args.minimal_ratio:
         minimal_ratio_timing(args.mr_runs)
         return 0

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
 
+from benchmarks.common import machine
 from serving import backends, certificate, quiet
 
 
@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
                    "deep_cnn/1")
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
+    print(machine(), flush=True)
     doc = certificate.verify(args.version_dir)
     size = sum(e["bytes"] for e in doc["files"].values())
     verify = median_seconds(lambda: certificate.verify(args.version_dir), args.repeats)
-    print(f"{doc['name']} v{doc['version']}: {len(doc['files'])} files, {size / 1e6:.1f} MB; "
-          f"CPU {platform.processor() or platform.machine()}")
+    print(f"{doc['name']} v{doc['version']}: {len(doc['files'])} files, {size / 1e6:.1f} MB")
     for kind in backends.BACKENDS:
         def load(kind=kind):
             backend = backends.load(kind, args.version_dir, 0, 0)

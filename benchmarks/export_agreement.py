@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import table
+from benchmarks.common import machine, table
 from serving import quiet
 
 
@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["softmax_regression", "mlp_128", "deep_cnn"])
     p.add_argument("--steps", type=int, default=300)
     args = p.parse_args()
+    print(machine(), flush=True)
     rows = []
     for name in args.models:
         spec = zoo.get_spec(name)

@@ -24,18 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import median, table
+from benchmarks.common import machine, median, table
 
 LINK_BYTES_PER_S = 10e9 / 8  # 10 Gb/s
 LINK_LATENCY_S = 50e-6  # per ring hop and message, a typical figure for a data-centre link
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return "unknown CPU"
 
 
 def train_rate(model: str, steps: int, workers: int, batch: int) -> float:
@@ -131,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     batch = args.batch_size or zoo.get_spec(args.model).recipe.batch_size
     params = zoo.parameter_count(args.model)
     nbytes = 4 * params  # float32 gradients
-    print(f"CPU: {cpu_name()}")
+    print(machine(), flush=True)
     print(f"{args.model}: {params:,} parameters = {nbytes / 1e6:.1f} MB of float32 gradients "
           f"a step; global batch {batch}, float32\n")
 

@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import median, table
+from benchmarks.common import machine, median, table
 from serving import quiet
 
 DEFAULT = ["softmax_regression", "mlp_128", "mlp_128_64", "mlp_107_64_64_64_16", "deep_cnn"]
@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=DEFAULT)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     args = p.parse_args()
+    print(machine(), flush=True)
     rows = []
     for name in args.models:
         spec = zoo.get_spec(name)

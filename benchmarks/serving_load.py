@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import machine
 from serving import quiet, readiness
 from training import data
 
@@ -512,6 +513,7 @@ def main(argv=None) -> int:
                         "v2 REST with binary tensors) against Predict and v1 REST (default on)")
     p.add_argument("--json", type=Path, help="write every figure here")
     args = p.parse_args(argv)
+    print(machine(), flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     base = args.base_path.resolve()
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import median, table
+from benchmarks.common import machine, median, table
 from serving import quiet
 
 
@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs + 1 untimed")
     args = p.parse_args()
+    print(machine(), flush=True)
 
     from training import data, precision
     from training.modeling import STEPS_PER_EXECUTION
