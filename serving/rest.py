@@ -63,7 +63,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
-from serving import access_log, auth, webpage
+from serving import access_log, auth, versions, webpage
 from serving.manager import Manager, ServingError, invalid
 
 log = logging.getLogger("serving.rest")
@@ -78,7 +78,6 @@ HTTP_CODES = {  # TF Serving's ToHTTPStatusCode
     grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500, grpc.StatusCode.UNAUTHENTICATED: 401,
 }
-MAX_VERSION = 2**63 - 1          # ModelSpec.version is an int64
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 THREAD_ABOVE_BYTES = 1 << 16     # bigger bodies and answers are (de)coded in a thread
 SLICE_CHARS = 1 << 16            # JSON text parsed by one C call, about
@@ -665,8 +664,9 @@ class RestServer:
         if version is not None:
             if not (version.isascii() and version.isdigit()):
                 raise HttpError(404, f"Malformed request: version {version!r} is not a number")
-            if int(version) > MAX_VERSION:
-                raise invalid(f"version {version} is out of range (at most {MAX_VERSION})")
+            if int(version) > versions.MAX_VERSION:
+                raise invalid(f"version {version} is out of range (at most "
+                              f"{versions.MAX_VERSION})")
             spec.version.value = int(version)
         elif params.get("label") is not None:
             spec.version_label = params["label"]

@@ -20,14 +20,13 @@ import grpc
 import numpy as np
 from tensorflow_serving.apis import model_pb2
 
-from serving import backends, v2_tensors
+from serving import backends, v2_tensors, versions
 from serving.errors import ServingError, invalid
 from serving.manager import LoadedVersion, Manager
 
 SERVER_NAME = "keras-model-zoo"
 EXTENSIONS = ("binary_tensor_data",)
 PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
-MAX_VERSION = 2**63 - 1
 
 
 class WireInput(NamedTuple):
@@ -51,7 +50,7 @@ def model_spec(name: str, version: str) -> model_pb2.ModelSpec:
         raise invalid("model name is empty")
     spec = model_pb2.ModelSpec(name=name)
     if version:
-        if not (version.isascii() and version.isdigit()) or int(version) > MAX_VERSION:
+        if not (version.isascii() and version.isdigit()) or int(version) > versions.MAX_VERSION:
             raise invalid(f"model version {version!r} is not a version number")
         spec.version.value = int(version)
     return spec
@@ -90,13 +89,13 @@ class DataPlane:
         loaded = self._resolve(name, version)
         sig = self._signature(loaded)
         state = self.manager.models.get(loaded.name)
-        versions = sorted(state.available) if state else [loaded.version]
+        available = sorted(state.available) if state else [loaded.version]
 
         def tensors(specs):
             return [{"name": k, "datatype": self._datatype(v), "shape": list(v.shape)}
                     for k, v in specs.items()]
 
-        return {"name": loaded.name, "versions": [str(v) for v in versions],
+        return {"name": loaded.name, "versions": [str(v) for v in available],
                 "platform": PLATFORMS.get(self.manager.backend_kind, self.manager.backend_kind),
                 "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
 

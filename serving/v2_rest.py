@@ -68,7 +68,7 @@ class V2Rest:
                                       headers.get("Content-Type", ""))
         inputs, requested, binary_out = parse_request(doc, binary)
         result = await self.plane.infer(name, version, inputs, list(requested),
-                                        decode_off_loop=len(body) + len(binary))
+                                        decode_off_loop=len(body))  # binary: frombuffer
         size = sum(a.nbytes for a in result.outputs.values())
         return await rest.off_the_loop(size, encode_response, doc, result, requested,
                                        binary_out)

@@ -13,8 +13,8 @@ import json
 import math
 
 import numpy as np
-from tensorflow.core.framework import types_pb2
 
+from serving import tensors
 from serving.errors import invalid
 
 # v2 datatype -> numpy dtype (the protocol's "Tensor Data Types"; BYTES and BF16 have no
@@ -26,13 +26,8 @@ NUMPY = {
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
 }
 OF_NUMPY = {v: k for k, v in NUMPY.items()}
-# TensorFlow DataType (what a signature states) -> v2 datatype
-OF_DT = {
-    types_pb2.DT_BOOL: "BOOL", types_pb2.DT_UINT8: "UINT8", types_pb2.DT_UINT16: "UINT16",
-    types_pb2.DT_UINT32: "UINT32", types_pb2.DT_UINT64: "UINT64", types_pb2.DT_INT8: "INT8",
-    types_pb2.DT_INT16: "INT16", types_pb2.DT_INT32: "INT32", types_pb2.DT_INT64: "INT64",
-    types_pb2.DT_HALF: "FP16", types_pb2.DT_FLOAT: "FP32", types_pb2.DT_DOUBLE: "FP64",
-}
+# TensorFlow DataType (what a signature states) -> v2 datatype, through serving.tensors' table
+OF_DT = {dt: OF_NUMPY[dtype] for dt, (dtype, _) in tensors.DTYPES.items()}
 # v2 datatype -> the InferTensorContents field that carries it (FP16 travels raw only)
 CONTENTS_FIELD = {
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from serving import rest
-from tests.serving_fixtures import free_port
+from tests.serving_fixtures import free_port, wait_for
 
 WIDTH = 4  # the models map x float32 [N, 4] to y = x
 
@@ -295,7 +295,8 @@ def test_a_stalled_body_gets_408(serve):
 
 
 def test_keepalive_connection_is_reused_then_closed_when_idle(serve):
-    port = serve(rest_api_keepalive_timeout_seconds=1.0, rest_api_read_timeout_seconds=0.3).port
+    # keep-alive 3 s: the 0.5 s "not yet closed" check keeps 2.5 s of margin on a slow machine
+    port = serve(rest_api_keepalive_timeout_seconds=3.0, rest_api_read_timeout_seconds=0.3).port
     with closing(connect(port)) as s:
         for i in range(3):  # one connection, several requests
             if i:
@@ -314,7 +315,9 @@ def test_connections_beyond_the_cap_are_refused_at_once(serve):
     port = serve(rest_api_max_connections=5, rest_api_read_timeout_seconds=60).port
     with ExitStack() as sockets:
         held = [sockets.enter_context(closing(connect(port))) for _ in range(5)]
-        time.sleep(0.2)
+        for s in held:  # answered, so the server has surely taken each one (kept alive)
+            s.sendall(get("/v1/models/identity"))
+            assert read_response(s)[0] == 200
         with closing(connect(port)) as extra:
             try:
                 status, _, body = read_response(extra)
@@ -323,8 +326,14 @@ def test_connections_beyond_the_cap_are_refused_at_once(serve):
                 pass  # a reset is a refusal too
         assert all(untouched(s) for s in held)
         held[0].close()
-        time.sleep(0.2)
-        assert exchange(port, get("/v1/models/identity"))[0] == 200
+
+        def answered() -> bool:  # once the server has seen the close, the slot is free
+            try:
+                return exchange(port, get("/v1/models/identity"))[0] == 200
+            except ConnectionResetError:
+                return False
+
+        wait_for(answered, 30, interval=0.05, what="a connection in the freed slot")
 
 
 @pytest.mark.slow  # a child process
