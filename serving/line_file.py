@@ -17,7 +17,8 @@ class LineFile:
     a lock, a LogRecord, a stat() and a flush per line, ~110 us of server CPU a softmax
     request). Here a line is a list append; a thread writes what is pending every
     `flush_seconds` in one os.write of whole lines (Envoy's access log works the same way,
-    flushing every second), and at once when `MAX_PENDING` bytes are waiting. The file is
+    flushing every second), and sooner when `MAX_PENDING` bytes are waiting (the thread is
+    woken: the request path never writes). The file is
     opened O_APPEND, so `--workers` processes share it without tearing lines, and reopened at
     a flush when logrotate has moved it. On a pipe (stderr in a container, the --workers
     relay) a write is atomic only up to PIPE_BUF, so there the batch goes out in pieces of at
@@ -37,6 +38,7 @@ class LineFile:
         self._lock = threading.Lock()  # guards _pending, held for an append or a swap only
         self._io = threading.Lock()  # one flush at a time, so batches land in order
         self._closed = threading.Event()
+        self._wake = threading.Event()  # set when MAX_PENDING bytes wait, or at close
         self._failed = False
         self._thread = None
         if flush_seconds > 0:
@@ -52,8 +54,10 @@ class LineFile:
             self._pending.append(line)
             self._size += len(line) + 1
             full = self._size >= self.MAX_PENDING
-        if full or self._thread is None:
+        if self._thread is None:
             self.flush()
+        elif full:
+            self._wake.set()
 
     def flush(self) -> None:
         with self._io:
@@ -115,7 +119,9 @@ class LineFile:
             self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
 
     def _flush_every(self) -> None:
-        while not self._closed.wait(self.flush_seconds):
+        while not self._closed.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
             try:
                 self.flush()
             except Exception as e:  # a dead thread would stop the log without a word
@@ -123,6 +129,7 @@ class LineFile:
 
     def close(self) -> None:
         self._closed.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
         self.flush()

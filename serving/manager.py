@@ -23,11 +23,9 @@ from tensorflow_serving.apis import (
 from serving import access_log, status, tensors, validation
 from serving.batching import BatchTooLarge, QueueFull
 from serving.errors import ServingError, invalid, not_found
-from serving.lifecycle import WARMUP_FILE, Lifecycle, LoadedVersion, ModelState
-from serving.warmup import MAX_WARMUP_RECORDS, read_warmup_records
+from serving.lifecycle import Lifecycle, LoadedVersion
 
-__all__ = ["Manager", "ServingError", "invalid", "not_found", "read_warmup_records",
-           "MAX_WARMUP_RECORDS", "LoadedVersion", "ModelState", "WARMUP_FILE"]
+__all__ = ["Manager", "ServingError", "invalid", "not_found", "LoadedVersion"]
 
 
 class Manager(Lifecycle):

@@ -28,6 +28,7 @@ class V2Client:
         from serving import auth
 
         self.timeout, self.address = timeout, address
+        self._inputs: dict = {}  # (model, version) -> its metadata, asked once per predict loop
         self.headers = {"authorization": auth.bearer(token)} if token else None
         try:
             self.client = triton.InferenceServerClient(
@@ -70,7 +71,9 @@ class V2Client:
         import tritonclient.grpc as triton
         from tritonclient.utils import triton_to_np_dtype
 
-        m = self.metadata(model, version=version)
+        m = self._inputs.get((model, version))
+        if m is None:
+            m = self._inputs[model, version] = self.metadata(model, version=version)
         if len(m["inputs"]) != 1:
             raise ClientError("INVALID_ARGUMENT", f"{model} takes {len(m['inputs'])} inputs")
         spec = m["inputs"][0]

@@ -9,13 +9,11 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from serving.line_file import LineFile
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.serving_fixtures import ROOT, wait_for
 
 
 def read(path) -> list[str]:
@@ -43,14 +41,16 @@ def test_zero_seconds_writes_every_line_at_once(tmp_path):
     out.close()
 
 
-def test_a_full_buffer_is_written_without_waiting_for_the_thread(tmp_path):
+def test_a_full_buffer_wakes_the_thread_before_its_interval(tmp_path):
     path = tmp_path / "access.log"
-    out = LineFile(str(path), flush_seconds=3600)
-    line = "x" * 1000
-    for _ in range(LineFile.MAX_PENDING // 1000 + 1):
-        out.write(line)
-    assert len(read(path)) > 60
-    out.close()
+    out = LineFile(str(path), flush_seconds=3600)  # only a full buffer can make it write now
+    try:
+        line = "x" * 1000
+        for _ in range(LineFile.MAX_PENDING // 1000 + 1):
+            out.write(line)
+        wait_for(lambda: len(read(path)) > 60, 60, interval=0.01, what="the woken thread")
+    finally:
+        out.close()
 
 
 def test_the_thread_writes_pending_lines(tmp_path):
@@ -58,11 +58,7 @@ def test_the_thread_writes_pending_lines(tmp_path):
     out = LineFile(str(path), flush_seconds=0.01)
     out.write("soon")
     try:
-        for _ in range(6000):  # up to a minute on a loaded machine; usually 10 ms
-            if read(path) == ["soon"]:
-                break
-            threading.Event().wait(0.01)
-        assert read(path) == ["soon"]
+        wait_for(lambda: read(path) == ["soon"], 60, interval=0.01, what="the thread's write")
     finally:
         out.close()
 
@@ -177,11 +173,7 @@ def test_a_broken_stderr_never_raises_and_the_thread_lives_on(monkeypatch):
 
     def taken_by_the_thread(line: str) -> bool:
         out.write(line)
-        for _ in range(6000):  # up to a minute on a loaded machine
-            if not out._pending:
-                return True
-            threading.Event().wait(0.01)
-        return False
+        return wait_for(lambda: not out._pending, 60, interval=0.01, what="the thread")
 
     monkeypatch.setattr("sys.stderr", Broken())
     at_once = LineFile("/dev/full", flush_seconds=0)
