@@ -13,7 +13,8 @@ export PYTHONPATH := $(CURDIR)
 VERSIONS = $(PY) -P serving/versions.py
 
 .PHONY: run serve web-screenshot test test-precision test-fast lint data train evaluate benchmarks \
-	bench-serving report clean
+	bench-serving report clean \
+	perf-analyzer
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +95,11 @@ bench-serving: $(VENV)/.installed
 	    || exit 1; \
 	done
 	$(PY) -m benchmarks.serving_load --seconds 4 --long-run 60
+
+# Triton's perf_analyzer, a private copy in ~/.cache/keras-model-zoo/perf_analyzer (Debian 13's
+# glibc beside it; nothing system-wide): benchmarks/perf_analyzer.py. Idempotent.
+perf-analyzer: $(VENV)/.installed
+	@$(PY) -P benchmarks/perf_analyzer.py install
 
 # Every analysis study in full (<= 30 min on 2 cores), then reports/index.html, checked and
 # screenshotted in headless Chromium. QUICK=1: the same pipeline at smoke-test size, written to
