@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, subprocess_env
 from tests.serving_fixtures import free_port
-from training import launcher
+from training import launcher, loopback
 from training.multiworker import ClusterError, Worker
 
 # The same small run everywhere: 2,048 examples, a global batch of 64, 40 steps in 2 epochs.
@@ -37,6 +37,38 @@ def train_cli(*args: str, env: dict | None = None, timeout: float = 600):
 
 def worker_env(addresses: list[str], index: int) -> dict:
     return subprocess_env(TF_CONFIG=launcher.tf_config(addresses, index), PYTHONUNBUFFERED="1")
+
+
+def listening_ports(pid: int | str) -> set[int]:
+    """The TCP ports listening in the network namespace of process `pid` (its /proc view)."""
+    ports = set()
+    for name in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{name}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # TCP_LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def watch_sockets(launcher_log: Path, proc: subprocess.Popen) -> dict[int, tuple]:
+    """While the launcher runs: for each worker, (its port, what its network namespace
+    listens on, its interfaces) once it listens; the host's listening ports sampled then."""
+    seen: dict[int, tuple] = {}
+    deadline = time.monotonic() + 600
+    while len(seen) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        workers = re.findall(r"\[launcher\] worker (\d): pid (\d+), [\d.]+:(\d+)",
+                             launcher_log.read_text())
+        for i, pid, port in workers:
+            try:
+                inside = listening_ports(pid)
+                if int(port) in inside:
+                    seen[int(i)] = (int(port), inside, loopback.interfaces(pid),
+                                    listening_ports("self"))
+            except FileNotFoundError:  # not started yet, or gone
+                pass
+        time.sleep(0.05)
+    return seen
 
 
 def weights(run_dir: Path) -> list[np.ndarray]:
@@ -115,10 +147,28 @@ def test_two_workers_train_the_weights_of_one_process(tmp_path):
     single = train_cli("softmax_regression", "--steps", "40", *SMALL, "--run-dir", str(one),
                        "--no-export")
     assert single.returncode == 0, single.stderr
-    multi = train_cli("softmax_regression", "--workers", "2", "--steps", "40", *SMALL,
-                      "--run-dir", str(two), "--export-dir", str(tmp_path / "exports"),
-                      "--peer-timeout", "120")
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as err, open(tmp_path / "launcher.out", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "training.train", "softmax_regression", "--workers", "2",
+             "--steps", "40", *SMALL, "--run-dir", str(two), "--export-dir",
+             str(tmp_path / "exports"), "--peer-timeout", "120"],
+            cwd=ROOT, env=subprocess_env(PYTHONUNBUFFERED="1"), stdout=out, stderr=err)
+        try:
+            sockets = watch_sockets(log, proc)
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    multi = subprocess.CompletedProcess(proc.args, proc.returncode, (tmp_path / "launcher.out")
+                                        .read_text(), log.read_text())
     assert multi.returncode == 0, multi.stderr + (two / "logs" / "worker-1.log").read_text()
+    # TensorFlow listens on every interface of its network namespace; the workers' namespace
+    # has loopback only, and nothing of theirs listens where the launcher runs.
+    assert sorted(sockets) == [0, 1], (sockets, multi.stderr)
+    for port, inside, interfaces, outside in sockets.values():
+        assert interfaces == ["lo"] and port in inside and port not in outside, sockets
 
     prints = FINGERPRINT.findall(multi.stderr + (two / "logs" / "worker-1.log").read_text())
     assert sorted(p[0] for p in prints) == ["worker 0", "worker 1"], prints
@@ -196,11 +246,29 @@ def test_a_killed_worker_stops_the_run_and_resume_finishes_it(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1], ids=["leader", "follower"])
 def test_a_worker_that_cannot_reach_its_peers_fails_naming_them(tmp_path, index):
+    """...and meanwhile listens on the port TF_CONFIG gives it, where it runs (a TFJob's pod
+    network decides who reaches it)."""
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    done = train_cli("softmax_regression", "--steps", "4", *SMALL, "--run-dir",
-                     str(tmp_path / "run"), "--no-export", "--peer-timeout", "3",
-                     env=worker_env(addresses, index), timeout=EXIT_BOUND)
+    port = int(addresses[index].rsplit(":", 1)[1])
+    log = tmp_path / "worker.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "training.train", "softmax_regression", "--steps", "4",
+             *SMALL, "--run-dir", str(tmp_path / "run"), "--no-export", "--peer-timeout", "3"],
+            cwd=ROOT, env=worker_env(addresses, index), stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            listened = False
+            while proc.poll() is None and not listened:
+                listened = port in listening_ports("self")
+                time.sleep(0.05)
+            proc.wait(timeout=EXIT_BOUND)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, "", log.read_text())
     assert done.returncode == 1, done.stderr
+    assert listened, f"worker {index} never listened on {addresses[index]}"
     missing = addresses[1 - index]
     assert f"could not join its peers (worker {1 - index} at {missing}) within 3 s" in (
         done.stderr), done.stderr

@@ -1,8 +1,10 @@
 """`python -m training.train MODEL --workers N`: a local cluster of N worker processes on
 127.0.0.1 (docs/ARCHITECTURE.md, "Multi-worker training").
 
-Each worker is `python -m training.train` with the same arguments, its own TF_CONFIG (free
-loopback ports) and one shared --run-dir that the chief (worker 0) writes. The chief's output is
+Each worker is `python -m training.train` with the same arguments, its own TF_CONFIG (loopback
+ports) and one shared --run-dir that the chief (worker 0) writes. The workers share a private
+network namespace whose only interface is loopback (training/loopback.py): TensorFlow's worker
+service listens on every interface, and nothing outside the run may reach it. The chief's output is
 this command's output; the others' goes to RUN_DIR/logs/worker-K.log when they exit (a temporary
 folder until then: the chief refuses a run directory that is not empty). The run fails as a
 whole: when any worker fails, the others are stopped and the exit status is non-zero.
@@ -22,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from training import loopback
 from training.multiworker import TF_CONFIG
 
 POLL_SECONDS = 0.2
@@ -68,6 +71,24 @@ def _die_with_launcher() -> None:
         pass
 
 
+def _preexec(setup, error_file: Path):
+    """The child's set-up before exec: `setup` (the private network), then the parent-death
+    signal (after it: a change of credentials clears that signal). A failure is written to
+    `error_file`, since subprocess only says that the preexec function raised."""
+    def run():
+        try:
+            setup()
+        except OSError as e:
+            error_file.write_text(str(e))
+            raise
+        _die_with_launcher()
+    return run
+
+
+class IsolationError(RuntimeError):
+    """The local workers could not be given a private network: they are not started."""
+
+
 def describe(code: int) -> str:
     return (f"was killed by {signal.Signals(-code).name}" if code < 0
             else f"exited with status {code}")
@@ -84,8 +105,9 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
     logs = run_dir / "logs"
     scratch = Path(tempfile.mkdtemp(prefix="zoo-worker-logs-"))
     command = [sys.executable, "-m", "training.train", *worker_argv(argv, chosen)]
-    print(f"[launcher] {n} workers on {', '.join(addresses)}; run dir {run_dir}; the other "
-          f"workers' output goes to {logs}/", file=sys.stderr, flush=True)
+    print(f"[launcher] {n} workers on {', '.join(addresses)} (a private network: loopback "
+          f"only); run dir {run_dir}; the other workers' output goes to {logs}/",
+          file=sys.stderr, flush=True)
     procs: list[subprocess.Popen] = []
     files = []
     # SIGTERM, like ^C, stops the workers and keeps their logs (the default would skip finally).
@@ -97,8 +119,20 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
             if i:
                 out = open(scratch / f"worker-{i}.log", "w")
                 files.append(out)
-            procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=out,
-                                          preexec_fn=_die_with_launcher))
+            setup = (loopback.new_private_network if i == 0 else
+                     lambda pid=procs[0].pid: loopback.join_private_network(pid))
+            error_file = scratch / f"worker-{i}.preexec-error"
+            try:
+                procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=out,
+                                              preexec_fn=_preexec(setup, error_file)))
+            except subprocess.SubprocessError:
+                detail = error_file.read_text() if error_file.exists() else "unknown reason"
+                error_file.unlink(missing_ok=True)
+                raise IsolationError(
+                    f"cannot give the local workers a private loopback network ({detail}), and "
+                    "TensorFlow's worker service would listen on every interface: start the "
+                    f"workers yourself with {TF_CONFIG} where a firewall guards their ports"
+                ) from None
             print(f"[launcher] worker {i}: pid {procs[-1].pid}, {addresses[i]}",
                   file=sys.stderr, flush=True)
         return wait(procs, addresses, run_dir, logs, args.peer_timeout)
@@ -122,6 +156,7 @@ def keep_logs(scratch: Path, logs: Path) -> None:
 def prepare(args, n: int, train, TrainConfig) -> tuple[Path, Path | None]:
     """(run directory, the --run-dir to add to the workers' arguments or None)."""
     import zoo
+    from training import data
     from training.config import ConfigError
 
     if args.resume:
@@ -129,11 +164,15 @@ def prepare(args, n: int, train, TrainConfig) -> tuple[Path, Path | None]:
         if config.workers != n:
             raise train.UsageError(f"{args.resume} was trained by {config.workers} worker(s); "
                                    f"resume it with --workers {config.workers}")
+        # Found (and fetched into the cache if need be) here: the workers' network has no way out.
+        data.load_dataset(config.dataset, args.data_dir, seed=config.seed)
         return Path(args.resume), None
     if not args.model:
         raise train.UsageError("name a model to train (python -m training.train --list shows "
                                "them)")
     spec = zoo.get_spec(args.model)
+    data.load_dataset(args.dataset or spec.dataset, args.data_dir,
+                      seed=0 if args.seed is None else args.seed)
     batch = args.batch_size or spec.recipe.batch_size
     if batch % n:
         raise ConfigError(f"batch size {batch} does not split evenly over {n} workers; give a "

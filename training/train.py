@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except multiworker.ClusterError as e:  # not the user's command line: the cluster's state
+    except (multiworker.ClusterError, launcher.IsolationError) as e:  # the cluster, not the user
         print(f"error: {e}", file=sys.stderr)
         return 1
     if summary is not None:  # None: a worker other than the chief, which writes no run
