@@ -14,7 +14,7 @@ VERSIONS = $(PY) -P serving/versions.py
 
 .PHONY: run serve web-screenshot test test-precision test-fast lint data train evaluate benchmarks \
 	bench-serving report clean \
-	perf-analyzer
+	perf-analyzer bench-peers
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,7 @@ benchmarks: $(VENV)/.installed
 	$(PY) -m benchmarks.export_agreement
 	$(PY) -m benchmarks.multiworker
 	$(MAKE) bench-serving
+	$(MAKE) bench-peers
 
 # The serving load test (~10 min) needs both models it serves exported: trains the missing ones.
 bench-serving: $(VENV)/.installed
@@ -100,6 +101,14 @@ bench-serving: $(VENV)/.installed
 # glibc beside it; nothing system-wide): benchmarks/perf_analyzer.py. Idempotent.
 perf-analyzer: $(VENV)/.installed
 	@$(PY) -P benchmarks/perf_analyzer.py install
+
+# Our server against KServe and MLServer under Triton's perf_analyzer (~15 min; the peers' venvs
+# are made on first use in ~/.cache/keras-model-zoo/peers). On a shared machine:
+# flock -x /tmp/zoo-cpu.lock make bench-peers
+bench-peers: $(VENV)/.installed
+	@$(VERSIONS) latest exported_models/softmax_regression >/dev/null 2>&1 \
+	  || $(PY) -m training.train softmax_regression
+	$(PY) -m benchmarks.peers
 
 # Every analysis study in full (<= 30 min on 2 cores), then reports/index.html, checked and
 # screenshotted in headless Chromium. QUICK=1: the same pipeline at smoke-test size, written to
