@@ -8,9 +8,10 @@ PY     := $(VENV)/bin/python
 MODEL  ?= softmax_regression
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONPATH := $(CURDIR)
-# The one rule for version directories (serving/versions.py), run as a file with -P: it imports
+# The one rule for version directories (serving/repository/versions.py), run as a file with -P:
+# it imports
 # only the standard library, and the `serving` package would import TensorFlow first (3 s).
-VERSIONS = $(PY) -P serving/versions.py
+VERSIONS = $(PY) -P serving/repository/versions.py
 
 .PHONY: run serve web-screenshot test test-precision test-fast lint data train evaluate benchmarks \
 	bench-serving report clean \

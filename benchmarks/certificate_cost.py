@@ -1,5 +1,6 @@
-"""What checking a version against its certificate adds to loading it: serving.certificate.verify
-(sha256 and size of every file) against the server's own load of the same version, medians.
+"""What checking a version against its certificate adds to loading it:
+serving.repository.certificate.verify (sha256 and size of every file) against the server's own
+load of the same version, medians.
 
     python -m benchmarks.certificate_cost exported_models/deep_cnn/1 [--repeats 7]
 """
@@ -12,7 +13,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine
-from serving import backends, certificate, quiet
+from serving import quiet
+from serving.repository import certificate
+from serving.runtime import backends
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine
-from serving import quiet, readiness
+from serving import quiet
+from serving.clients import readiness
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def free_port() -> int:
 
 
 def latest(base: Path, model: str) -> Path:
-    from serving import versions
+    from serving.repository import versions
 
     try:
         found = versions.scan(base / model).versions
@@ -75,7 +76,7 @@ def latest(base: Path, model: str) -> Path:
 def request_bytes(model: str, x: np.ndarray) -> bytes:
     from tensorflow_serving.apis import predict_pb2
 
-    from serving import tensors
+    from serving.runtime import tensors
 
     r = predict_pb2.PredictRequest()
     r.model_spec.name = model
@@ -241,7 +242,7 @@ def load(address: str, payload: bytes, clients: int, seconds: float,
 
 
 def in_process(backend: str, path: Path, x: np.ndarray, seconds: float) -> dict:
-    from serving import backends
+    from serving.runtime import backends
 
     b = backends.load(backend, path)
     n, lat = 0, []
@@ -264,7 +265,7 @@ def batching_limit(backend: str, path: Path, x: np.ndarray, seconds: float) -> d
     every request also pays the same fixed RPC cost."""
     import threading
 
-    from serving import backends
+    from serving.runtime import backends
 
     b = backends.load(backend, path)
 
@@ -289,11 +290,11 @@ def batching_limit(backend: str, path: Path, x: np.ndarray, seconds: float) -> d
 
 
 def conversion(x: np.ndarray, rows: int, seconds: float = 0.5) -> list[tuple[str, float, float]]:
-    """(what, tf µs, direct µs): tf.make_ndarray / tf.make_tensor_proto against serving.tensors
-    for a request of `rows` images and its (rows x 10) float32 output."""
+    """(what, tf µs, direct µs): tf.make_ndarray / tf.make_tensor_proto against
+    serving.runtime.tensors for a request of `rows` images and its (rows x 10) float32 output."""
     import tensorflow as tf
 
-    from serving import tensors
+    from serving.runtime import tensors
 
     images = np.repeat(x, rows, axis=0)
     probs = np.random.default_rng(0).random((rows, 10), np.float32)
@@ -534,7 +535,7 @@ def main(argv=None) -> int:
     with np.load(data.cache_dir() / "mnist.npz") as f:
         x = f["x_test"][:1].astype(np.float32)
     results: dict[str, dict] = {}
-    print("tensor conversion, tf.make_ndarray / tf.make_tensor_proto vs serving.tensors "
+    print("tensor conversion, tf.make_ndarray / tf.make_tensor_proto vs serving.runtime.tensors "
           "(direct buffer):")
     for rows in (1, 32):
         for what, tf_us, ours_us in conversion(x, rows):

@@ -3,7 +3,7 @@
     python -m serving.config exported_models > models.config
     python -m serving.config exported_models --base-path-prefix /models > models.config  # image
 
-Each directory holding at least one numbered version (serving/versions.py) becomes a
+Each directory holding at least one numbered version (serving/repository/versions.py) becomes a
 `config { ... }` entry with the latest version served (TF Serving's default policy, written out
 explicitly). The output is parsed back as ModelServerConfig before it is printed, so it is
 always valid.
@@ -17,19 +17,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from serving import protos, quiet, versions
-
-
-def build(base: Path, prefix: str | None = None, num_versions: int = 1):
-    config = protos.ModelServerConfig()
-    for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not versions.scan(d).versions:
-            continue
-        path = f"{prefix.rstrip('/')}/{d.name}" if prefix else str(d.resolve())
-        m = config.model_config_list.config.add(name=d.name, base_path=path,
-                                                model_platform="tensorflow")
-        m.model_version_policy.latest.num_versions = num_versions
-    return config
+from serving import quiet
+from serving.repository import protos
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
               "python -m training.train MODEL)", file=sys.stderr)
         return 2
     try:
-        config = build(args.base, args.base_path_prefix, args.num_versions)
+        config = protos.folder_config(args.base, args.base_path_prefix, args.num_versions,
+                                      with_versions_only=True)
     except OSError as e:
         print(f"error: cannot list {e.filename}: {e.strerror}", file=sys.stderr)
         return 2

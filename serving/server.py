@@ -23,100 +23,69 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
+from importlib import resources
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tensorflow_serving.apis import (
-    model_management_pb2,
-    model_service_pb2,
-    model_service_pb2_grpc,
-    prediction_service_pb2,
-    prediction_service_pb2_grpc,
-)
+from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import access_log, auth, backends, protos, quiet, rest, v2_dataplane, v2_grpc, workers
-from serving.batching import BatchingOptions
-from serving.manager import Manager, ServingError
-from serving.metrics import Metrics
-from serving.rest import _UNIMPLEMENTED
+from serving import quiet, webpage, workers
+from serving.core.batching import BatchingOptions
+from serving.core.errors import ServingError
+from serving.core.manager import Manager
+from serving.observability import access_log
+from serving.observability.metrics import Metrics
+from serving.protocols.open_inference import dataplane as v2_dataplane
+from serving.protocols.open_inference import grpc_api as v2_grpc
+from serving.protocols.open_inference import rest_api as v2_rest
+from serving.protocols.tf_serving import grpc_api as tf_grpc
+from serving.protocols.tf_serving import rest_api as tf_rest
+from serving.repository import protos
+from serving.runtime import backends
+from serving.transports import auth, grpc_server, http_server
 
 log = logging.getLogger("serving")
-DEFAULT_MAX_REQUEST_BYTES = rest.RestOptions.max_request_bytes
+DEFAULT_MAX_REQUEST_BYTES = http_server.RestOptions.max_request_bytes
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: Manager):
-        self.manager = manager
+class ServerRoutes:
+    """The REST port's own rows: metrics (TF Serving's path) and the OpenAPI document."""
 
-    async def Predict(self, request, context):
-        try:
-            with self.manager.metrics.track(request.model_spec.name, "Predict", "GRPC"):
-                response, _, _ = await self.manager.predict(request)
-            return response
-        except ServingError as e:
-            await context.abort(e.code, e.message)
+    OWNER = "server"
 
-    async def GetModelMetadata(self, request, context):
-        try:
-            return self.manager.model_metadata(request)
-        except ServingError as e:
-            await context.abort(e.code, e.message)
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
 
-    async def Classify(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED["classify"])
+    async def get_metrics(self, params, headers, body):
+        return 200, self.metrics.render()  # every worker's sums in a --workers server
 
-    async def Regress(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED["regress"])
-
-    async def MultiInference(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _UNIMPLEMENTED["multi_inference"])
+    async def get_openapi(self, params, headers, body):
+        return 200, openapi_document()
 
 
-class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: Manager, peers: workers.Peers | None = None):
-        self.manager, self.peers = manager, peers
+# The one routing table of the REST port: each protocol's rows and the server's own.
+ROUTES: list[http_server.Route] = [
+    *tf_rest.ROUTES,
+    http_server.Route("GET", "/monitoring/prometheus/metrics", ServerRoutes.OWNER, "get_metrics"),
+    http_server.Route("GET", "/openapi.json", ServerRoutes.OWNER, "get_openapi"),
+    *v2_rest.ROUTES,
+]
+ROUTER = http_server.Router(ROUTES, tf_rest.ALIASES)
 
-    async def GetModelStatus(self, request, context):
-        try:
-            return self.manager.model_status(request)
-        except ServingError as e:
-            await context.abort(e.code, e.message)
 
-    async def HandleReloadConfigRequest(self, request, context):
-        response = model_management_pb2.ReloadConfigResponse()
-        # In a --workers server every worker applies the reload before anyone answers.
-        forward = self.peers is not None and not self.peers.is_peer(context)
-        local, *others = await asyncio.gather(
-            self._reload_here(request.config),
-            *([self.peers.reload(request)] if forward else []))
-        failures = [] if local is None else [(None, *local)]
-        if others:
-            failures += others[0]  # (worker, code, message) from each sibling that failed
-        if failures:
-            who, code, message = failures[0]
-            if who is not None:
-                message = f"worker {who}: {message}"
-            response.status.error_code = code.value[0]
-            response.status.error_message = message
-            context.set_code(code)
-            context.set_details(message)
-        return response
-
-    async def _reload_here(self, config) -> tuple[grpc.StatusCode, str] | None:
-        try:
-            self.manager.discover_root = None  # an explicit config replaces discovery
-            await self.manager.set_config(config)
-        except ServingError as e:
-            return e.code, e.message
-        return None
+@functools.cache
+def openapi_document() -> bytes:
+    """serving/openapi.json, the OpenAPI 3 description of ROUTES (package data)."""
+    return resources.files("serving").joinpath("openapi.json").read_bytes()
 
 
 def _bool(text: str) -> bool:
@@ -185,20 +154,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--drain_seconds", type=float, default=30.0,
                    help="on SIGTERM, how long requests in flight may take to finish")
     g.add_argument("--log_level", default="INFO")
-    rest.add_flags(p, _bool)
+    http_server.add_flags(p, _bool)
     access_log.add_flags(p)
     auth.add_flags(p, _bool)
     return p
-
-
-def channel_arguments(text: str) -> list[tuple[str, object]]:
-    out = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise protos.ConfigError(f"--grpc_channel_arguments: {item!r} is not key=value")
-        out.append((key, int(value) if value.lstrip("-").isdigit() else value))
-    return out
 
 
 def initial_config(args) -> tuple[model_server_config_pb2.ModelServerConfig | None, Path | None]:
@@ -217,17 +176,6 @@ def initial_config(args) -> tuple[model_server_config_pb2.ModelServerConfig | No
     config.model_config_list.config.add(name=args.model_name or "default", base_path=str(base),
                                         model_platform="tensorflow")
     return config, None
-
-
-def server_credentials(path: str) -> grpc.ServerCredentials:
-    ssl = protos.read_text(path, protos.SSLConfig)
-    if not ssl.server_key or not ssl.server_cert:
-        raise protos.ConfigError(f"{path}: server_key and server_cert (PEM contents) are "
-                                 "required")
-    return grpc.ssl_server_credentials(
-        [(ssl.server_key.encode(), ssl.server_cert.encode())],
-        root_certificates=ssl.custom_ca.encode() if ssl.custom_ca else None,
-        require_client_auth=ssl.client_verify)
 
 
 def options(*argv: str) -> argparse.Namespace:
@@ -251,7 +199,7 @@ def check_options(args: argparse.Namespace) -> None:
     if args.rest_api_port and args.rest_api_port == args.port:
         raise protos.ConfigError("--rest_api_port cannot be the same as --port")
     try:
-        rest.RestOptions.from_args(args)
+        http_server.RestOptions.from_args(args)
         access_log.check_args(args)
         if args.auth_token_file:  # read again by the Server; unreadable stops us here
             auth.read_token(args.auth_token_file)
@@ -284,7 +232,7 @@ class Server:
         self._poller = None
         self._peers = None
         self._access: access_log.AccessLog | None = None
-        self._v2 = None  # the Open Inference Protocol's data plane (serving/v2_dataplane.py)
+        self._v2 = None  # the Open Inference Protocol's data plane
 
     async def start(self) -> None:
         try:
@@ -307,16 +255,14 @@ class Server:
                 except ValueError as e:
                     raise protos.ConfigError(f"{args.batching_parameters_file}: {e}") from None
         config, root = initial_config(args)
-        creds = server_credentials(args.ssl_config_file) if args.ssl_config_file else None
+        creds = (grpc_server.server_credentials(args.ssl_config_file) if args.ssl_config_file
+                 else None)
         peers = None
         if args.worker_index is not None:
             peers = self._peers = workers.Peers(
                 args.worker_index, [int(p) for p in args.worker_peers.split(",")])
-        # gRPC core takes the first of repeated keys: the user's arguments go first to win
-        grpc_options = [*channel_arguments(args.grpc_channel_arguments),
-                        ("grpc.max_receive_message_length", args.max_request_bytes),
-                        ("grpc.max_send_message_length", -1),
-                        ("grpc.so_reuseport", int(peers is not None))]
+        grpc_options = grpc_server.server_options(args.grpc_channel_arguments,
+                                                  args.max_request_bytes, peers is not None)
 
         metrics = Metrics(worker=peers.index if peers else None)
         manager = self.manager = Manager(
@@ -343,10 +289,7 @@ class Server:
         interceptors = [i for i in (access and access.grpc_interceptor(),
                                     guard.grpc_interceptor()) if i is not None]
         server = self._grpc = grpc.aio.server(options=grpc_options, interceptors=interceptors)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(manager), server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, peers),
-                                                                  server)
+        tf_grpc.add_to_server(manager, server, peers)
         self._v2 = v2_dataplane.DataPlane(manager)
         v2_service = v2_grpc.add_to_server(self._v2, server)
         self._health = health.aio.HealthServicer()
@@ -375,8 +318,12 @@ class Server:
         await server.start()
         _say(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{self.port}")
         if args.rest_api_port:
-            self._rest = rest.RestServer(manager, rest.RestOptions.from_args(args), peers,
-                                         self._v2, access, guard)
+            handlers = {tf_rest.OWNER: tf_rest.TfServingRest(manager),
+                        v2_rest.OWNER: v2_rest.V2Rest(self._v2),
+                        ServerRoutes.OWNER: ServerRoutes(manager.metrics)}
+            self._rest = http_server.RestServer(
+                ROUTER, handlers, http_server.RestOptions.from_args(args), access, guard,
+                static=webpage.response if args.rest_api_web_page else None)
             try:
                 self.rest_port = await self._rest.start(args.host, args.rest_api_port,
                                                         reuse_port=peers is not None)

@@ -1,25 +1,20 @@
-"""The web page for people on the REST port, and the one REST route it adds: a version's
-certificate (docs/ARCHITECTURE.md, "The web page").
+"""The web page for people on the REST port (docs/ARCHITECTURE.md, "The web page").
 
-    GET /                                                    the page (serving/web/index.html)
-    GET /web/FILE                                            its CSS and JavaScript
-    GET /v1/models/NAME[/versions/N|/labels/L]/certificate   the version's metadata.json
+    GET /            the page (serving/web/index.html)
+    GET /web/FILE    its CSS and JavaScript
 
 The page is plain files shipped in the package (no build step, nothing fetched from elsewhere at
-run time) and uses only the public REST API; `--rest_api_web_page=false` turns the first two
-routes off (they then answer 404 like any unknown path). The certificate route stays: it is API.
+run time) and uses only the public REST API, including the certificate route that TF Serving's
+REST part adds (serving/protocols/tf_serving/rest_api.py). `--rest_api_web_page=false` turns
+these two routes off (they then answer 404 like any unknown path); the certificate route stays:
+it is API. serving/server.py hands `response` to the REST server.
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-import grpc
 from aiohttp import web
-
-from serving import certificate
-from serving.errors import ServingError, not_found
 
 WEB_DIR = Path(__file__).with_name("web")
 PREFIX = "/web/"
@@ -48,22 +43,3 @@ def response(method: str, path: str) -> web.Response | None:
         return None
     return web.Response(body=file.read_bytes(), headers={
         "Content-Type": CONTENT_TYPES[file.suffix], **SECURITY_HEADERS})
-
-
-async def served_certificate(manager, spec) -> dict:
-    """{"model_spec": {name, version}, "certificate": metadata.json} of the version `spec` names
-    (latest, a number or a label, resolved as Predict resolves it). The version was verified
-    against this certificate when it was loaded (serving/certificate.py); it is read again here,
-    off the event loop, so that the answer is the file as it is."""
-    loaded = manager.resolve(spec)
-    try:
-        doc = await asyncio.to_thread(certificate.read, loaded.path)
-    except certificate.CertificateError as e:  # changed on disk since it was loaded
-        raise ServingError(grpc.StatusCode.DATA_LOSS, str(e)) from None
-    finally:
-        loaded.release()
-    if doc is None:
-        raise not_found(f"version {loaded.version} of model {loaded.name} has no certificate "
-                        f"({certificate.FILENAME}): it was exported by another tool")
-    return {"model_spec": {"name": loaded.name, "version": str(loaded.version)},
-            "certificate": doc}

@@ -16,8 +16,8 @@ over a private loopback gRPC port per worker, with a random token the supervisor
 Metrics use prometheus_client's multiprocess mode: the supervisor makes a private temporary
 directory, passes it as PROMETHEUS_MULTIPROC_DIR, marks a worker that exits as dead there (its
 share of the queue gauge goes) and removes the directory when it exits; a scrape on any worker
-reads every worker's files (serving/metrics.py). Each worker loads its own copy of the models
-and batches its own requests.
+reads every worker's files (serving/observability/metrics.py). Each worker loads its own copy of
+the models and batches its own requests.
 
 Workers die with their supervisor, even one killed by SIGKILL: each asks the kernel for SIGTERM
 when its parent dies (prctl PR_SET_PDEATHSIG), then checks that its parent is still the
@@ -45,11 +45,11 @@ import grpc
 from prometheus_client import multiprocess
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
-from serving import metrics, readiness
+from serving.clients import readiness
+from serving.observability import metrics
+from serving.transports import auth
 
-TOKEN_ENV = "ZOO_WORKER_TOKEN"
 SUPERVISOR_ENV = "ZOO_SUPERVISOR_PID"
-TOKEN_HEADER = "zoo-worker-token"
 METRICS_DIR_PREFIX = "zoo-serving-metrics-"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -66,9 +66,9 @@ class Peers:
     def __init__(self, index: int, ports: list[int]):
         self.index = index
         self.ports = ports
-        self.token = os.environ.get(TOKEN_ENV, "")
+        self.token = os.environ.get(auth.PEER_TOKEN_ENV, "")
         if not self.token:
-            raise RuntimeError(f"a worker needs {TOKEN_ENV} (set by the supervisor)")
+            raise RuntimeError(f"a worker needs {auth.PEER_TOKEN_ENV} (set by the supervisor)")
         self._channels: dict[int, grpc.aio.Channel] = {}
 
     @property
@@ -77,8 +77,7 @@ class Peers:
 
     def is_peer(self, context: grpc.aio.ServicerContext) -> bool:
         """True for a call from a sibling worker (it carries the token)."""
-        metadata = dict(context.invocation_metadata() or ())
-        return secrets.compare_digest(metadata.get(TOKEN_HEADER, ""), self.token)
+        return auth.is_peer_call(context.invocation_metadata(), self.token)
 
     def _others(self):
         for i, port in enumerate(self.ports):
@@ -94,7 +93,7 @@ class Peers:
             stub = model_service_pb2_grpc.ModelServiceStub(channel)
             try:
                 response = await stub.HandleReloadConfigRequest(
-                    request, timeout=600, metadata=((TOKEN_HEADER, self.token),))
+                    request, timeout=600, metadata=((auth.PEER_TOKEN_HEADER, self.token),))
             except grpc.aio.AioRpcError as e:
                 return i, e.code(), e.details() or ""
             if response.status.error_code:
@@ -185,7 +184,8 @@ def _supervise(args, argv: list[str], metrics_dir: str) -> int:
     n = args.workers
     port = args.port or _free_port(args.host)
     peers = [_free_port() for _ in range(n)]
-    env = {**os.environ, TOKEN_ENV: secrets.token_hex(16), SUPERVISOR_ENV: str(os.getpid()),
+    env = {**os.environ, auth.PEER_TOKEN_ENV: secrets.token_hex(16),
+           SUPERVISOR_ENV: str(os.getpid()),
            metrics.MULTIPROC_ENV: metrics_dir}
     procs = []
     # Started from the main thread, which lives as long as the supervisor: PR_SET_PDEATHSIG

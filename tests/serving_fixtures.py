@@ -107,7 +107,7 @@ class ServerProcess:
         STARTED.append(self)
         import grpc
 
-        from serving import readiness
+        from serving.clients import readiness
 
         credentials = (grpc.ssl_channel_credentials(Path(ca_file).read_bytes()) if ca_file
                        else None)
@@ -170,7 +170,7 @@ def predict_request(model="softmax_regression", x=None, **spec):
     its "images" input, if given."""
     from tensorflow_serving.apis import predict_pb2
 
-    from serving import tensors
+    from serving.runtime import tensors
 
     r = predict_pb2.PredictRequest()
     r.model_spec.name = model

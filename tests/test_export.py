@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 import zoo
-from serving import certificate, versions
+from serving.repository import certificate, versions
 from tests.conftest import ROOT, subprocess_env
 from tests.helpers import TRAIN_LIMIT, tiny_config, tiny_run
 from training import data, export, modeling, precision

@@ -1,5 +1,5 @@
-"""serving/line_file.py, the access log's writer: every line lands whole and in order, from
-many threads, across a logrotate move, at close, and a failing disk never raises into a
+"""serving/observability/line_file.py, the access log's writer: every line lands whole and in
+order, from many threads, across a logrotate move, at close, and a failing disk never raises into a
 request."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from serving.line_file import LineFile
+from serving.observability.line_file import LineFile
 from tests.serving_fixtures import ROOT, wait_for
 
 
@@ -143,7 +143,7 @@ def test_a_write_cut_short_does_not_glue_the_next_line_onto_the_fragment(tmp_pat
     script = f"""
 import json, resource, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
-from serving.line_file import LineFile
+from serving.observability.line_file import LineFile
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 out = LineFile({str(tmp_path / "access.log")!r}, flush_seconds=0)

@@ -23,8 +23,9 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving import tensors
-from serving.client import ClientError, ZooClient
+from serving.clients.errors import ClientError
+from serving.clients.tf_serving import ZooClient
+from serving.runtime import tensors
 from tests.serving_fixtures import (  # noqa: F401
     contract_server,
     digits,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import protos, versions
+from serving.repository import protos, versions
 from tests.images import DOCKERFILE, TF_SERVING_FLAGS, instructions, stages
 from tests.serving_fixtures import ENV, ROOT, exported  # noqa: F401
 

@@ -20,9 +20,11 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from serving import protos, tensors
-from serving.client import ClientError, ZooClient
-from serving.manager import Manager
+from serving.clients.errors import ClientError
+from serving.clients.tf_serving import ZooClient
+from serving.core.manager import Manager
+from serving.repository import protos
+from serving.runtime import tensors
 from tests.serving_fixtures import (  # noqa: F401
     ENV,
     ROOT,
@@ -338,7 +340,7 @@ def test_full_batching_queue_answers_unavailable_at_once(tmp_path):
 
 
 def test_runtime_thread_flags_reach_both_runtimes_and_are_validated(exported, digits, tmp_path):
-    from serving import backends
+    from serving.runtime import backends
 
     version = exported / "softmax_regression" / "1"
     saved = backends.load("savedmodel", version, intra_op_threads=1, inter_op_threads=3)

@@ -1,7 +1,8 @@
 # ruff: noqa: F811  (pytest fixtures imported from serving_fixtures are redefined as arguments)
-"""The server's Prometheus metrics (serving/metrics.py): TF Serving's names and format, every
-request counted under its own code, names that are not served collapsed to one placeholder label,
-queue/compute/batch histograms. Unit tests in-process (fast, no server), then one real server."""
+"""The server's Prometheus metrics (serving/observability/metrics.py): TF Serving's names and
+format, every request counted under its own code, names that are not served collapsed to one
+placeholder label, queue/compute/batch histograms. Unit tests in-process (fast, no server), then
+one real server."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import metrics
-from serving.manager import ServingError, not_found
-from serving.metrics import UNKNOWN_MODEL, Metrics
+from serving.core.manager import ServingError, not_found
+from serving.observability import metrics
+from serving.observability.metrics import UNKNOWN_MODEL, Metrics
 from tests.serving_fixtures import ServerProcess, exported, predict_request  # noqa: F401
 
 COUNT = ":tensorflow:serving:request_count"

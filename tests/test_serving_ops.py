@@ -22,8 +22,11 @@ import grpc
 import numpy as np
 import pytest
 
-from serving import access_log, auth, rest, tensors
+from serving import server as composition
+from serving.observability import access_log
+from serving.runtime import tensors
 from serving.server import options
+from serving.transports import auth, http_server
 from tests.serving_fixtures import (  # noqa: F401
     ENV,
     ROOT,
@@ -46,7 +49,7 @@ def documented() -> set[tuple[str, str]]:
 
 
 def served() -> set[tuple[str, str]]:
-    return {(r.method, r.template) for r in rest.ROUTES}
+    return {(r.method, r.template) for r in composition.ROUTES}
 
 
 # ---------------------------------------------------------------------------- OpenAPI, in-process
@@ -64,23 +67,23 @@ def test_openapi_document_is_valid_openapi_3():
 
 def test_every_served_route_is_documented():
     missing = served() - documented()
-    assert not missing, f"routes in rest.ROUTES missing from serving/openapi.json: {missing}"
+    assert not missing, f"routes in serving.server.ROUTES missing from openapi.json: {missing}"
 
 
 def test_every_documented_route_is_served():
     extra = documented() - served()
-    assert not extra, f"documented in serving/openapi.json but not in rest.ROUTES: {extra}"
+    assert not extra, f"documented in openapi.json but not in serving.server.ROUTES: {extra}"
 
 
 def test_route_table_matches_as_tf_serving_does():
-    route, params = rest.find_route("POST", "/v1/models/m%C3%A8/labels/stable:predict")
+    route, params = composition.ROUTER.find("POST", "/v1/models/m%C3%A8/labels/stable:predict")
     assert (route.template, params) == ("/v1/models/{name}/labels/{label}:predict",
                                         {"name": "m%C3%A8", "label": "stable"})
-    assert rest.find_route("GET", "/v1/models/")[0].template == "/v1/models"
+    assert composition.ROUTER.find("GET", "/v1/models/")[0].template == "/v1/models"
     for method, path in (("POST", "/v1/models/m"), ("GET", "/v1/models/m:predict"),
                          ("GET", "/v1/models/m/extra"), ("GET", "/v1/models/a:b/metadata")):
-        with pytest.raises(rest.HttpError) as e:
-            rest.find_route(method, path)
+        with pytest.raises(http_server.HttpError) as e:
+            composition.ROUTER.find(method, path)
         assert e.value.status == 404
 
 
@@ -274,8 +277,9 @@ def test_health_and_the_document_need_no_token(guarded):
 
 @pytest.mark.slow
 def test_model_control_off(guarded, tmp_path):
-    from serving.client import ClientError, ZooClient
-    from serving.protos import ModelServerConfig
+    from serving.clients.errors import ClientError
+    from serving.clients.tf_serving import ZooClient
+    from serving.repository.protos import ModelServerConfig
 
     server = guarded[0]
     with ZooClient(server.address, token=TOKEN) as client, \

@@ -1,6 +1,7 @@
-"""The REST server (serving/rest.py) in-process: the whole server (serving.server.Server) serving
-tiny ONNX models on an event loop in a background thread, driven with raw sockets where the test
-needs control over the bytes. Timeouts are set short through the server's own flags."""
+"""The REST server (serving/transports/http_server.py and the protocols' REST handlers)
+in-process: the whole server (serving.server.Server) serving tiny ONNX models on an event loop
+in a background thread, driven with raw sockets where the test needs control over the bytes.
+Timeouts are set short through the server's own flags."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import rest
+from serving.protocols.tf_serving import rest_api as tf_rest
+from serving.transports import http_server, json_body
 from tests.serving_fixtures import free_port, wait_for
 
 WIDTH = 4  # the models map x float32 [N, 4] to y = x
@@ -280,7 +282,7 @@ def test_stalled_connections_do_not_block_a_new_client_and_are_closed_after_the_
         touched = [s for s in stalled if not untouched(s)]
         assert not touched, f"{len(touched)} timed out before the new client's answer"
         # each is closed after the timeout (a stalled body first gets its 408, then a linger)
-        waits = [closed_within(s, timeout + rest.LINGER_SECONDS + 5) for s in stalled]
+        waits = [closed_within(s, timeout + http_server.LINGER_SECONDS + 5) for s in stalled]
         assert all(w is not None for w in waits), f"{waits.count(None)} still open"
     assert exchange(port, get("/v1/models/identity"))[0] == 200
 
@@ -347,16 +349,17 @@ def test_connection_cap_fits_the_open_file_limit():
 
     code = """if True:
         import resource
-        from serving import rest
+        from serving.transports import http_server
         for soft, hard in ((500, 4000), (500, 600)):
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            print(rest.connection_budget(1024), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            print(http_server.connection_budget(1024),
+                  resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(n) for n in (1024, 1024 + rest.FD_RESERVE,
-                                                    600 - rest.FD_RESERVE, 600)]
+    assert done.stdout.split() == [str(n) for n in (1024, 1024 + http_server.FD_RESERVE,
+                                                    600 - http_server.FD_RESERVE, 600)]
     assert done.stderr.count("--rest_api_max_connections 1024 lowered to") == 1
 
 
@@ -403,7 +406,7 @@ def test_big_json_is_decoded_and_encoded_off_the_loop(serve):
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving import tensors
+    from serving.runtime import tensors
 
     stack = serve(max_request_bytes=128 << 20)
     rows = np.random.default_rng(0).random((600_000, WIDTH), dtype=np.float32)
@@ -455,18 +458,19 @@ def test_sliced_json_parses_and_encodes_as_the_json_module():
     ]
     for doc in docs:
         for text in (json.dumps(doc), json.dumps(doc, indent=1)):
-            assert len(text) > rest.SLICE_CHARS
-            assert rest.loads_sliced(text) == json.loads(text)
+            assert len(text) > json_body.SLICE_CHARS
+            assert json_body.loads_sliced(text) == json.loads(text)
     big = json.dumps(docs[0])
     for broken in (big[:-3], big.replace("], [", "] [", 7), big + " x", big.replace(",", ",,", 1)):
         with pytest.raises(json.JSONDecodeError):
-            rest.loads_sliced(broken)
+            json_body.loads_sliced(broken)
     result = {"probabilities": rng.random((20_000, 10), dtype=np.float32),
               "classes": np.arange(20_000)}
     lists = {k: v.tolist() for k, v in result.items()}
-    assert rest.encode_predict(result, True) == json.dumps({"predictions": [
+    assert tf_rest.encode_predict(result, True) == json.dumps({"predictions": [
         dict(zip(lists, row)) for row in zip(*lists.values())]}).encode()
-    assert rest.encode_predict(result, False) == json.dumps({"outputs": lists}).encode()
+    assert tf_rest.encode_predict(result, False) == json.dumps({"outputs": lists}).encode()
     y = rng.random((500, 28, 28), dtype=np.float32)
-    assert rest.encode_predict({"y": y}, True) == json.dumps({"predictions": y.tolist()}).encode()
-    assert rest.encode_predict({"y": y[:0]}, False) == b'{"outputs": []}'
+    assert tf_rest.encode_predict({"y": y}, True) == json.dumps(
+        {"predictions": y.tolist()}).encode()
+    assert tf_rest.encode_predict({"y": y[:0]}, False) == b'{"outputs": []}'

@@ -28,9 +28,9 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, tensors
-from serving.batching import Batcher, BatchingOptions, QueueFull
-from serving.manager import Manager, ServingError
+from serving.core.batching import Batcher, BatchingOptions, QueueFull
+from serving.core.manager import Manager, ServingError
+from serving.runtime import backends, tensors
 
 State = get_model_status_pb2.ModelVersionStatus.State
 INT64_MAX = 2**63 - 1
@@ -159,27 +159,27 @@ class PeakAllocation:
     ("7 ", None), ("1_0", None), ("", None), ("abc", None), (".tmp-1-x", None), ("7.0", None),
 ])
 def test_a_version_name_is_ascii_decimal_without_leading_zeros_in_int64(name, version):
-    from serving import versions
+    from serving.repository import versions
 
     assert versions.parse(name) == version
 
 
 @pytest.mark.parametrize("name", ODD_NAMES + ("+7", " 7", "1_0"))
 def test_names_that_look_like_numbers_but_are_no_version_say_why(name):
-    from serving import versions
+    from serving.repository import versions
 
     assert versions.parse(name) is None and versions.why_not(name)
 
 
 @pytest.mark.parametrize("name", ("abc", ".tmp-1-x", "1", "variables", "v2"))
 def test_other_names_are_not_remarked(name):
-    from serving import versions
+    from serving.repository import versions
 
     assert versions.why_not(name) is None
 
 
 def test_listing_a_base_path(tmp_path):
-    from serving import versions
+    from serving.repository import versions
 
     for name in ("1", "3", "12", "abc", ".tmp-9-x", *ODD_NAMES):
         (tmp_path / name).mkdir()
@@ -200,7 +200,7 @@ def test_listing_a_base_path(tmp_path):
 
 
 def test_the_versions_cli_prints_the_latest_for_the_makefile(tmp_path, capsys):
-    from serving import versions
+    from serving.repository import versions
 
     for name in ("2", "10", "²", "007"):
         (tmp_path / name).mkdir()
@@ -218,13 +218,13 @@ def test_the_versions_cli_prints_the_latest_for_the_makefile(tmp_path, capsys):
 
 
 def test_serving_config_uses_the_same_rule(tmp_path):
-    from serving import config
+    from serving.repository import protos
 
     for model, names in {"a": ("1",), "b": ("²", "007", "99999999999999999999"), "c": ()}.items():
         (tmp_path / model).mkdir()
         for n in names:
             (tmp_path / model / n).mkdir()
-    built = config.build(tmp_path)
+    built = protos.folder_config(tmp_path, with_versions_only=True)
     assert [m.name for m in built.model_config_list.config] == ["a"]
 
 
@@ -312,7 +312,7 @@ def predict_request(sig_name="", output_filter=(), **arrays) -> predict_pb2.Pred
 
 
 def check(r, signatures=None, arrays=None, max_elements=1 << 26):
-    from serving import validation
+    from serving.core import validation
 
     signatures = signatures or {"serving_default": signature(a=(-1, 2), b=(-1,))}
     return validation.prepare("m", 3, signatures, r, arrays, max_elements)
@@ -478,7 +478,7 @@ def test_version_policies(policy, expected, tmp_path):
 
 # ---------------------------------------------------------------------------- warmup records
 def test_warmup_records_written_by_tensorflow_are_read(tmp_path):
-    from serving import warmup
+    from serving.repository import warmup
 
     path = write_warmup(tmp_path, [warmup_record(1), warmup_record(3), b""])
     got = warmup.read_warmup_records(path)
@@ -486,7 +486,7 @@ def test_warmup_records_written_by_tensorflow_are_read(tmp_path):
 
 
 def test_crc32c_and_tfrecord_masking():
-    from serving import warmup
+    from serving.repository import warmup
 
     assert warmup.crc32c(b"123456789") == 0xE3069283  # the check value of CRC-32C
     assert warmup.crc32c(b"") == 0
@@ -497,7 +497,7 @@ def test_crc32c_and_tfrecord_masking():
 
 
 def test_masked_crcs_match_what_tensorflow_writes(tmp_path):
-    from serving import warmup
+    from serving.repository import warmup
 
     payload = warmup_record(2)
     raw = write_warmup(tmp_path, [payload]).read_bytes()
@@ -515,24 +515,24 @@ def test_masked_crcs_match_what_tensorflow_writes(tmp_path):
     (-2, "data"),              # a byte of the record's CRC
 ])
 def test_a_corrupt_warmup_file_is_a_load_error_naming_the_crc(tmp_path, where, message):
-    from serving import warmup
+    from serving.repository import warmup
 
     path = write_warmup(tmp_path, [warmup_record(2)])
     raw = bytearray(path.read_bytes())
     raw[where] ^= 0x55
     path.write_bytes(bytes(raw))
-    with pytest.raises(backends.LoadError, match=f"CRC.*{message}|{message}.*CRC"):
+    with pytest.raises(warmup.WarmupError, match=f"CRC.*{message}|{message}.*CRC"):
         warmup.read_warmup_records(path)
 
 
 def test_a_truncated_warmup_file_is_a_load_error(tmp_path):
-    from serving import warmup
+    from serving.repository import warmup
 
     path = write_warmup(tmp_path, [warmup_record(2)])
     raw = path.read_bytes()
     for cut in (5, 14, len(raw) - 1):
         path.write_bytes(raw[:cut])
-        with pytest.raises(backends.LoadError, match="truncated"):
+        with pytest.raises(warmup.WarmupError, match="truncated"):
             warmup.read_warmup_records(path)
 
 
@@ -722,7 +722,7 @@ def test_a_request_asking_for_too_many_elements_is_refused_before_allocating(tmp
 def test_wrong_codes_over_grpc_in_process(tmp_path):
     """dtype 999, a shape whose product overflows int64 and ModelSpec versions at and beyond
     int64 over a real gRPC channel: INVALID_ARGUMENT or NOT_FOUND, never UNKNOWN."""
-    from serving.server import ModelService, PredictionService
+    from serving.protocols.tf_serving.grpc_api import ModelService, PredictionService
 
     base = tmp_path / "m"
     write_onnx_version(base / "1")

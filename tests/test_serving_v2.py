@@ -18,7 +18,7 @@ import tritonclient.http as thttp
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from serving.client import ZooClient
+from serving.clients.tf_serving import ZooClient
 from tests.serving_fixtures import (  # noqa: F401
     ServerProcess,
     digits,

@@ -1,6 +1,7 @@
 """The Open Inference Protocol's codecs in-process (no server, no model): bodies written by
-tritonclient's own HTTP client are read by serving/v2_rest.py, our answers are read back by
-tritonclient's InferResult, and sizes that do not add up are refused naming the input."""
+tritonclient's own HTTP client are read by serving/protocols/open_inference/rest_api.py, our
+answers are read back by tritonclient's InferResult, and sizes that do not add up are refused
+naming the input."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import pytest
 import tritonclient.http as thttp
 from tritonclient.grpc import service_pb2 as pb
 
-from serving import rest, v2_grpc, v2_rest, v2_tensors
-from serving.errors import ServingError
-from serving.v2_dataplane import InferResult, model_spec
+from serving.core.errors import ServingError
+from serving.protocols.open_inference import grpc_api as v2_grpc
+from serving.protocols.open_inference import rest_api as v2_rest
+from serving.protocols.open_inference import tensors as v2_tensors
+from serving.protocols.open_inference.dataplane import InferResult, model_spec
+from serving.transports import http_server
 
 
 def tritonclient_body(arrays: dict[str, np.ndarray], binary: bool, outputs=()):
@@ -117,7 +121,7 @@ def test_versions_and_headers():
     for bad in ("x", "-1", "100"):
         with pytest.raises(ServingError, match="Inference-Header-Content-Length"):
             v2_tensors.split_binary(b"{}", bad)
-    assert rest.HTTP_CODES[grpc.StatusCode.INVALID_ARGUMENT] == 400
+    assert http_server.HTTP_CODES[grpc.StatusCode.INVALID_ARGUMENT] == 400
 
 
 def test_inputs_are_checked_against_the_signature_in_v2_terms():
@@ -126,9 +130,9 @@ def test_inputs_are_checked_against_the_signature_in_v2_terms():
     from tensorflow.core.framework import types_pb2
     from tensorflow.core.protobuf import meta_graph_pb2
 
-    from serving.backends import Signature, TensorSpec
-    from serving.manager import Manager
-    from serving.v2_dataplane import DataPlane, WireInput
+    from serving.core.manager import Manager
+    from serving.protocols.open_inference.dataplane import DataPlane, WireInput
+    from serving.runtime.backends import Signature, TensorSpec
 
     sig = Signature("serving_default",
                     {"a": TensorSpec(types_pb2.DT_FLOAT, (-1, 2)),

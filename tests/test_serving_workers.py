@@ -26,7 +26,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import protos, tensors, workers
+from serving.repository import protos
+from serving.runtime import tensors
+from serving.transports import auth
 from tests.serving_fixtures import (  # noqa: F401
     ENV,
     ROOT,
@@ -107,7 +109,7 @@ def test_reload_sent_to_one_worker_reaches_every_worker(two_workers, exported):
         # A wrong worker token is an outsider's call: it is forwarded all the same.
         response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
             model_management_pb2.ReloadConfigRequest(config=config), timeout=120,
-            metadata=((workers.TOKEN_HEADER, "not-the-token"),))
+            metadata=((auth.PEER_TOKEN_HEADER, "not-the-token"),))
     assert response.status.error_code == 0, response
     codes = set()
     for i in range(CONNECTIONS):  # every worker, not only the one that took the reload

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import certificate, quiet
+from serving import quiet
+from serving.repository import certificate
 from training import cli_types, data
 from training.export import run_onnx, run_savedmodel
 

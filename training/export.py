@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import zoo
-from serving import certificate, quiet, versions
+from serving import quiet
+from serving.repository import certificate, versions
 from training import data, modeling, precision
 from training.config import TrainConfig
 
@@ -323,7 +324,7 @@ def publish(tmp: Path, model_dir: Path, metadata: dict) -> int:
 
 
 def next_version(model_dir: Path) -> int:
-    """One above every version name under `model_dir` (serving/versions.py's rule)."""
+    """One above every version name under `model_dir` (serving/repository/versions.py's rule)."""
     try:
         return versions.next_version(model_dir)
     except versions.NoVersionLeft as e:

@@ -15,7 +15,7 @@ An access-log line (keys always present, null when unknown):
      "version": 1, "rows": 1, "status": "OK", "latency_ms": 0.412, "peer": "ipv4:127.0.0.1:5123",
      "id": "1f2a-17"}
 
-Lines are written by `serving.line_file.LineFile`: buffered, one write of whole lines every
+Lines are written by `line_file.LineFile`: buffered, one write of whole lines every
 `--access_log_flush_seconds` (the per-line cost of `logging` was most of the log's cost).
 
 `status` is the gRPC code's name for gRPC and the HTTP status (a number) for REST. `protocol` is
@@ -47,7 +47,7 @@ import time
 import grpc
 import numpy as np
 
-from serving.line_file import LineFile
+from serving.observability.line_file import LineFile
 
 GRPC_APIS = (("/tensorflow.serving.", "tfs"), ("/inference.", "v2"),
              ("/grpc.health.", "health"), ("/grpc.reflection.", "reflection"))

@@ -1,9 +1,9 @@
 """The Open Inference Protocol (KServe v2) over the Manager, shared by its gRPC and REST
-transports (serving/v2_grpc.py, serving/v2_rest.py; docs/ARCHITECTURE.md, "Open Inference
+transports (grpc_api.py, rest_api.py beside this file; docs/ARCHITECTURE.md, "Open Inference
 Protocol").
 
 A v2 model is a served model's `serving_default` signature (v2 has no signatures). Every input
-is checked here against the signature in v2 terms (what serving/validation.py checks of a
+is checked here against the signature in v2 terms (what serving/core/validation.py checks of a
 PredictRequest: names, datatype, shape, one batch size, the element limit, the output filter),
 and only then decoded; the inference then takes the same Manager path as Predict
 (Manager.resolve, Manager.run), so batching, metrics and the drain on shutdown apply alike.
@@ -20,9 +20,12 @@ import grpc
 import numpy as np
 from tensorflow_serving.apis import model_pb2
 
-from serving import backends, v2_tensors, versions
-from serving.errors import ServingError, invalid
-from serving.manager import LoadedVersion, Manager
+from serving.core.errors import ServingError, invalid
+from serving.core.manager import LoadedVersion, Manager
+from serving.protocols.open_inference import tensors as v2_tensors
+from serving.repository import versions
+from serving.runtime import backends
+from serving.transports import json_body
 
 SERVER_NAME = "keras-model-zoo"
 EXTENSIONS = ("binary_tensor_data",)
@@ -103,7 +106,7 @@ class DataPlane:
     async def infer(self, name: str, version: str, inputs: list[WireInput],
                     requested: list[str], decode_off_loop: int = 0) -> InferResult:
         """Check the inputs against the model, decode them, run. `decode_off_loop`: bytes the
-        decoding involves (big ones are decoded in a thread, serving.rest.off_the_loop)."""
+        decoding involves (big ones are decoded in a thread: json_body.off_the_loop)."""
         spec = model_spec(name, version)
         loaded = self.manager.resolve(spec)
         try:
@@ -111,9 +114,7 @@ class DataPlane:
             self._check(loaded, sig, inputs)
             outputs = self._outputs(loaded, sig, requested)
             if decode_off_loop:
-                from serving.rest import off_the_loop
-
-                arrays = await off_the_loop(decode_off_loop, _decode_all, inputs)
+                arrays = await json_body.off_the_loop(decode_off_loop, _decode_all, inputs)
             else:
                 arrays = _decode_all(inputs)
             result = await self.manager.run(loaded, sig, arrays, outputs or None)

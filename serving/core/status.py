@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from serving.errors import invalid, not_found
+from serving.core.errors import invalid, not_found
 
 State = get_model_status_pb2.ModelVersionStatus.State
 

@@ -10,7 +10,8 @@ Exempt, so that probes and the web page work without the token: gRPC `grpc.healt
 REST PUBLIC_PATHS (the v2 health paths, the OpenAPI document, the page `/` and its static files
 under PUBLIC_PREFIXES; the page's API calls carry the token like any client's); CORS preflight
 OPTIONS requests (browsers send them without credentials). A call between --workers siblings
-carries their private token instead (workers.Peers), and is accepted on it.
+carries their private token instead (PEER_TOKEN_HEADER; serving/workers.py hands it out), and is
+accepted on it: `is_peer_call` is the one check of it.
 
 `--enable_model_control=false` refuses the calls that change what is served (MODEL_CONTROL) with
 UNIMPLEMENTED, whoever calls: gRPC defines that code as "not implemented or not supported/enabled
@@ -27,9 +28,9 @@ from pathlib import Path
 
 import grpc
 
-from serving import workers
-
 AUTH_HEADER = "authorization"
+PEER_TOKEN_ENV = "ZOO_WORKER_TOKEN"    # the --workers siblings' token, set by their supervisor
+PEER_TOKEN_HEADER = "zoo-worker-token"  # the metadata key a sibling's call carries it in
 PUBLIC_GRPC_SERVICES = ("/grpc.health.v1.Health/",)
 PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/openapi.json", "/"})
 PUBLIC_PREFIXES = ("/web/",)  # the web page's files (issue 14: `/` and `/web/FILE`)
@@ -63,6 +64,14 @@ def bearer(token: str) -> str:
     return f"Bearer {token}"
 
 
+def is_peer_call(metadata, peer_token: str | None) -> bool:
+    """Whether gRPC `metadata` carries the --workers siblings' private token."""
+    if not peer_token:
+        return False
+    given = next((v for k, v in metadata or () if k == PEER_TOKEN_HEADER), None)
+    return given is not None and hmac.compare_digest(given.encode(), peer_token.encode())
+
+
 def add_flags(p: argparse.ArgumentParser, boolean) -> None:
     g = p.add_argument_group("auth")
     g.add_argument("--auth_token_file", metavar="PATH",
@@ -81,14 +90,14 @@ class Guard:
     def __init__(self, token: str | None = None, model_control: bool = True,
                  peer_token: str | None = None):
         self._token = token.encode() if token else None
-        self._peer_token = peer_token.encode() if peer_token else None
+        self._peer_token = peer_token
         self.model_control = model_control
 
     @classmethod
     def from_args(cls, args) -> Guard:
         """Reads --auth_token_file (ValueError naming the flag if it cannot)."""
         token = read_token(args.auth_token_file) if args.auth_token_file else None
-        peer = os.environ.get(workers.TOKEN_ENV) if args.worker_index is not None else None
+        peer = os.environ.get(PEER_TOKEN_ENV) if args.worker_index is not None else None
         return cls(token, args.enable_model_control, peer)
 
     @property
@@ -134,15 +143,9 @@ class Guard:
             return grpc.StatusCode.UNIMPLEMENTED, MODEL_CONTROL_OFF
         if self._token is None or method.startswith(PUBLIC_GRPC_SERVICES):
             return None
-        given, peer = None, None
-        for key, value in metadata or ():
-            if key == AUTH_HEADER:
-                given = value
-            elif key == workers.TOKEN_HEADER:
-                peer = value
-        if self._peer_token is not None and peer is not None and hmac.compare_digest(
-                peer.encode(), self._peer_token):
+        if is_peer_call(metadata, self._peer_token):
             return None
+        given = next((v for k, v in metadata or () if k == AUTH_HEADER), None)
         if self.authorized(given):
             return None
         if given is None:

@@ -15,7 +15,7 @@ import numpy as np
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 
-from serving.tensors import DTYPES, dtype_name
+from serving.runtime.tensors import DTYPES, dtype_name
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 DEFAULT_SIGNATURE = "serving_default"

@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from serving import tensors
-from serving.errors import invalid
+from serving.core.errors import invalid
+from serving.runtime import tensors
 
 # v2 datatype -> numpy dtype (the protocol's "Tensor Data Types"; BYTES and BF16 have no
 # equivalent among the signatures zoo models export, so they are refused by name).
@@ -26,7 +26,7 @@ NUMPY = {
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
 }
 OF_NUMPY = {v: k for k, v in NUMPY.items()}
-# TensorFlow DataType (what a signature states) -> v2 datatype, through serving.tensors' table
+# TensorFlow DataType (what a signature states) -> v2 datatype, through runtime.tensors' table
 OF_DT = {dt: OF_NUMPY[dtype] for dt, (dtype, _) in tensors.DTYPES.items()}
 # v2 datatype -> the InferTensorContents field that carries it (FP16 travels raw only)
 CONTENTS_FIELD = {
@@ -79,7 +79,7 @@ def from_contents(name: str, datatype: str, shape: tuple[int, ...], contents) ->
 
 def from_json(name: str, datatype: str, shape: tuple[int, ...], data, to_array) -> np.ndarray:
     """An input from REST JSON `data` (flat or nested, row-major). `to_array` is
-    serving.rest.to_array (converts a long list a slice at a time)."""
+    serving.transports.json_body.to_array (converts a long list a slice at a time)."""
     try:
         array = to_array(data, NUMPY[datatype])
     except (ValueError, TypeError, OverflowError, RecursionError) as e:

@@ -1,8 +1,8 @@
 """Answering requests against the served versions (TF Serving's ServerCore request path and
-predict_util): a `Manager` is the version lifecycle (serving/lifecycle.py) plus resolving a
-ModelSpec to a loaded version, validating the request (serving/validation.py), and running it
-inline, on a thread or through the version's batcher (serving/batching.py). Status and metadata
-answers are serving/status.py's.
+predict_util): a `Manager` is the version lifecycle (serving/core/lifecycle.py) plus resolving a
+ModelSpec to a loaded version, validating the request (serving/core/validation.py), and running it
+inline, on a thread or through the version's batcher (serving/core/batching.py). Status and metadata
+answers are serving/core/status.py's.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
-from serving import access_log, status, tensors, validation
-from serving.batching import BatchTooLarge, QueueFull
-from serving.errors import ServingError, invalid, not_found
-from serving.lifecycle import Lifecycle, LoadedVersion
+from serving.core import status, validation
+from serving.core.batching import BatchTooLarge, QueueFull
+from serving.core.errors import ServingError, invalid, not_found
+from serving.core.lifecycle import Lifecycle, LoadedVersion
+from serving.observability import access_log
+from serving.runtime import tensors
 
 __all__ = ["Manager", "ServingError", "invalid", "not_found", "LoadedVersion"]
 
@@ -66,7 +68,7 @@ class Manager(Lifecycle):
 
     def prepare(self, loaded: LoadedVersion, request: predict_pb2.PredictRequest,
                 arrays: dict[str, np.ndarray] | None = None) -> validation.Prepared:
-        """Validate a PredictRequest against its signature (serving/validation.py); return
+        """Validate a PredictRequest against its signature (serving/core/validation.py); return
         (signature, inputs, outputs). `arrays` replaces request.inputs when the caller (REST)
         has decoded them already."""
         return validation.prepare(loaded.name, loaded.version, loaded.signatures, request,

@@ -17,8 +17,8 @@ import grpc
 import numpy as np
 from tensorflow_serving.apis import predict_pb2
 
-from serving import backends, tensors
-from serving.errors import ServingError, invalid
+from serving.core.errors import ServingError, invalid
+from serving.runtime import backends, tensors
 
 # The default of --max_request_elements is --max_request_bytes: a request may describe as many
 # elements as the bytes it may carry (a uint8 tensor at the byte limit still fits).

@@ -1,4 +1,5 @@
-"""Text-format configuration files TF Serving reads, parsed with TF Serving's own schemas.
+"""Text-format configuration files TF Serving reads, parsed with TF Serving's own schemas, and
+the ModelServerConfig of a folder of model directories (`folder_config`).
 
 `ModelServerConfig` ships in tensorflow-serving-api. `SSLConfig` (tensorflow_serving/config/
 ssl_config.proto) and `BatchingParameters` (servables/tensorflow/session_bundle_config.proto) do
@@ -18,6 +19,8 @@ from google.protobuf import (
     wrappers_pb2,  # noqa: F401  (registers google/protobuf/wrappers.proto)
 )
 from tensorflow_serving.config import model_server_config_pb2
+
+from serving.repository import versions
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -78,3 +81,22 @@ def read_text(path: str | Path, message_class):
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     return parse_text(text, message_class, str(path))
+
+
+def folder_config(base: Path, prefix: str | None = None, num_versions: int | None = None,
+                  with_versions_only: bool = False):
+    """The ModelServerConfig serving each model directory under `base` (hidden ones aside), by
+    its name: `base_path` is PREFIX/NAME with `prefix`, else the absolute path; `num_versions`
+    writes the latest-N policy out (None: TF Serving's default, latest 1); `with_versions_only`
+    skips directories with no version yet (serving.config), which a server polling `base` serves
+    once one appears. Raises OSError if `base` cannot be listed."""
+    config = ModelServerConfig()
+    for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if with_versions_only and not versions.scan(d).versions:
+            continue
+        path = f"{prefix.rstrip('/')}/{d.name}" if prefix else str(d.resolve())
+        m = config.model_config_list.config.add(name=d.name, base_path=path,
+                                                model_platform="tensorflow")
+        if num_versions is not None:
+            m.model_version_policy.latest.num_versions = num_versions
+    return config

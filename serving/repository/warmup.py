@@ -4,7 +4,7 @@ CRCs checked, holding PredictionLog records (read without TensorFlow's I/O).
 A TFRecord is `uint64 length`, `uint32 masked_crc32c(length)`, `data`, `uint32
 masked_crc32c(data)`, little-endian; the mask is `((crc >> 15 | crc << 17) + 0xa282ead8) mod
 2**32`. A record whose CRC does not match, a cut-off file, or data that is not a PredictionLog is
-a LoadError naming the file and the byte offset, so that the version is reported (END, with this
+a WarmupError naming the file and the byte offset, so that the version is reported (END, with this
 message) instead of served half-warmed.
 
 CRC-32C (Castagnoli) has no implementation in the standard library or among our dependencies, so
@@ -23,7 +23,10 @@ from pathlib import Path
 import numpy as np
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from serving.backends import LoadError
+
+class WarmupError(ValueError):
+    """The warmup file is unreadable: its message names the file and the byte offset."""
+
 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 _POLY = 0x82F63B78         # CRC-32C, reflected
@@ -102,20 +105,20 @@ def read_records(path: Path, limit: int) -> list[bytes]:
     records, pos = [], 0
     while pos < len(data) and len(records) < limit:
         if pos + 12 > len(data):
-            raise LoadError(f"{path} is truncated at byte {pos} (a record header needs 12)")
+            raise WarmupError(f"{path} is truncated at byte {pos} (a record header needs 12)")
         header = data[pos:pos + 8]
         (length,), (length_crc,) = struct.unpack("<Q", header), struct.unpack_from(
             "<I", data, pos + 8)
         if masked_crc32c(header) != length_crc:
-            raise LoadError(f"{path}: the record at byte {pos} has a corrupt length (its CRC "
+            raise WarmupError(f"{path}: the record at byte {pos} has a corrupt length (its CRC "
                             "does not match)")
         start, end = pos + 12, pos + 12 + length
         if end + 4 > len(data):
-            raise LoadError(f"{path} is truncated at byte {pos} (a record of {length} bytes "
+            raise WarmupError(f"{path} is truncated at byte {pos} (a record of {length} bytes "
                             f"and its CRC do not fit in {len(data) - start})")
         record = data[start:end]
         if masked_crc32c(record) != struct.unpack_from("<I", data, end)[0]:
-            raise LoadError(f"{path}: the record at byte {pos} has corrupt data (its CRC does "
+            raise WarmupError(f"{path}: the record at byte {pos} has corrupt data (its CRC does "
                             "not match)")
         records.append(record)
         pos = end + 4
@@ -130,7 +133,7 @@ def read_warmup_records(path: Path) -> list[predict_pb2.PredictRequest]:
         try:
             entry = prediction_log_pb2.PredictionLog.FromString(record)
         except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and others
-            raise LoadError(f"{path}: record {i} is not a PredictionLog: {e}") from None
+            raise WarmupError(f"{path}: record {i} is not a PredictionLog: {e}") from None
         if entry.WhichOneof("log_type") == "predict_log":
             requests.append(entry.predict_log.request)
     return requests

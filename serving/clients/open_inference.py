@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.client import ClientError
+from serving.clients.errors import ClientError
 
 
 def _error(e) -> ClientError:
@@ -25,7 +25,7 @@ class V2Client:
                  token: str | None = None):
         import tritonclient.grpc as triton
 
-        from serving import auth
+        from serving.transports import auth
 
         self.timeout, self.address = timeout, address
         self._inputs: dict = {}  # (model, version) -> its metadata, asked once per predict loop

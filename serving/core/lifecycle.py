@@ -3,22 +3,23 @@ AspiredVersionsManager; docs/ARCHITECTURE.md, "Serving").
 
 A `Lifecycle` holds a `ModelServerConfig` (from --model_config_file, --model_name/--model_base_path,
 or a reload request, which replaces the whole config as in TF Serving), polls each base path every
-`--file_system_poll_wait_seconds` for numbered version directories (serving/versions.py: hidden or
-non-numeric names are ignored, as TF Serving ignores them; a name that looks like a number but is
-no version, such as `007`, `²` or one beyond int64, is ignored with one warning), and applies the
-version policy (latest N by default, all, specific). A listing that fails (permissions, missing
+`--file_system_poll_wait_seconds` for numbered version directories (serving/repository/versions.py:
+hidden or non-numeric names are ignored, as TF Serving ignores them; a name that looks like a number
+but is no version, such as `007`, `²` or one beyond int64, is ignored with one warning), and applies
+the version policy (latest N by default, all, specific). A listing that fails (permissions, missing
 base path, out of file descriptors) changes nothing: what is loaded stays loaded and the error is
 logged, as TF Serving's file-system source does. A new version is loaded and warmed with its
 `assets.extra/tf_serving_warmup_requests` before it takes traffic. A version leaving the policy
 stops taking new requests at once and is unloaded when its in-flight requests are done, and only
 once a replacement is available (availability first, like TF Serving's
 AvailabilityPreservingPolicy). Each version is checked against its certificate (metadata.json,
-serving/certificate.py) before it is loaded. A version that fails to verify, load or warm up
-(serving/warmup.py) is reported (GetModelStatus: END with the error) and skipped; it is retried
-only when its directory changes, so a half-written version is picked up once it is complete.
+serving/repository/certificate.py) before it is loaded. A version that fails to verify, load or warm
+up (serving/repository/warmup.py) is reported (GetModelStatus: END with the error) and skipped; it
+is retried only when its directory changes, so a half-written version is picked up once it is
+complete.
 
-Answering requests against the loaded versions is serving/manager.py's; what status and
-metadata say about them is serving/status.py's.
+Answering requests against the loaded versions is serving/core/manager.py's; what status and
+metadata say about them is serving/core/status.py's.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ import numpy as np
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import backends, certificate, validation, versions
-from serving.batching import Batcher, BatchingOptions
-from serving.errors import ServingError, invalid
-from serving.metrics import Metrics
-from serving.warmup import read_warmup_records
+from serving.core import validation
+from serving.core.batching import Batcher, BatchingOptions
+from serving.core.errors import ServingError, invalid
+from serving.observability.metrics import Metrics
+from serving.repository import certificate, protos, versions
+from serving.repository.warmup import read_warmup_records
+from serving.runtime import backends
 
 log = logging.getLogger("serving")
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -154,21 +157,10 @@ class Lifecycle:
                     self.models[name] = ModelState(m)
         await self.poll()
 
-    def discovered_config(self) -> model_server_config_pb2.ModelServerConfig:
-        """Zoo extension: a base path whose children are model directories serves them all.
-        Raises OSError if the root cannot be listed."""
-        config = model_server_config_pb2.ModelServerConfig()
-        for d in sorted(self.discover_root.iterdir()):
-            if d.is_dir() and not d.name.startswith("."):
-                m = config.model_config_list.config.add(name=d.name, base_path=str(d.resolve()),
-                                                        model_platform="tensorflow")
-                del m  # defaults: latest 1
-        return config
-
     async def poll(self) -> None:
         if self.discover_root is not None:
             try:
-                config = self.discovered_config()
+                config = protos.folder_config(self.discover_root)  # zoo extension
             except OSError as e:
                 # Models are dropped only when their directories are seen to be gone.
                 message = f"cannot list the model directory {self.discover_root}: {e}"

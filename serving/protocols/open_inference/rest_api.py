@@ -1,5 +1,5 @@
 """The Open Inference Protocol's REST API on the TF Serving REST port (docs/ARCHITECTURE.md,
-"Open Inference Protocol"); its routes are rows of serving/rest.py's ROUTES.
+"Open Inference Protocol"): the /v2 rows of serving.server.ROUTES and their handlers.
 
     GET  /v2                                       server metadata
     GET  /v2/health/live, /v2/health/ready         200 when live / ready, else 400
@@ -13,7 +13,7 @@ parameters hold `binary_data_size` takes its bytes from there, in order. Outputs
 asked for (`"binary_data": true` in a requested output's parameters, or `"binary_data_output":
 true` in the request's when none is named), else JSON `data`. Errors are `{"error": "..."}` with
 the HTTP status of their gRPC code (TF Serving's mapping). Bodies and answers beyond
-serving.rest.THREAD_ABOVE_BYTES are parsed, decoded and encoded in a thread.
+serving.transports.json_body.THREAD_ABOVE_BYTES are parsed, decoded and encoded in a thread.
 """
 
 from __future__ import annotations
@@ -22,16 +22,30 @@ import json
 
 from aiohttp import web
 
-from serving import rest, v2_tensors
-from serving.errors import invalid
-from serving.v2_dataplane import DataPlane, WireInput
+from serving.core.errors import invalid
+from serving.protocols.open_inference import tensors as v2_tensors
+from serving.protocols.open_inference.dataplane import DataPlane, WireInput
+from serving.transports import json_body
+from serving.transports.http_server import Route
+
+OWNER = "open_inference"  # the key of V2Rest among the REST server's handlers
+ROUTES: list[Route] = [
+    Route("GET", "/v2", OWNER, "server_metadata"),
+    Route("GET", "/v2/health/live", OWNER, "live"),
+    Route("GET", "/v2/health/ready", OWNER, "ready"),
+    *[Route(method, f"/v2/models/{{name}}{middle}{tail}", OWNER, handler)
+      for middle in ("", "/versions/{version}")
+      for method, tail, handler in (("GET", "", "model_metadata"),
+                                    ("GET", "/ready", "model_ready"),
+                                    ("POST", "/infer", "post_infer"))],
+]
 
 
 class V2Rest:
     def __init__(self, plane: DataPlane):
         self.plane = plane
 
-    # Handlers of serving/rest.py's /v2 routes: (path parameters, headers, body) -> (HTTP status,
+    # Handlers of ROUTES: (path parameters, headers, body) -> (HTTP status,
     # JSON value or a ready web.Response); a refused request raises ServingError.
     async def server_metadata(self, params, headers, body):
         return 200, self.plane.server_metadata()
@@ -64,13 +78,13 @@ class V2Rest:
         binary = memoryview(b"")
         if header_length is not None:
             body, binary = v2_tensors.split_binary(body, header_length)
-        doc = await rest.off_the_loop(len(body), rest.RestServer._parse, body,
+        doc = await json_body.off_the_loop(len(body), json_body.parse, body,
                                       headers.get("Content-Type", ""))
         inputs, requested, binary_out = parse_request(doc, binary)
         result = await self.plane.infer(name, version, inputs, list(requested),
                                         decode_off_loop=len(body))  # binary: frombuffer
         size = sum(a.nbytes for a in result.outputs.values())
-        return await rest.off_the_loop(size, encode_response, doc, result, requested,
+        return await json_body.off_the_loop(size, encode_response, doc, result, requested,
                                        binary_out)
 
 
@@ -115,7 +129,7 @@ def parse_request(doc, binary: memoryview) -> tuple[list[WireInput], dict[str, b
                 raise invalid(f"{what} has neither \"data\" nor a binary_data_size parameter")
             inputs.append(WireInput(name, datatype, shape,
                                     lambda n=name, d=datatype, s=shape, v=t["data"]:
-                                        v2_tensors.from_json(n, d, s, v, rest.to_array)))
+                                        v2_tensors.from_json(n, d, s, v, json_body.to_array)))
     if offset != len(binary):
         raise invalid(f"the body holds {len(binary) - offset} binary bytes that no input's "
                       "binary_data_size accounts for")

@@ -13,9 +13,9 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from serving import v2_tensors
-from serving.errors import ServingError, invalid
-from serving.v2_dataplane import DataPlane, WireInput
+from serving.core.errors import ServingError, invalid
+from serving.protocols.open_inference import tensors as v2_tensors
+from serving.protocols.open_inference.dataplane import DataPlane, WireInput
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 FILENAME = "metadata.json"
-SCHEMA_PATH = Path(__file__).with_name("metadata.schema.json")
+SCHEMA_PATH = Path(__file__).parents[1] / "metadata.schema.json"  # serving/'s package data
 FORMAT = 1
 _CHUNK = 1 << 20
 

@@ -13,12 +13,13 @@ numbers too, warning when two names give one number. Here one version has exactl
 `str(version)`, which is what the exporter writes and what everything else joins to the base
 path; `007` is refused with a warning rather than served under a number its name does not show.
 
-    python serving/versions.py latest DIR         the latest version's number (exit 1: none)
-    python serving/versions.py latest --path DIR  ... as DIR/VERSION
-    python serving/versions.py list DIR           every version, oldest first
+    python serving/repository/versions.py latest DIR         the latest version (exit 1: none)
+    python serving/repository/versions.py latest --path DIR  ... as DIR/VERSION
+    python serving/repository/versions.py list DIR           every version, oldest first
 
-(Run as a file, this module imports only the standard library; `python -m serving.versions`
-works too, but the `serving` package imports TensorFlow first, 3 s.)
+(Run as a file, this module imports only the standard library;
+`python -m serving.repository.versions` works too, but the `serving` package imports TensorFlow
+first, 3 s.)
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def next_version(base: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python serving/versions.py",
+    p = argparse.ArgumentParser(prog="python serving/repository/versions.py",
                                 description="Version directories under a model's base path.")
     sub = p.add_subparsers(dest="command", required=True)
     lat = sub.add_parser("latest", help="the latest version (exit 1 if there is none)")
