@@ -69,7 +69,7 @@ def add_model_config(model: OnnxModel) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(parents=[kserve.model_server.parser])
     parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--intra_op_threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--intra_op_threads", type=int, default=0)  # ONNX Runtime's choice
     args, _ = parser.parse_known_args()
     model = OnnxModel(args.model_name, os.path.join(args.model_dir, "model.onnx"),
                       args.intra_op_threads)

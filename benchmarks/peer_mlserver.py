@@ -77,7 +77,7 @@ if __name__ == "__main__":
     for flag in ("--grpc_port", "--http_port", "--metrics_port"):
         parser.add_argument(flag, type=int, required=True)
     parser.add_argument("--parallel_workers", type=int, default=1)  # MLServer's default
-    parser.add_argument("--intra_op_threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--intra_op_threads", type=int, default=0)  # ONNX Runtime's choice
     args = parser.parse_args()
     add_model_config(args.model_name, write_repository(args))
     from mlserver.cli.main import main

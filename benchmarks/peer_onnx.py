@@ -25,7 +25,8 @@ MAX_BATCH_SIZE = 64
 SERVICE = "inference.GRPCInferenceService"
 
 
-def session(path: str, threads: int) -> ort.InferenceSession:
+def session(path: str, threads: int = 0) -> ort.InferenceSession:
+    """ONNX Runtime's defaults (threads 0: its own choice), as the peers' docs' examples use it."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

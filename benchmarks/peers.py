@@ -13,9 +13,10 @@ digits (--input-data JSON, 64 images) to every server, one cell per batch size x
   workers 0 and 1) serving the latest export's model.onnx with the same ONNX Runtime version,
   each in a venv of its own (they conflict with each other and with us), made on first use
   under ~/.cache/keras-model-zoo/peers/.
-Printed: inferences/s and p50/p99 per server and cell, then per cell our best against each
-peer's best (and our best over v2 alone). A cell that fails (a server that cannot be driven,
-a measurement that never stabilises) is reported as failed, never fatal.
+Printed: inferences/s, p50/p99 and the server's CPU a request per server and cell, then per
+cell our best against each peer's best (and our best over v2 alone). A cell that fails (a
+server that cannot be driven, a measurement that never stabilises) is reported as failed, never
+fatal.
 The machine is named first; wrap in `flock -x /tmp/zoo-cpu.lock` on a shared machine.
 """
 
@@ -39,7 +40,7 @@ import numpy as np
 
 from benchmarks import perf_analyzer
 from benchmarks.common import machine, table
-from benchmarks.serving_load import Server, free_port, latest
+from benchmarks.serving_load import Server, free_port, latest, tree_cpu_seconds
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,12 +138,12 @@ def start_peer(peer: str, version_dir: Path, model: str, tmp: Path, extra: list[
     except Exception as e:
         stop()
         raise RuntimeError(f"{peer} did not start ({e}); see {log.name}") from None
-    return address, stop
+    return address, stop, proc.pid
 
 
 def start_ours(base: Path, backend: str, workers: int, tmp: Path):
     server = Server(base, backend, False, tmp, workers)
-    return server.address, server.stop
+    return server.address, server.stop, server.proc.pid
 
 
 def digits_file(tmp: Path, count: int) -> Path:
@@ -155,15 +156,20 @@ def digits_file(tmp: Path, count: int) -> Path:
     return path
 
 
-def measure(prefix: list[str], target: Target, address: str, model: str, batch: int,
+def measure(prefix: list[str], target: Target, server: tuple, model: str, batch: int,
             concurrency: int, args, inputs: Path, tmp: Path) -> dict:
-    """One perf_analyzer cell: {"rate", "p50_ms", "p99_ms"} or {"error"}."""
+    """One perf_analyzer cell: {"rate", "p50_ms", "p99_ms", "server_cores", "server_us"} or
+    {"error"}. server_cores: the server's CPU (its whole process tree) over the run's wall time;
+    server_us: that per request at the measured rate (warm-up and start included, so a little
+    low)."""
+    address, _, pid = server
     report = tmp / f"pa-{os.getpid()}-{time.monotonic_ns()}.csv"
     cmd = [*prefix, "-m", model, "--service-kind", target.kind, "-i", "grpc", "-u", address,
            "-b", str(batch), "--concurrency-range", f"{concurrency}:{concurrency}",
            "-p", str(args.window_ms), "-s", str(args.stability), "-r", str(args.max_trials),
            "--warmup-request-count", "100", "--input-data", str(inputs),
            "-f", str(report), "--verbose-csv"]
+    cpu0, wall0 = tree_cpu_seconds(pid), time.monotonic()
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.cell_timeout,
                              stdin=subprocess.DEVNULL)
@@ -176,8 +182,11 @@ def measure(prefix: list[str], target: Target, address: str, model: str, batch: 
     with report.open() as f:
         row = next(csv.DictReader(f))
     report.unlink()
-    return {"rate": float(row["Inferences/Second"]), "p50_ms": int(row["p50 latency"]) / 1e3,
-            "p99_ms": int(row["p99 latency"]) / 1e3}
+    cores = (tree_cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+    rate = float(row["Inferences/Second"])
+    return {"rate": rate, "p50_ms": int(row["p50 latency"]) / 1e3,
+            "p99_ms": int(row["p99 latency"]) / 1e3, "server_cores": cores,
+            "server_us": cores / (rate / batch) * 1e6}
 
 
 def targets(args, base: Path, version_dir: Path, tmp: Path) -> list[Target]:
@@ -241,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         inputs = digits_file(tmp, args.digits)
-        started: dict[object, tuple[str, object]] = {}
+        started: dict[object, tuple] = {}
         todo = targets(args, base, version_dir, tmp)
         for i, target in enumerate(todo):
             groups[target.name] = target.group
@@ -249,17 +258,19 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if target.start not in started:
                     started[target.start] = target.start()
-                address = started[target.start][0]
+                server = started[target.start]
             except (RuntimeError, SystemExit) as e:
                 row.update({f"b{b} c{c}": {"error": str(e)} for b, c in cells})
                 print(f"{target.name}: failed to start: {e}", flush=True)
                 continue
             try:
                 for b, c in cells:
-                    r = row[f"b{b} c{c}"] = measure(prefix, target, address, args.model, b, c,
+                    r = row[f"b{b} c{c}"] = measure(prefix, target, server, args.model, b, c,
                                                     args, inputs, tmp)
+                    cpu = (f", server {r['server_cores']:.2f} cores, {r['server_us']:,.0f} us "
+                           "CPU a request" if "rate" in r else "")
                     print(f"{target.name:40s} b{b:<2d} c{c}: "
-                          f"{r.get('error') or cell_text(r)}", flush=True)
+                          f"{r.get('error') or cell_text(r)}{cpu}", flush=True)
             finally:  # stop once no later target shares this server
                 if all(t.start is not target.start for t in todo[i + 1:]):
                     started.pop(target.start)[1]()
@@ -268,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\ninferences/s (p50/p99 ms) per server and cell:")
     print(table([(n, *(cell_text(results[n][c]) for c in names)) for n in results],
                 ("server", *names)))
+    print("\nserver CPU a request, us (its process tree's CPU time over requests sent):")
+    print(table([(n, *(f"{results[n][c]['server_us']:,.0f}" if "rate" in results[n][c]
+                       else "-" for c in names)) for n in results], ("server", *names)))
     failures = {(n, r["error"]) for n in results for r in results[n].values() if "error" in r}
     for name, error in sorted(failures):
         print(f"  failed: {name}: {error}")

@@ -360,6 +360,21 @@ def load_wrk(rest: str, model: str, x: np.ndarray, clients: int, seconds: float,
             "p99_ms": ms("99%"), "errors": errors}
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time used so far by process `root` and its descendants (user + system)."""
+    tick, total, todo = os.sysconf("SC_CLK_TCK"), 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
 class Server:
     def __init__(self, base: Path, backend: str, batching: bool, tmp: Path, workers: int = 1,
                  extra: tuple[str, ...] = ()):
@@ -388,17 +403,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by the server and its --workers (user + system)."""
-        tick, total, todo = os.sysconf("SC_CLK_TCK"), 0.0, [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    todo += [int(c) for c in (task / "children").read_text().split()]
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-        return total
+        return tree_cpu_seconds(self.proc.pid)
 
     def batch_rows(self, model: str) -> tuple[float, float]:
         """(rows, batches) run so far for `model`, from the server's Prometheus metrics."""
