@@ -23,13 +23,13 @@ from kserve.utils.numpy_codec import from_np_dtype
 
 
 class OnnxModel(Model):
-    def __init__(self, name: str, path: str, threads: int):
+    def __init__(self, name: str, path: str, threads: int, spinning: bool):
         super().__init__(name)
-        self.path, self.threads = path, threads
+        self.path, self.threads, self.spinning = path, threads, spinning
         self.load()
 
     def load(self) -> bool:
-        self.session = peer_onnx.session(self.path, self.threads)
+        self.session = peer_onnx.session(self.path, self.threads, self.spinning)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.ready = True
         return True
@@ -70,8 +70,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(parents=[kserve.model_server.parser])
     parser.add_argument("--model_dir", required=True)
     parser.add_argument("--intra_op_threads", type=int, default=0)  # ONNX Runtime's choice
+    parser.add_argument("--no_spinning", action="store_true", help="ORT threads sleep when idle")
     args, _ = parser.parse_known_args()
     model = OnnxModel(args.model_name, os.path.join(args.model_dir, "model.onnx"),
-                      args.intra_op_threads)
+                      args.intra_op_threads, not args.no_spinning)
     add_model_config(model)
     ModelServer().start([model])

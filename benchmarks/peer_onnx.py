@@ -25,10 +25,13 @@ MAX_BATCH_SIZE = 64
 SERVICE = "inference.GRPCInferenceService"
 
 
-def session(path: str, threads: int = 0) -> ort.InferenceSession:
-    """ONNX Runtime's defaults (threads 0: its own choice), as the peers' docs' examples use it."""
+def session(path: str, threads: int = 0, spinning: bool = True) -> ort.InferenceSession:
+    """ONNX Runtime's defaults (threads 0: its own choice; idle threads spin), as the peers'
+    docs' examples use it; spinning=False as our server runs it (serving/runtime/backends.py)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 

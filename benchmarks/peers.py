@@ -9,8 +9,9 @@ digits (--input-data JSON, 64 images) to every server, one cell per batch size x
 - ours: serving.server with --backend savedmodel|onnx x --workers 1|2 (w1, w2), over TF
   Serving's Predict (perf_analyzer's tfserving kind) and over the Open Inference Protocol (v2,
   its triton kind: needs our ModelConfig);
-- KServe (benchmarks/peer_kserve.py) and MLServer (benchmarks/peer_mlserver.py, parallel
-  workers 0 and 1) serving the latest export's model.onnx with the same ONNX Runtime version,
+- KServe (benchmarks/peer_kserve.py; ONNX Runtime's defaults, and with its idle threads
+  sleeping as ours do) and MLServer (benchmarks/peer_mlserver.py, parallel workers 0 and 1,
+  its default) serving the latest export's model.onnx with the same ONNX Runtime version,
   each in a venv of its own (they conflict with each other and with us), made on first use
   under ~/.cache/keras-model-zoo/peers/.
 Printed: inferences/s, p50/p99 and the server's CPU a request per server and cell, then per
@@ -199,8 +200,10 @@ def targets(args, base: Path, version_dir: Path, tmp: Path) -> list[Target]:
                     found.append(Target(f"ours {api} {backend} w{workers}", "ours", kind,
                                         start))
     if args.only != "ours":
-        found.append(Target("KServe 0.21 v2", "kserve", "triton",
-                            lambda: start_peer("kserve", version_dir, args.model, tmp, [])))
+        for spin, flags in (("", []), (", ORT no spinning", ["--no_spinning"])):
+            found.append(Target(f"KServe 0.21 v2{spin}", "kserve", "triton",
+                                lambda f=flags: start_peer("kserve", version_dir, args.model,
+                                                           tmp, f)))
         for pw in (0, 1):
             found.append(Target(f"MLServer 1.7.1 v2 parallel_workers {pw}", "mlserver",
                                 "triton", lambda pw=pw: start_peer(
