@@ -159,15 +159,27 @@ def digits_file(tmp: Path, count: int) -> Path:
 
 def measure(prefix: list[str], target: Target, server: tuple, model: str, batch: int,
             concurrency: int, args, inputs: Path, tmp: Path) -> dict:
-    """One perf_analyzer cell: {"rate", "p50_ms", "p99_ms", "server_cores", "server_us"} or
-    {"error"}. server_cores: the server's CPU (its whole process tree) over the run's wall time;
-    server_us: that per request at the measured rate (warm-up and start included, so a little
-    low)."""
+    """One perf_analyzer cell: {"rate", "p50_ms", "p99_ms", "server_cores", "server_us",
+    "stability"} or {"error"}. server_cores: the server's CPU (its whole process tree) over the
+    run's wall time; server_us: that per request at the measured rate (warm-up and start
+    included, so a little low). Windows that never agree within --stability (a neighbour's load)
+    get one more try at twice that."""
+    r = {}
+    for stability in (args.stability, 2 * args.stability):
+        r = _measure(prefix, target, server, model, batch, concurrency, args, inputs, tmp,
+                     stability)
+        if "stable measurement" not in r.get("error", ""):
+            break
+    return r
+
+
+def _measure(prefix, target, server, model, batch, concurrency, args, inputs, tmp,
+             stability) -> dict:
     address, _, pid = server
     report = tmp / f"pa-{os.getpid()}-{time.monotonic_ns()}.csv"
     cmd = [*prefix, "-m", model, "--service-kind", target.kind, "-i", "grpc", "-u", address,
            "-b", str(batch), "--concurrency-range", f"{concurrency}:{concurrency}",
-           "-p", str(args.window_ms), "-s", str(args.stability), "-r", str(args.max_trials),
+           "-p", str(args.window_ms), "-s", str(stability), "-r", str(args.max_trials),
            "--warmup-request-count", "100", "--input-data", str(inputs),
            "-f", str(report), "--verbose-csv"]
     cpu0, wall0 = tree_cpu_seconds(pid), time.monotonic()
@@ -187,29 +199,32 @@ def measure(prefix: list[str], target: Target, server: tuple, model: str, batch:
     rate = float(row["Inferences/Second"])
     return {"rate": rate, "p50_ms": int(row["p50 latency"]) / 1e3,
             "p99_ms": int(row["p99 latency"]) / 1e3, "server_cores": cores,
-            "server_us": cores / (rate / batch) * 1e6}
+            "server_us": cores / (rate / batch) * 1e6, "stability": stability}
 
 
 def targets(args, base: Path, version_dir: Path, tmp: Path) -> list[Target]:
-    found: list[Target] = []
+    """Our servers and the peers' in turns (each of ours measured on both APIs while it is up),
+    so that a neighbour's load on the shared machine falls on both sides alike."""
+    ours: list[list[Target]] = []
+    peers: list[list[Target]] = []
     if args.only != "peers":
         for backend in ("savedmodel", "onnx"):
             for workers in (1, 2):
                 start = (lambda b=backend, w=workers: start_ours(base, b, w, tmp))
-                for kind, api in (("tfserving", "Predict"), ("triton", "v2")):
-                    found.append(Target(f"ours {api} {backend} w{workers}", "ours", kind,
-                                        start))
+                ours.append([Target(f"ours {api} {backend} w{workers}", "ours", kind, start)
+                             for kind, api in (("tfserving", "Predict"), ("triton", "v2"))])
     if args.only != "ours":
         for spin, flags in (("", []), (", ORT no spinning", ["--no_spinning"])):
-            found.append(Target(f"KServe 0.21 v2{spin}", "kserve", "triton",
-                                lambda f=flags: start_peer("kserve", version_dir, args.model,
-                                                           tmp, f)))
+            peers.append([Target(f"KServe 0.21 v2{spin}", "kserve", "triton",
+                                 lambda f=flags: start_peer("kserve", version_dir, args.model,
+                                                            tmp, f))])
         for pw in (0, 1):
-            found.append(Target(f"MLServer 1.7.1 v2 parallel_workers {pw}", "mlserver",
-                                "triton", lambda pw=pw: start_peer(
-                                    "mlserver", version_dir, args.model, tmp,
-                                    ["--parallel_workers", str(pw)])))
-    return found
+            peers.append([Target(f"MLServer 1.7.1 v2 parallel_workers {pw}", "mlserver",
+                                 "triton", lambda pw=pw: start_peer(
+                                     "mlserver", version_dir, args.model, tmp,
+                                     ["--parallel_workers", str(pw)]))])
+    turns = [ours[i:i + 1] + peers[i:i + 1] for i in range(max(len(ours), len(peers)))]
+    return [t for turn in turns for server in turn for t in server]
 
 
 def cell_text(r: dict) -> str:
