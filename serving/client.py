@@ -23,6 +23,7 @@ from serving import quiet
 from serving.clients.errors import ClientError
 from serving.clients.open_inference import V2Client
 from serving.clients.tf_serving import DEFAULT_ADDRESS, DEFAULT_REST, ZooClient
+from serving.core import limits
 from serving.transports import auth
 
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--cert-file", help="client certificate (PEM), for client_verify servers")
     g.add_argument("--key-file", help="client key (PEM)")
     g.add_argument("--server-name", help="expected name in the server certificate")
-    g.add_argument("--max-message-bytes", type=int, default=64 << 20)
+    g.add_argument("--max-message-bytes", type=int, default=limits.MAX_REQUEST_BYTES)
     g.add_argument("--token-file", help="bearer token for a server run with --auth_token_file "
                    "(sent on gRPC and REST calls)")
     g.add_argument("--protocol", choices=("tfserving", "v2"), default="tfserving",

@@ -38,9 +38,11 @@ from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import quiet, webpage, workers
+from serving.core import limits
 from serving.core.batching import BatchingOptions
 from serving.core.errors import ServingError
-from serving.core.manager import Manager
+from serving.core.lifecycle import Lifecycle
+from serving.core.server_core import ServerCore
 from serving.observability import access_log
 from serving.observability.metrics import Metrics
 from serving.protocols.open_inference import dataplane as v2_dataplane
@@ -53,7 +55,7 @@ from serving.runtime import backends
 from serving.transports import auth, grpc_server, http_server
 
 log = logging.getLogger("serving")
-DEFAULT_MAX_REQUEST_BYTES = http_server.RestOptions.max_request_bytes
+
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
@@ -131,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     g.add_argument("--backend", choices=backends.BACKENDS, default="savedmodel",
                    help="runtime: the SavedModel (as TF Serving) or ONNX Runtime on model.onnx")
-    g.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+    g.add_argument("--max_request_bytes", type=int, default=limits.MAX_REQUEST_BYTES,
                    help="largest gRPC message or REST body accepted (default 64 MiB)")
     g.add_argument("--max_request_elements", type=int, default=0,
                    help="most tensor elements one request may ask for, refused with "
@@ -170,7 +172,7 @@ def initial_config(args) -> tuple[model_server_config_pb2.ModelServerConfig | No
     base = Path(args.model_base_path).resolve()
     if not base.is_dir():
         raise protos.ConfigError(f"--model_base_path {args.model_base_path} is not a directory")
-    if args.model_name is None and not Manager.on_disk_versions(base):
+    if args.model_name is None and not Lifecycle.on_disk_versions(base):
         return None, base
     config = protos.ModelServerConfig()
     config.model_config_list.config.add(name=args.model_name or "default", base_path=str(base),
@@ -225,7 +227,7 @@ class Server:
         self.args = args
         self.port: int | None = None
         self.rest_port: int | None = None
-        self.manager: Manager | None = None
+        self.core: ServerCore | None = None
         self._grpc = None
         self._rest = None
         self._health = None
@@ -265,7 +267,7 @@ class Server:
                                                   args.max_request_bytes, peers is not None)
 
         metrics = Metrics(worker=peers.index if peers else None)
-        manager = self.manager = Manager(
+        core = self.core = ServerCore(
             args.backend, batching, args.file_system_poll_wait_seconds, metrics=metrics,
             inference_threads=args.inference_threads, discover_root=root,
             intra_op_threads=args.tensorflow_intra_op_parallelism,
@@ -274,10 +276,7 @@ class Server:
             max_request_elements=args.max_request_elements or args.max_request_bytes,
             warmup=args.enable_model_warmup)
         try:
-            if config is not None:
-                await manager.set_config(config)
-            else:
-                await manager.poll()
+            await core.load(config)
         except ServingError as e:
             raise protos.ConfigError(e.message) from None
 
@@ -289,8 +288,8 @@ class Server:
         interceptors = [i for i in (access and access.grpc_interceptor(),
                                     guard.grpc_interceptor()) if i is not None]
         server = self._grpc = grpc.aio.server(options=grpc_options, interceptors=interceptors)
-        tf_grpc.add_to_server(manager, server, peers)
-        self._v2 = v2_dataplane.DataPlane(manager)
+        tf_grpc.add_to_server(core, server, peers)
+        self._v2 = v2_dataplane.DataPlane(core)
         v2_service = v2_grpc.add_to_server(self._v2, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -318,9 +317,9 @@ class Server:
         await server.start()
         _say(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{self.port}")
         if args.rest_api_port:
-            handlers = {tf_rest.OWNER: tf_rest.TfServingRest(manager),
+            handlers = {tf_rest.OWNER: tf_rest.TfServingRest(core),
                         v2_rest.OWNER: v2_rest.V2Rest(self._v2),
-                        ServerRoutes.OWNER: ServerRoutes(manager.metrics)}
+                        ServerRoutes.OWNER: ServerRoutes(core.metrics)}
             self._rest = http_server.RestServer(
                 ROUTER, handlers, http_server.RestOptions.from_args(args), access, guard,
                 static=webpage.response if args.rest_api_web_page else None)
@@ -336,12 +335,12 @@ class Server:
             await peers.wait_up(WORKER_UP)
         for name in ("", *services[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        served = ", ".join(f"{n} v{','.join(map(str, sorted(s.available))) or ' (none)'}"
-                           for n, s in sorted(manager.models.items()))
+        served = ", ".join(f"{n} v{','.join(map(str, core.available(n))) or ' (none)'}"
+                           for n in core.model_names())
         loop = asyncio.get_running_loop()
         _say(f"[serving] models: {served or '(none yet)'}; backend {args.backend}; batching "
              f"{'on' if batching else 'off'}; event loop {type(loop).__module__}")
-        self._poller = loop.create_task(manager.poll_forever())
+        self._poller = loop.create_task(core.poll_forever())
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let requests in flight finish (up to `grace`, default
@@ -361,9 +360,9 @@ class Server:
             stops.append(self._rest.stop(grace))
         await asyncio.gather(*stops)
         self._grpc = self._rest = None
-        if self.manager is not None:
-            await self.manager.close()
-            self.manager = None
+        if self.core is not None:
+            await self.core.close()
+            self.core = None
         if self._peers is not None:
             await self._peers.close()
             self._peers = None

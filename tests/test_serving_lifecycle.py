@@ -22,7 +22,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving.clients.errors import ClientError
 from serving.clients.tf_serving import ZooClient
-from serving.core.manager import Manager
+from serving.core.server_core import ServerCore
 from serving.repository import protos
 from serving.runtime import tensors
 from tests.serving_fixtures import (  # noqa: F401
@@ -355,16 +355,16 @@ def test_runtime_thread_flags_reach_both_runtimes_and_are_validated(exported, di
     finally:
         saved.close()
 
-    async def loaded_by_manager():  # the manager hands the counts to every version it loads
-        manager = Manager("onnx", None, 0, intra_op_threads=1)
+    async def loaded_by_manager():  # the core hands the counts to every version it loads
+        core = ServerCore("onnx", None, 0, intra_op_threads=1)
         config = protos.ModelServerConfig()
         config.model_config_list.config.add(name="soft", base_path=str(version.parent),
                                             model_platform="tensorflow")
-        await manager.set_config(config)
+        await core.set_config(config)
         try:
-            return manager.models["soft"].available[1].backend
+            return core.lifecycle.models["soft"].available[1].backend
         finally:
-            await manager.close()
+            await core.close()
     assert asyncio.run(loaded_by_manager()).session.get_session_options().intra_op_num_threads == 1
     server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
                            "--tensorflow_intra_op_parallelism", "1", log=tmp_path / "server.log")

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving.core.manager import ServingError, not_found
+from serving.core.errors import ServingError, not_found
 from serving.observability import metrics
 from serving.observability.metrics import UNKNOWN_MODEL, Metrics
 from tests.serving_fixtures import ServerProcess, exported, predict_request  # noqa: F401

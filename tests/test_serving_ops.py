@@ -376,7 +376,7 @@ def test_unusable_token_file_stops_the_server(tmp_path):
 @pytest.mark.slow
 def test_open_inference_protocol_is_guarded_and_logged(guarded, digits):
     """The same interceptor and REST hook cover v2: tritonclient needs the token, and its calls
-    are logged with the model, version and rows that Manager.run noted."""
+    are logged with the model, version and rows that ServerCore.run noted."""
     import tritonclient.grpc as triton
     from tritonclient.utils import InferenceServerException
 

@@ -71,7 +71,7 @@ class Stack:
             "--model_base_path", str(models), "--backend", "onnx", "--port", "0",
             "--rest_api_port", str(free_port()), "--file_system_poll_wait_seconds", "0", *flags))
         await self.server.start()
-        self.manager = self.server.manager
+        self.core = self.server.core
         self.port, self.grpc_port = self.server.rest_port, self.server.port
 
     def close(self):

@@ -2,7 +2,7 @@
 numbered version directories, tensor conversion, request validation, batching with a fake
 runtime, version policies, warmup records (TFRecord framing and its CRCs), and the faults the
 probe of issue 11 found in version polling, warmup and request limits, reproduced on a real
-Manager serving a tiny ONNX model (built here with onnx.helper, loaded by ONNX Runtime)."""
+ServerCore serving a tiny ONNX model (built here with onnx.helper, loaded by ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.core.batching import Batcher, BatchingOptions, QueueFull
-from serving.core.manager import Manager, ServingError
+from serving.core.errors import ServingError
+from serving.core.lifecycle import Lifecycle
+from serving.core.server_core import ServerCore
+from serving.protocols.tf_serving import dataplane as tf_dataplane
 from serving.runtime import backends, tensors
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -111,26 +114,26 @@ def request(name="m", shape=(2, 28, 28), fill: float | None = None, dtype=types_
     return r
 
 
-def available(manager: Manager, name: str = "m") -> list[int]:
-    return sorted(manager.models[name].available)
+def available(core: ServerCore, name: str = "m") -> list[int]:
+    return sorted(core.lifecycle.models[name].available)
 
 
-def status(manager: Manager, name: str = "m") -> dict[int, tuple[str, str]]:
+def status(core: ServerCore, name: str = "m") -> dict[int, tuple[str, str]]:
     req = get_model_status_pb2.GetModelStatusRequest()
     req.model_spec.name = name
     return {s.version: (State.Name(s.state), s.status.error_message)
-            for s in manager.model_status(req).model_version_status}
+            for s in tf_dataplane.model_status(core, req).model_version_status}
 
 
-async def serving(base: Path, policy: str = "", **kwargs) -> Manager:
-    manager = Manager("onnx", poll_seconds=0, **kwargs)
-    await manager.set_config(config_for(base, policy=policy))
-    return manager
+async def serving(base: Path, policy: str = "", **kwargs) -> ServerCore:
+    core = ServerCore("onnx", poll_seconds=0, **kwargs)
+    await core.set_config(config_for(base, policy=policy))
+    return core
 
 
-async def close(manager: Manager) -> None:
-    await manager.drain()
-    await manager.close()
+async def close(core: ServerCore) -> None:
+    await core.drain()
+    await core.close()
 
 
 def warnings_about(caplog, text: str) -> list[str]:
@@ -473,7 +476,7 @@ def test_batching_options_are_checked():
 def test_version_policies(policy, expected, tmp_path):
     config = config_for(tmp_path, policy=policy).model_config_list.config[0]
     on_disk = {v: tmp_path / str(v) for v in (1, 3, 5)}
-    assert Manager.policy_versions(config, on_disk) == expected
+    assert Lifecycle.policy_versions(config, on_disk) == expected
 
 
 # ---------------------------------------------------------------------------- warmup records
@@ -537,7 +540,7 @@ def test_a_truncated_warmup_file_is_a_load_error(tmp_path):
 
 
 def test_warmup_off_ignores_the_warmup_file(tmp_path):
-    """--enable_model_warmup=false (Manager(warmup=False)): a version whose warmup file is
+    """--enable_model_warmup=false (ServerCore(warmup=False)): a version whose warmup file is
     corrupt loads and serves; with warmup on the same version fails to load, naming the CRC."""
     base = tmp_path / "m"
     path = write_onnx_version(base / "1") / "assets.extra" / "tf_serving_warmup_requests"
@@ -546,11 +549,11 @@ def test_warmup_off_ignores_the_warmup_file(tmp_path):
     path.write_bytes(bytes(raw))
 
     async def go(warmup: bool):
-        manager = await serving(base, warmup=warmup)
+        core = await serving(base, warmup=warmup)
         try:
-            return available(manager), status(manager)
+            return available(core), status(core)
         finally:
-            await close(manager)
+            await close(core)
 
     served, states = run(go(False))
     assert served == [1] and states[1][0] == "AVAILABLE"
@@ -558,7 +561,7 @@ def test_warmup_off_ignores_the_warmup_file(tmp_path):
     assert served == [] and states[1][0] == "END" and "CRC" in states[1][1]
 
 
-# ------------------------------------------------------ the probe's faults, on a real Manager
+# ------------------------------------------------------ the probe's faults, on a real ServerCore
 def test_versions_that_are_no_int64_or_unicode_digits_are_ignored_with_one_warning(
         tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="serving")
@@ -568,14 +571,14 @@ def test_versions_that_are_no_int64_or_unicode_digits_are_ignored_with_one_warni
         write_onnx_version(base / name)
 
     async def go():
-        manager = await serving(base)
+        core = await serving(base)
         try:
             for _ in range(3):
-                await manager.poll()
-            response, result, _ = await manager.predict(request())
-            return available(manager), status(manager), response, result
+                await core.poll()
+            response, result, _ = await tf_dataplane.predict(core, request())
+            return available(core), status(core), response, result
         finally:
-            await close(manager)
+            await close(core)
 
     served, states, response, result = run(go())
     assert served == [1] and list(states) == [1] and states[1][0] == "AVAILABLE"
@@ -601,12 +604,12 @@ def test_a_unicode_digit_folder_does_not_stop_start_up(tmp_path):
     assert config is None and root == tmp_path
 
     async def go():
-        manager = Manager("onnx", poll_seconds=0, discover_root=root)
+        core = ServerCore("onnx", poll_seconds=0, discover_root=root)
         try:
-            await manager.poll()
-            return available(manager)
+            await core.poll()
+            return available(core)
         finally:
-            await close(manager)
+            await close(core)
 
     assert run(go()) == [1]
 
@@ -617,29 +620,29 @@ def test_a_failed_listing_keeps_what_is_loaded_and_logs_it(tmp_path, caplog):
     write_onnx_version(base / "1")
 
     async def go():
-        manager = await serving(base, policy="all {}")
+        core = await serving(base, policy="all {}")
         try:
-            assert available(manager) == [1]
+            assert available(core) == [1]
             # Out of file descriptors (EMFILE), as 20,000 idle sockets made it.
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))
             try:
-                await manager.poll()
+                await core.poll()
             finally:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            after_emfile = available(manager), status(manager)
-            await manager.predict(request())
+            after_emfile = available(core), status(core)
+            await tf_dataplane.predict(core, request())
             # The base path gone for a moment (moved away and back): kept, as TF Serving does.
             base.rename(tmp_path / "moved")
-            await manager.poll()
-            await manager.poll()
-            after_missing = available(manager)
+            await core.poll()
+            await core.poll()
+            after_missing = available(core)
             (tmp_path / "moved").rename(base)
             write_onnx_version(base / "2")
-            await manager.poll()
-            return after_emfile, after_missing, available(manager)
+            await core.poll()
+            return after_emfile, after_missing, available(core)
         finally:
-            await close(manager)
+            await close(core)
 
     (after_emfile, after_missing, recovered) = run(go())
     assert after_emfile == ([1], {1: ("AVAILABLE", after_emfile[1][1][1])})
@@ -662,18 +665,18 @@ def test_a_corrupt_warmup_file_ends_the_version_with_its_error_and_is_retried_wh
     path.write_bytes(bytes(bad))
 
     async def go():
-        manager = await serving(base)
+        core = await serving(base)
         try:
             staged.rename(base / "2")  # published while version 1 is served
             path = base / "2" / "assets.extra" / "tf_serving_warmup_requests"
-            await manager.poll()
-            first = status(manager), available(manager)
-            await manager.poll()
+            await core.poll()
+            first = status(core), available(core)
+            await core.poll()
             path.write_bytes(good)
-            await manager.poll()
-            return first, status(manager), available(manager)
+            await core.poll()
+            return first, status(core), available(core)
         finally:
-            await close(manager)
+            await close(core)
 
     (broken, served), fixed, served_after = run(go())
     assert broken[2][0] == "END" and "tf_serving_warmup_requests" in broken[2][1]
@@ -689,7 +692,7 @@ def test_a_request_asking_for_too_many_elements_is_refused_before_allocating(tmp
     options = BatchingOptions(max_batch_size=32, num_batch_threads=1) if batching else None
 
     async def go():
-        manager = await serving(base, batching=options)
+        core = await serving(base, batching=options)
         try:
             codes = []
             # 78M elements (313 MB as float32) from a 60-byte message, then the probe's 784M.
@@ -698,7 +701,7 @@ def test_a_request_asking_for_too_many_elements_is_refused_before_allocating(tmp
                     r = request(shape=(rows, 28, 28), fill=1.0)
                     assert r.ByteSize() < 64
                     try:
-                        await manager.predict(r)
+                        await tf_dataplane.predict(core, r)
                         codes.append("OK")
                     except ServingError as e:
                         codes.append((e.code.name, e.message))
@@ -707,10 +710,10 @@ def test_a_request_asking_for_too_many_elements_is_refused_before_allocating(tmp
                     if codes[-1] == "OK":
                         break
             grown = peak.mb
-            small, _, _ = await manager.predict(request(shape=(3, 28, 28), fill=1.0))
+            small, _, _ = await tf_dataplane.predict(core, request(shape=(3, 28, 28), fill=1.0))
             return codes, grown, small
         finally:
-            await close(manager)
+            await close(core)
 
     codes, grown, small = run(go())
     assert [c[0] for c in codes] == ["INVALID_ARGUMENT"] * 2, codes
@@ -728,11 +731,11 @@ def test_wrong_codes_over_grpc_in_process(tmp_path):
     write_onnx_version(base / "1")
 
     async def go():
-        manager = await serving(base)
+        core = await serving(base)
         server = grpc.aio.server()
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(manager), server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+            PredictionService(core), server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         codes = {}
@@ -761,7 +764,7 @@ def test_wrong_codes_over_grpc_in_process(tmp_path):
                 codes["fine"] = await code(predict, request())
         finally:
             await server.stop(None)
-            await close(manager)
+            await close(core)
         return codes
 
     assert run(go()) == {"dtype 999": "INVALID_ARGUMENT", "overflow": "INVALID_ARGUMENT",
@@ -787,18 +790,18 @@ def test_a_discovery_root_that_cannot_be_listed_keeps_its_models(tmp_path, caplo
     write_onnx_version(root / "m" / "1")
 
     async def go():
-        manager = Manager("onnx", poll_seconds=0, discover_root=root)
+        core = ServerCore("onnx", poll_seconds=0, discover_root=root)
         try:
-            await manager.poll()
+            await core.poll()
             root.rename(tmp_path / "away")
-            await manager.poll()
-            await manager.poll()
-            during = available(manager)
+            await core.poll()
+            await core.poll()
+            during = available(core)
             (tmp_path / "away").rename(root)
-            await manager.poll()
-            return during, available(manager)
+            await core.poll()
+            return during, available(core)
         finally:
-            await close(manager)
+            await close(core)
 
     assert run(go()) == ([1], [1])
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

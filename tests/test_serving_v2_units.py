@@ -130,7 +130,7 @@ def test_inputs_are_checked_against_the_signature_in_v2_terms():
     from tensorflow.core.framework import types_pb2
     from tensorflow.core.protobuf import meta_graph_pb2
 
-    from serving.core.manager import Manager
+    from serving.core.server_core import ServerCore
     from serving.protocols.open_inference.dataplane import DataPlane, WireInput
     from serving.runtime.backends import Signature, TensorSpec
 
@@ -138,8 +138,8 @@ def test_inputs_are_checked_against_the_signature_in_v2_terms():
                     {"a": TensorSpec(types_pb2.DT_FLOAT, (-1, 2)),
                      "b": TensorSpec(types_pb2.DT_INT64, (-1,))},
                     {"y": TensorSpec(types_pb2.DT_FLOAT, (-1,))}, meta_graph_pb2.SignatureDef())
-    manager = Manager(max_request_elements=100)
-    plane, version = DataPlane(manager), types.SimpleNamespace(name="m", version=3)
+    core = ServerCore(max_request_elements=100)
+    plane, version = DataPlane(core), types.SimpleNamespace(name="m", version=3)
 
     def check(*inputs):
         with pytest.raises(ServingError) as e:
@@ -162,6 +162,6 @@ def test_inputs_are_checked_against_the_signature_in_v2_terms():
                                 WireInput("a", "FP32", (5, 2), None)])  # any order
     with pytest.raises(ServingError, match='requested output "z" is not an output of model m'):
         plane._outputs(version, sig, ["y", "z"])
-    manager.executor.shutdown()
-    manager.batch_executor.shutdown()
-    manager.load_executor.shutdown()
+    core.executor.shutdown()
+    core.lifecycle.batch_executor.shutdown()
+    core.lifecycle.load_executor.shutdown()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from serving.clients.errors import ClientError
+from serving.core import limits
 
 
 def _error(e) -> ClientError:
@@ -21,7 +22,7 @@ def _error(e) -> ClientError:
 class V2Client:
     def __init__(self, address: str, *, timeout: float = 10.0, tls: bool = False,
                  ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None, max_message_bytes: int = 64 << 20,
+                 key_file: str | None = None, max_message_bytes: int = limits.MAX_REQUEST_BYTES,
                  token: str | None = None):
         import tritonclient.grpc as triton
 

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from serving.clients.errors import ClientError
+from serving.core import limits
 
 DEFAULT_ADDRESS = os.environ.get("ZOO_SERVING_ADDRESS", "127.0.0.1:8500")
 DEFAULT_REST = os.environ.get("ZOO_SERVING_REST", "127.0.0.1:8501")
@@ -48,7 +49,7 @@ class ZooClient:
     def __init__(self, address: str = DEFAULT_ADDRESS, *, rest_address: str | None = None,
                  timeout: float = 10.0, tls: bool = False, ca_file: str | None = None,
                  cert_file: str | None = None, key_file: str | None = None,
-                 server_name: str | None = None, max_message_bytes: int = 64 << 20,
+                 server_name: str | None = None, max_message_bytes: int = limits.MAX_REQUEST_BYTES,
                  max_attempts: int = 4, token: str | None = None):
         """`token`: sent as `authorization: Bearer <token>` on every call (gRPC metadata, and
         the HTTP header of `list`), for a server started with --auth_token_file."""

@@ -18,8 +18,9 @@ up (serving/repository/warmup.py) is reported (GetModelStatus: END with the erro
 is retried only when its directory changes, so a half-written version is picked up once it is
 complete.
 
-Answering requests against the loaded versions is serving/core/manager.py's; what status and
-metadata say about them is serving/core/status.py's.
+ServerCore (serving/core/server_core.py) has a Lifecycle and answers requests against the loaded
+versions; what status and metadata say about them is each protocol's (TF Serving's:
+serving/protocols/tf_serving/dataplane.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.core import validation
+from serving.core import limits, validation
 from serving.core.batching import Batcher, BatchingOptions
 from serving.core.errors import ServingError, invalid
 from serving.observability.metrics import Metrics
@@ -97,7 +98,7 @@ class Lifecycle:
                  discover_root: Path | None = None, inline_threshold: float = 200e-6,
                  intra_op_threads: int = 0, inter_op_threads: int = 0,
                  require_certificates: bool = False,
-                 max_request_elements: int = validation.DEFAULT_MAX_REQUEST_ELEMENTS,
+                 max_request_elements: int = limits.DEFAULT_MAX_REQUEST_ELEMENTS,
                  warmup: bool = True):
         self.backend_kind = backend
         self.warmup = warmup  # False: --enable_model_warmup=false, the warmup file is ignored

@@ -11,18 +11,54 @@ request for [1000000, 28, 28] would otherwise allocate 3 GB before it is refused
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import grpc
 import numpy as np
 from tensorflow_serving.apis import predict_pb2
 
+from serving.core import limits
 from serving.core.errors import ServingError, invalid
 from serving.runtime import backends, tensors
 
-# The default of --max_request_elements is --max_request_bytes: a request may describe as many
-# elements as the bytes it may carry (a uint8 tensor at the byte limit still fits).
-DEFAULT_MAX_REQUEST_ELEMENTS = 64 << 20
+
+def signature(model: str, version: int, signatures: dict[str, backends.Signature],
+              name: str) -> backends.Signature:
+    """The signature `name` ("": the default one); FAILED_PRECONDITION if there is none."""
+    name = name or backends.DEFAULT_SIGNATURE
+    sig = signatures.get(name)
+    if sig is None:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"Serving signature key \"{name}\" not found. Model {model} "
+                           f"version {version} has signatures {{{','.join(sorted(signatures))}}}.")
+    return sig
+
+
+class InputCheck:
+    """What both protocols check of each input in turn, once its name and dtype match: its shape
+    against the signature's, the elements of the request so far against the limit, and one batch
+    size across batched inputs. Each protocol words what the signature expects (`expects()`)."""
+
+    def __init__(self, max_elements: int):
+        self.max_elements, self.elements, self.batch = max_elements, 0, None
+
+    def shape(self, name: str, shape, spec: backends.TensorSpec,
+              expects: Callable[[], str]) -> None:
+        if len(shape) != len(spec.shape) or any(
+                e != -1 and e != g for e, g in zip(spec.shape, shape)):
+            raise invalid(f"input \"{name}\" has shape [{','.join(map(str, shape))}] but "
+                          f"{expects()}")
+        self.elements += math.prod(shape)
+        if self.elements > self.max_elements:
+            raise invalid(f"the request asks for {self.elements} elements (input \"{name}\" has "
+                          f"shape [{','.join(map(str, shape))}]), more than the "
+                          f"{self.max_elements} a request may hold (--max_request_elements)")
+        if spec.shape and spec.shape[0] == -1:
+            if self.batch is not None and shape[0] != self.batch:
+                raise invalid(f"input \"{name}\" has batch size {shape[0]} but another input "
+                              f"has {self.batch}; all inputs must have the same batch size")
+            self.batch = shape[0]
 
 
 class Prepared(NamedTuple):
@@ -33,16 +69,11 @@ class Prepared(NamedTuple):
 
 def prepare(model: str, version: int, signatures: dict[str, backends.Signature],
             request: predict_pb2.PredictRequest, arrays: dict[str, np.ndarray] | None = None,
-            max_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS) -> Prepared:
+            max_elements: int = limits.DEFAULT_MAX_REQUEST_ELEMENTS) -> Prepared:
     """The signature, input arrays and output filter of a valid request; ServingError if it is
     not valid. `arrays` replaces request.inputs when the caller (REST) has decoded them already.
     """
-    sig_name = request.model_spec.signature_name or backends.DEFAULT_SIGNATURE
-    sig = signatures.get(sig_name)
-    if sig is None:
-        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"Serving signature key \"{sig_name}\" not found. Model {model} "
-                           f"version {version} has signatures {{{','.join(sorted(signatures))}}}.")
+    sig = signature(model, version, signatures, request.model_spec.signature_name)
     given = set(arrays) if arrays is not None else set(request.inputs)
     expected = set(sig.inputs)
     if given != expected:
@@ -51,7 +82,7 @@ def prepare(model: str, version: int, signatures: dict[str, backends.Signature],
             f"len({{{','.join(sorted(given))}}}) != len({{{','.join(sorted(expected))}}}). "
             f"Sent extra: {{{','.join(sorted(given - expected))}}}. Missing but required: "
             f"{{{','.join(sorted(expected - given))}}}. ({sig.describe()})")
-    inputs, batch, elements = {}, None, 0
+    inputs, check = {}, InputCheck(max_elements)
     for name, spec in sig.inputs.items():
         proto = None
         if arrays is not None:
@@ -65,20 +96,7 @@ def prepare(model: str, version: int, signatures: dict[str, backends.Signature],
                 shape = tensors.shape_of(proto)
             except tensors.TensorError as e:
                 raise invalid(f"input \"{name}\": {e}") from None
-        if len(shape) != len(spec.shape) or any(
-                e != -1 and e != g for e, g in zip(spec.shape, shape)):
-            raise invalid(f"input \"{name}\" has shape [{','.join(map(str, shape))}] but "
-                          f"{sig.describe()}")
-        elements += math.prod(shape)
-        if elements > max_elements:
-            raise invalid(f"the request asks for {elements} elements (input \"{name}\" has "
-                          f"shape [{','.join(map(str, shape))}]), more than the {max_elements} "
-                          "a request may hold (--max_request_elements)")
-        if spec.shape and spec.shape[0] == -1:
-            if batch is not None and shape[0] != batch:
-                raise invalid(f"input \"{name}\" has batch size {shape[0]} but another input "
-                              f"has {batch}; all inputs must have the same batch size")
-            batch = shape[0]
+        check.shape(name, shape, spec, sig.describe)
         if proto is None:
             inputs[name] = arrays[name]
         else:

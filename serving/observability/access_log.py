@@ -5,7 +5,7 @@ Each transport records in ONE place: gRPC through `AccessLog.grpc_interceptor()`
 server interceptor, so every service and method, present or future, is covered), REST in
 `RestServer.handle`. The record of the request being served lives in a contextvar; any code
 running for it fills in what the transport cannot know with `note(model=, version=, rows=)`
-(`Manager.run` does, for every inference of every protocol) and `note_payload(inputs, outputs)`.
+(`ServerCore.run` does, for every inference of every protocol) and `note_payload(inputs, outputs)`.
 Both are no-ops when logging is off or the request is not sampled.
 
 An access-log line (keys always present, null when unknown):

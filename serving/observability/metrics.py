@@ -83,7 +83,7 @@ def multiprocess_dir() -> str | None:
 
 class Metrics:
     """The metrics of one server process. `served(name)` says whether a model name is served
-    (the manager sets it); `worker` is this process's index in a --workers server."""
+    (the lifecycle sets it); `worker` is this process's index in a --workers server."""
 
     def __init__(self, served: Callable[[str], bool] | None = None, worker: int | None = None):
         self.served = served or (lambda name: False)

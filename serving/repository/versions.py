@@ -45,6 +45,22 @@ def parse(name: str) -> int | None:
     return version if version <= MAX_VERSION else None
 
 
+class NotANumber(ValueError):
+    """A request's version is not ASCII decimal digits."""
+
+
+def requested(text: str) -> int:
+    """The version a request's version string names (ASCII decimal digits, leading zeros
+    allowed as TF Serving's REST parses them, at most MAX_VERSION); NotANumber, or ValueError
+    when it is beyond MAX_VERSION. Each protocol words the refusal."""
+    if not (text.isascii() and text.isdigit()):
+        raise NotANumber(text)
+    version = int(text)
+    if version > MAX_VERSION:
+        raise ValueError(f"{text} is beyond {MAX_VERSION}")
+    return version
+
+
 def why_not(name: str) -> str | None:
     """Why a name that looks like a number is not a version (None: it is one, or it does not
     look like a number at all, like `abc` or a hidden `.tmp-...`)."""

@@ -33,6 +33,7 @@ import grpc
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import LineTooLong
 
+from serving.core import limits
 from serving.core.errors import ServingError
 from serving.observability import access_log
 from serving.transports import auth
@@ -59,7 +60,7 @@ FD_RESERVE = 256                 # open files kept for everything but REST conne
 class RestOptions:
     """The REST server's flags, each field named as its flag (`add_flags` defines them)."""
 
-    max_request_bytes: int = 64 << 20  # shared with gRPC; the server's own flag
+    max_request_bytes: int = limits.MAX_REQUEST_BYTES  # shared with gRPC; the server's flag
     rest_api_max_connections: int = 1024
     rest_api_max_header_count: int = 100
     rest_api_max_header_bytes: int = 8190

@@ -1,18 +1,17 @@
-"""The Open Inference Protocol (KServe v2) over the Manager, shared by its gRPC and REST
+"""The Open Inference Protocol (KServe v2) over the core, shared by its gRPC and REST
 transports (grpc_api.py, rest_api.py beside this file; docs/ARCHITECTURE.md, "Open Inference
 Protocol").
 
-A v2 model is a served model's `serving_default` signature (v2 has no signatures). Every input
-is checked here against the signature in v2 terms (what serving/core/validation.py checks of a
-PredictRequest: names, datatype, shape, one batch size, the element limit, the output filter),
-and only then decoded; the inference then takes the same Manager path as Predict
-(Manager.resolve, Manager.run), so batching, metrics and the drain on shutdown apply alike.
+A v2 model is a served model's `serving_default` signature (v2 has no signatures). Every input is
+checked here against the signature in v2 terms (names, datatype and the output filter here; shape,
+the element limit and one batch size by serving/core/validation.py's InputCheck, as for a
+PredictRequest), and only then decoded; the inference then takes the same core path as Predict
+(ServerCore.resolve, ServerCore.run), so batching, metrics and the drain on shutdown apply alike.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -20,8 +19,10 @@ import grpc
 import numpy as np
 from tensorflow_serving.apis import model_pb2
 
+from serving.core import validation
 from serving.core.errors import ServingError, invalid
-from serving.core.manager import LoadedVersion, Manager
+from serving.core.lifecycle import LoadedVersion
+from serving.core.server_core import ServerCore
 from serving.protocols.open_inference import tensors as v2_tensors
 from serving.repository import versions
 from serving.runtime import backends
@@ -53,9 +54,10 @@ def model_spec(name: str, version: str) -> model_pb2.ModelSpec:
         raise invalid("model name is empty")
     spec = model_pb2.ModelSpec(name=name)
     if version:
-        if not (version.isascii() and version.isdigit()) or int(version) > versions.MAX_VERSION:
-            raise invalid(f"model version {version!r} is not a version number")
-        spec.version.value = int(version)
+        try:
+            spec.version.value = versions.requested(version)
+        except ValueError:  # NotANumber too
+            raise invalid(f"model version {version!r} is not a version number") from None
     return spec
 
 
@@ -67,15 +69,15 @@ def _package_version() -> str:
 
 
 class DataPlane:
-    def __init__(self, manager: Manager):
-        self.manager = manager
+    def __init__(self, core: ServerCore):
+        self.core = core
         self.server_version = _package_version()
         self.stopping = False  # set on shutdown: not ready any more, still live
 
     # ------------------------------------------------------------------ health and metadata
     def ready(self) -> bool:
         """Every configured model has a version available (and the server is not stopping)."""
-        return not self.stopping and all(s.available for s in self.manager.models.values())
+        return not self.stopping and self.core.ready()
 
     def server_metadata(self) -> dict:
         return {"name": SERVER_NAME, "version": self.server_version,
@@ -91,15 +93,14 @@ class DataPlane:
     def model_metadata(self, name: str, version: str) -> dict:
         loaded = self._resolve(name, version)
         sig = self._signature(loaded)
-        state = self.manager.models.get(loaded.name)
-        available = sorted(state.available) if state else [loaded.version]
+        available = self.core.available(loaded.name) or [loaded.version]
 
         def tensors(specs):
             return [{"name": k, "datatype": self._datatype(v), "shape": list(v.shape)}
                     for k, v in specs.items()]
 
         return {"name": loaded.name, "versions": [str(v) for v in available],
-                "platform": PLATFORMS.get(self.manager.backend_kind, self.manager.backend_kind),
+                "platform": PLATFORMS.get(self.core.platform, self.core.platform),
                 "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
 
     # ------------------------------------------------------------------ inference
@@ -108,7 +109,7 @@ class DataPlane:
         """Check the inputs against the model, decode them, run. `decode_off_loop`: bytes the
         decoding involves (big ones are decoded in a thread: json_body.off_the_loop)."""
         spec = model_spec(name, version)
-        loaded = self.manager.resolve(spec)
+        loaded = self.core.resolve(spec)
         try:
             sig = self._signature(loaded)
             self._check(loaded, sig, inputs)
@@ -117,14 +118,14 @@ class DataPlane:
                 arrays = await json_body.off_the_loop(decode_off_loop, _decode_all, inputs)
             else:
                 arrays = _decode_all(inputs)
-            result = await self.manager.run(loaded, sig, arrays, outputs or None)
+            result = await self.core.run(loaded, sig, arrays, outputs or None)
         finally:
             loaded.release()
         order = outputs or list(sig.outputs)
         return InferResult(loaded.name, loaded.version, {k: result[k] for k in order})
 
     def _resolve(self, name: str, version: str) -> LoadedVersion:
-        loaded = self.manager.resolve(model_spec(name, version))
+        loaded = self.core.resolve(model_spec(name, version))
         loaded.release()  # metadata only: nothing runs on it
         return loaded
 
@@ -158,28 +159,13 @@ class DataPlane:
         missing = [k for k in sig.inputs if k not in names]
         if missing:
             raise invalid(f"input \"{missing[0]}\" is missing: {self._expects(loaded, sig)}")
-        elements, batch = 0, None
+        check = validation.InputCheck(self.core.max_request_elements)
         for i in inputs:
             spec = sig.inputs[i.name]
-            want = self._datatype(spec)
-            if i.datatype != want:
+            if i.datatype != self._datatype(spec):
                 raise invalid(f"input \"{i.name}\" has datatype {i.datatype} but "
                               f"{self._expects(loaded, sig)}")
-            if len(i.shape) != len(spec.shape) or any(
-                    e != -1 and e != g for e, g in zip(spec.shape, i.shape)):
-                raise invalid(f"input \"{i.name}\" has shape [{','.join(map(str, i.shape))}] "
-                              f"but {self._expects(loaded, sig)}")
-            elements += math.prod(i.shape)
-            limit = self.manager.max_request_elements
-            if elements > limit:
-                raise invalid(f"the request asks for {elements} elements (input \"{i.name}\" "
-                              f"has shape [{','.join(map(str, i.shape))}]), more than the "
-                              f"{limit} a request may hold (--max_request_elements)")
-            if spec.shape and spec.shape[0] == -1:  # batched inputs share their batch size
-                if batch is not None and i.shape[0] != batch:
-                    raise invalid(f"input \"{i.name}\" has batch size {i.shape[0]} but another "
-                                  f"input has {batch}; all inputs must have the same batch size")
-                batch = i.shape[0]
+            check.shape(i.name, i.shape, spec, lambda: self._expects(loaded, sig))
 
     @staticmethod
     def _outputs(loaded, sig, requested: list[str]) -> list[str]:

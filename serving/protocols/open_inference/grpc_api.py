@@ -34,7 +34,7 @@ def _unimplemented(method: str):
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane):
         self.plane = plane
-        self.metrics = plane.manager.metrics
+        self.metrics = plane.core.metrics
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -90,9 +90,7 @@ def wire_inputs(request: pb.ModelInferRequest) -> list[WireInput]:
         shape = tuple(t.shape)  # int64s: only their sign needs checking
         if shape and min(shape) < 0:
             v2_tensors.shape_of(t.name, shape)  # raises, naming the input
-        if t.datatype not in v2_tensors.NUMPY:
-            raise invalid(f"input \"{t.name}\": datatype {t.datatype!r} is not supported (one "
-                          f"of {', '.join(v2_tensors.NUMPY)})")
+        v2_tensors.check_datatype(t.name, t.datatype)
         if raw:
             if t.HasField("contents"):
                 raise invalid(f"input \"{t.name}\" has both contents and raw_input_contents")
@@ -108,9 +106,7 @@ def wire_inputs(request: pb.ModelInferRequest) -> list[WireInput]:
 
 def requested(request: pb.ModelInferRequest) -> list[str]:
     for o in request.outputs:
-        if "classification" in o.parameters:
-            raise invalid(f"requested output \"{o.name}\": the classification extension is not "
-                          "supported; request the output and take its argmax")
+        v2_tensors.refuse_classification(o.name, o.parameters)
     return [o.name for o in request.outputs]
 
 

@@ -66,7 +66,7 @@ class V2Rest:
 
     async def post_infer(self, params, headers, body):
         name = params["name"]
-        with self.plane.manager.metrics.track(name, "infer", "REST", "INTERNAL"):
+        with self.plane.core.metrics.track(name, "infer", "REST", "INTERNAL"):
             return 200, await self.infer(name, params.get("version") or "", headers, body)
 
     async def infer(self, name: str, version: str, headers, body: bytes) -> web.Response:
@@ -109,9 +109,7 @@ def parse_request(doc, binary: memoryview) -> tuple[list[WireInput], dict[str, b
         name = _field(t, "name", str, f"inputs[{k}]")
         what = f"input \"{name}\""
         datatype = _field(t, "datatype", str, what)
-        if datatype not in v2_tensors.NUMPY:
-            raise invalid(f"{what}: datatype {datatype!r} is not supported (one of "
-                          f"{', '.join(v2_tensors.NUMPY)})")
+        v2_tensors.check_datatype(name, datatype)
         shape = v2_tensors.shape_of(name, t.get("shape"))
         size = _field(t, "parameters", dict, what, {}).get("binary_data_size")
         if size is not None:
@@ -139,9 +137,7 @@ def parse_request(doc, binary: memoryview) -> tuple[list[WireInput], dict[str, b
             raise invalid(f"outputs[{k}] must be an object with a name")
         name = _field(o, "name", str, f"outputs[{k}]")
         o_params = _field(o, "parameters", dict, f"output \"{name}\"", {})
-        if "classification" in o_params:
-            raise invalid(f"requested output \"{name}\": the classification extension is not "
-                          "supported; request the output and take its argmax")
+        v2_tensors.refuse_classification(name, o_params)
         if name in requested:
             raise invalid("an output is requested more than once")
         requested[name] = bool(o_params.get("binary_data", False))

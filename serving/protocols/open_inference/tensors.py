@@ -111,3 +111,17 @@ def binary_body(header: dict, sections: list[bytes]) -> tuple[bytes, int]:
     """(body, length of its JSON header): the header, then each binary output's bytes."""
     head = json.dumps(header).encode()
     return b"".join([head, *sections]), len(head)
+
+
+def check_datatype(name: str, datatype: str) -> None:
+    """Refuse a datatype this server has no numpy type for (both v2 transports)."""
+    if datatype not in NUMPY:
+        raise invalid(f"input \"{name}\": datatype {datatype!r} is not supported (one of "
+                      f"{', '.join(NUMPY)})")
+
+
+def refuse_classification(name: str, parameters) -> None:
+    """Triton's classification extension is not served (both v2 transports)."""
+    if "classification" in parameters:
+        raise invalid(f"requested output \"{name}\": the classification extension is not "
+                      "supported; request the output and take its argmax")

@@ -16,25 +16,26 @@ from tensorflow_serving.apis import (
 
 from serving import workers
 from serving.core.errors import ServingError
-from serving.core.manager import Manager
+from serving.core.server_core import ServerCore
+from serving.protocols.tf_serving import dataplane
 from serving.protocols.tf_serving.unimplemented import UNIMPLEMENTED
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: Manager):
-        self.manager = manager
+    def __init__(self, core: ServerCore):
+        self.core = core
 
     async def Predict(self, request, context):
         try:
-            with self.manager.metrics.track(request.model_spec.name, "Predict", "GRPC"):
-                response, _, _ = await self.manager.predict(request)
+            with self.core.metrics.track(request.model_spec.name, "Predict", "GRPC"):
+                response, _, _ = await dataplane.predict(self.core, request)
             return response
         except ServingError as e:
             await context.abort(e.code, e.message)
 
     async def GetModelMetadata(self, request, context):
         try:
-            return self.manager.model_metadata(request)
+            return dataplane.model_metadata(self.core, request)
         except ServingError as e:
             await context.abort(e.code, e.message)
 
@@ -49,12 +50,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: Manager, peers: workers.Peers | None = None):
-        self.manager, self.peers = manager, peers
+    def __init__(self, core: ServerCore, peers: workers.Peers | None = None):
+        self.core, self.peers = core, peers
 
     async def GetModelStatus(self, request, context):
         try:
-            return self.manager.model_status(request)
+            return dataplane.model_status(self.core, request)
         except ServingError as e:
             await context.abort(e.code, e.message)
 
@@ -80,16 +81,15 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     async def _reload_here(self, config) -> tuple[grpc.StatusCode, str] | None:
         try:
-            self.manager.discover_root = None  # an explicit config replaces discovery
-            await self.manager.set_config(config)
+            await self.core.reload(config)
         except ServingError as e:
             return e.code, e.message
         return None
 
 
-def add_to_server(manager: Manager, server: grpc.aio.Server,
+def add_to_server(core: ServerCore, server: grpc.aio.Server,
                   peers: workers.Peers | None = None) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, peers),
+        PredictionService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, peers),
                                                               server)

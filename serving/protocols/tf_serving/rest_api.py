@@ -24,8 +24,10 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
+from serving.core import validation
 from serving.core.errors import ServingError, invalid, not_found
-from serving.core.manager import Manager
+from serving.core.server_core import ServerCore
+from serving.protocols.tf_serving import dataplane
 from serving.protocols.tf_serving.unimplemented import UNIMPLEMENTED
 from serving.repository import certificate, versions
 from serving.transports import json_body
@@ -82,8 +84,8 @@ def encode_predict(result: dict[str, np.ndarray], row: bool) -> bytes:
 class TfServingRest:
     """The handlers of ROUTES: (path parameters, headers, body) -> (HTTP status, payload)."""
 
-    def __init__(self, manager: Manager):
-        self.manager = manager
+    def __init__(self, core: ServerCore):
+        self.core = core
 
     async def get_models(self, params, headers, body):
         return 200, self.list_models()
@@ -91,18 +93,18 @@ class TfServingRest:
     async def get_status(self, params, headers, body):
         req = get_model_status_pb2.GetModelStatusRequest()
         req.model_spec.CopyFrom(self._spec(params))
-        return 200, status_json(self.manager.model_status(req))
+        return 200, status_json(dataplane.model_status(self.core, req))
 
     async def get_metadata(self, params, headers, body):
         return 200, self.metadata(self._spec(params))
 
     async def post_predict(self, params, headers, body):
         spec = self._spec(params)
-        with self.manager.metrics.track(spec.name, "predict", "REST", "INTERNAL"):
+        with self.core.metrics.track(spec.name, "predict", "REST", "INTERNAL"):
             return 200, await self.predict(spec, headers, body)
 
     async def get_certificate(self, params, headers, body):
-        return 200, await served_certificate(self.manager, self._spec(params))
+        return 200, await served_certificate(self.core, self._spec(params))
 
     async def post_classify(self, params, headers, body):
         raise ServingError(grpc.StatusCode.UNIMPLEMENTED, UNIMPLEMENTED["classify"])
@@ -115,27 +117,28 @@ class TfServingRest:
         spec = model_pb2.ModelSpec(name=params["name"])
         version = params.get("version")
         if version is not None:
-            if not (version.isascii() and version.isdigit()):
-                raise HttpError(404, f"Malformed request: version {version!r} is not a number")
-            if int(version) > versions.MAX_VERSION:
+            try:
+                spec.version.value = versions.requested(version)
+            except versions.NotANumber:
+                raise HttpError(404, f"Malformed request: version {version!r} is not a "
+                                     "number") from None
+            except ValueError:
                 raise invalid(f"version {version} is out of range (at most "
-                              f"{versions.MAX_VERSION})")
-            spec.version.value = int(version)
+                              f"{versions.MAX_VERSION})") from None
         elif params.get("label") is not None:
             spec.version_label = params["label"]
         return spec
 
     def list_models(self) -> dict:
         models = []
-        for name in self.manager.model_names():
+        for name in self.core.model_names():
             req = get_model_status_pb2.GetModelStatusRequest()
             req.model_spec.name = name
             try:
-                status = status_json(self.manager.model_status(req))
+                status = status_json(dataplane.model_status(self.core, req))
             except ServingError:
                 status = {"model_version_status": []}
-            state = self.manager.models.get(name)  # labels: the page shows them beside versions
-            labels = dict(state.config.version_labels) if state is not None else {}
+            labels = self.core.labels(name)  # the page shows them beside versions
             models.append({"name": name, **status,
                            "version_labels": {k: str(v) for k, v in sorted(labels.items())}})
         return {"models": models}
@@ -143,7 +146,7 @@ class TfServingRest:
     def metadata(self, spec) -> dict:
         req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         req.model_spec.CopyFrom(spec)
-        response = self.manager.model_metadata(req)
+        response = dataplane.model_metadata(self.core, req)
         sigmap = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sigmap)
         return {
@@ -170,32 +173,25 @@ class TfServingRest:
         if not isinstance(signature_name, str):
             raise invalid("\"signature_name\" must be a string")
         request.model_spec.signature_name = signature_name
-        loaded = self.manager.resolve(request.model_spec)
+        loaded = self.core.resolve(request.model_spec)
         try:
-            sig = self._signature(loaded, request)
+            sig = validation.signature(loaded.name, loaded.version, loaded.signatures,
+                                       signature_name)
         finally:
             loaded.release()
         row = "instances" in doc
         arrays = await json_body.off_the_loop(len(body), self._decode, sig,
                                     doc["instances"] if row else doc["inputs"], row)
-        _, result, _ = await self.manager.predict(request, api="rest", arrays=arrays)
+        _, result, _ = await dataplane.predict(self.core, request, api="rest", arrays=arrays)
         return await json_body.off_the_loop(sum(a.nbytes for a in result.values()), encode_predict,
                                   result, row)
-
-    @staticmethod
-    def _signature(loaded, request):
-        sig_name = request.model_spec.signature_name or "serving_default"
-        if sig_name not in loaded.signatures:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"Serving signature key \"{sig_name}\" not found.")
-        return loaded.signatures[sig_name]
 
     @staticmethod
     def _decode(sig, value, row: bool) -> dict[str, np.ndarray]:
         names = list(sig.inputs)
 
         def array(name, v):
-            if name not in sig.inputs:  # reported by Manager.prepare with the full signature
+            if name not in sig.inputs:  # reported by ServerCore.check with the full signature
                 return np.zeros(0)
             try:
                 return json_body.to_array(v, sig.inputs[name].np_dtype)
@@ -229,12 +225,12 @@ class TfServingRest:
         return {names[0]: array(names[0], value)}
 
 
-async def served_certificate(manager, spec) -> dict:
+async def served_certificate(core: ServerCore, spec) -> dict:
     """{"model_spec": {name, version}, "certificate": metadata.json} of the version `spec` names
     (latest, a number or a label, resolved as Predict resolves it). The version was verified
     against this certificate when it was loaded (serving/repository/certificate.py); it is read
     again here, off the event loop, so that the answer is the file as it is."""
-    loaded = manager.resolve(spec)
+    loaded = core.resolve(spec)
     try:
         doc = await asyncio.to_thread(certificate.read, loaded.path)
     except certificate.CertificateError as e:  # changed on disk since it was loaded
