@@ -807,3 +807,30 @@ def test_a_discovery_root_that_cannot_be_listed_keeps_its_models(tmp_path, caplo
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     # The root's listing and the model's, each logged once over the two failed polls.
     assert len(errors) == 2 and all(str(root) in e for e in errors), errors
+
+
+def test_version_string_to_model_spec():
+    """One home (serving/core/model_spec.py), two refusals: TF Serving's REST answers 404 for a
+    version that is not a number and 400 for one beyond int64; the shared function only tells
+    which it was."""
+    from serving.core.model_spec import BadVersion, model_spec
+    from serving.protocols.tf_serving.rest_api import TfServingRest
+    from serving.transports.http_server import HttpError
+
+    assert model_spec("m").WhichOneof("version_choice") is None
+    assert model_spec("m", "007").version.value == 7
+    assert model_spec("m", None, "stable").version_label == "stable"
+    assert model_spec("m", "3", "stable").version.value == 3  # a version wins over a label
+    for text, number in (("x", False), ("", False), ("٣", False), (str(2**63), True)):
+        with pytest.raises(BadVersion) as e:
+            model_spec("m", text)
+        assert (e.value.text, e.value.number) == (text, number)
+    assert TfServingRest._spec({"name": "m", "label": "stable"}).version_label == "stable"
+    with pytest.raises(HttpError) as e:
+        TfServingRest._spec({"name": "m", "version": "x"})
+    assert (e.value.status, e.value.message) == (404, "Malformed request: version 'x' is not a "
+                                                      "number")
+    with pytest.raises(ServingError) as e:
+        TfServingRest._spec({"name": "m", "version": str(2**63)})
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.message == (f"version {2**63} is out of range (at most {2**63 - 1})")

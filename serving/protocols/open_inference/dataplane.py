@@ -19,12 +19,12 @@ import grpc
 import numpy as np
 from tensorflow_serving.apis import model_pb2
 
+from serving.core import model_spec as core_model_spec
 from serving.core import validation
 from serving.core.errors import ServingError, invalid
 from serving.core.lifecycle import LoadedVersion
 from serving.core.server_core import ServerCore
 from serving.protocols.open_inference import tensors as v2_tensors
-from serving.repository import versions
 from serving.runtime import backends
 from serving.transports import json_body
 
@@ -52,13 +52,10 @@ def model_spec(name: str, version: str) -> model_pb2.ModelSpec:
     """The ModelSpec of a v2 (name, version string); "" is the latest version."""
     if not name:
         raise invalid("model name is empty")
-    spec = model_pb2.ModelSpec(name=name)
-    if version:
-        try:
-            spec.version.value = versions.requested(version)
-        except ValueError:  # NotANumber too
-            raise invalid(f"model version {version!r} is not a version number") from None
-    return spec
+    try:
+        return core_model_spec.model_spec(name, version or None)
+    except core_model_spec.BadVersion:
+        raise invalid(f"model version {version!r} is not a version number") from None
 
 
 def _package_version() -> str:

@@ -26,6 +26,7 @@ from tensorflow_serving.apis import (
 
 from serving.core import validation
 from serving.core.errors import ServingError, invalid, not_found
+from serving.core.model_spec import BadVersion, model_spec
 from serving.core.server_core import ServerCore
 from serving.protocols.tf_serving import dataplane
 from serving.protocols.tf_serving.unimplemented import UNIMPLEMENTED
@@ -114,20 +115,14 @@ class TfServingRest:
 
     @staticmethod
     def _spec(params: dict[str, str]) -> model_pb2.ModelSpec:
-        spec = model_pb2.ModelSpec(name=params["name"])
-        version = params.get("version")
-        if version is not None:
-            try:
-                spec.version.value = versions.requested(version)
-            except versions.NotANumber:
-                raise HttpError(404, f"Malformed request: version {version!r} is not a "
+        try:
+            return model_spec(params["name"], params.get("version"), params.get("label"))
+        except BadVersion as e:
+            if not e.number:
+                raise HttpError(404, f"Malformed request: version {e.text!r} is not a "
                                      "number") from None
-            except ValueError:
-                raise invalid(f"version {version} is out of range (at most "
-                              f"{versions.MAX_VERSION})") from None
-        elif params.get("label") is not None:
-            spec.version_label = params["label"]
-        return spec
+            raise invalid(f"version {e.text} is out of range (at most "
+                          f"{versions.MAX_VERSION})") from None
 
     def list_models(self) -> dict:
         models = []
