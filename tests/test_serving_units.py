@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tensorflow.core.framework import types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -242,20 +242,77 @@ def test_tensor_round_trip_every_dtype(dt):
     assert back.dtype == dtype and np.array_equal(back, a)
 
 
+@pytest.mark.parametrize("dt", sorted(tensors.DTYPES))
+def test_typed_value_fields_decode_as_tensorflow_does(dt):
+    import tensorflow as tf
+
+    from benchmarks.tensor_decode import sample, typed_proto
+
+    a = sample(tensors.DTYPES[dt][0], shape=(2, 3, 5))
+    p = typed_proto(a)
+    assert not p.tensor_content and getattr(p, tensors.DTYPES[dt][1])
+    got = tensors.to_ndarray(p)
+    assert got.dtype == a.dtype and np.array_equal(got, a)
+    assert np.array_equal(got, tf.make_ndarray(p))  # TensorFlow's own reading agrees
+    one = typed_proto(a.ravel()[1:2])  # TF's rule: a single value fills the whole tensor
+    one.tensor_shape.dim[0].size = 6
+    assert np.array_equal(tensors.to_ndarray(one), np.full(6, a.ravel()[1]))
+    assert np.array_equal(tensors.to_ndarray(one), tf.make_ndarray(one))
+
+
 def test_typed_value_fields_as_tf_accepts_them():
     p = tensors.to_proto(np.zeros((2, 2), np.float32))
     p.ClearField("tensor_content")
     p.float_val.extend([1, 2, 3, 4])
     assert tensors.to_ndarray(p).tolist() == [[1, 2], [3, 4]]
-    p.ClearField("float_val")
-    p.float_val.append(7)                      # one value fills the tensor
-    assert tensors.to_ndarray(p).tolist() == [[7, 7], [7, 7]]
     p.ClearField("float_val")                  # no value: zeros
     assert tensors.to_ndarray(p).tolist() == [[0, 0], [0, 0]]
-    half = tensors.to_proto(np.zeros(2, np.float16))
-    half.ClearField("tensor_content")
-    half.half_val.extend(np.array([1.5, -2], np.float16).view(np.uint16).tolist())
-    assert tensors.to_ndarray(half).tolist() == [1.5, -2]
+    assert tensors.to_ndarray(p).dtype == np.float32
+
+
+def test_int_fields_are_plain_varints_not_zigzag():
+    p = tensors.to_proto(np.zeros(1, np.int32))
+    p.ClearField("tensor_content")
+    p.int_val.append(-1)
+    assert p.SerializeToString().endswith(b"\x3a\x0a" + b"\xff" * 9 + b"\x01")  # 10 bytes
+    assert tensors.to_ndarray(p).tolist() == [-1]
+
+
+def test_unpacked_value_fields_read_as_packed_ones():
+    # A client may send each value as its own field (proto2 style); the parser accepts it, and
+    # the field walk reads unpacked elements as well as packed pieces.
+    def varint(v):
+        out = b""
+        while True:
+            out += bytes([v & 0x7F | (0x80 if v > 0x7F else 0)])
+            v >>= 7
+            if not v:
+                return out
+    shape = b"\x12\x04\x12\x02\x08\x03"  # tensor_shape { dim { size: 3 } }
+    floats = b"".join(b"\x2d" + struct.pack("<f", x) for x in (1.5, -2, 3))
+    ints = b"".join(b"\x38" + varint(v & (2**64 - 1)) for v in (7, -300, 1 << 20))
+    packed = b"\x3a\x02\x08\x09"  # a packed piece after unpacked ones: 8, 9
+    for body, field, want in [(floats, "float_val", [1.5, -2, 3]),
+                              (ints, "int_val", [7, -300, 1 << 20]),
+                              (ints[:-4] + packed, "int_val", [7, -300, 8, 9])]:
+        number = tensors._NUMBER[field]
+        assert len(tensors._field_bytes(shape + body, number)) >= 2
+        if len(want) == 3:
+            dt = types_pb2.DT_FLOAT if field == "float_val" else types_pb2.DT_INT32
+            p = tensor_pb2.TensorProto.FromString(b"\x08" + bytes([dt]) + shape + body)
+            assert tensors.to_ndarray(p).tolist() == want
+        chunks = tensors._field_bytes(shape + body, number)
+        data = b"".join(chunks)
+        got = (np.frombuffer(data, "<f4") if field == "float_val"
+               else tensors._varints(data, field).view(np.int64))
+        assert got.tolist() == want
+
+
+def test_malformed_varints_are_tensor_errors():
+    with pytest.raises(tensors.TensorError, match="ends inside a varint"):
+        tensors._varints(b"\x01\x81", "int_val")
+    with pytest.raises(tensors.TensorError, match="longer than 10 bytes"):
+        tensors._varints(b"\xff" * 10 + b"\x01", "int_val")
 
 
 def test_non_contiguous_arrays_are_sent_in_c_order():

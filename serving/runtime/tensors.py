@@ -2,7 +2,11 @@
 
 `tf.make_ndarray` / `tf.make_tensor_proto` are generic and slow; here a request tensor with
 `tensor_content` becomes an ndarray with one `np.frombuffer`, and a response tensor is one
-`tobytes()`. Typed value fields (`float_val`, ...) are accepted too, as TF Serving accepts them.
+`tobytes()`. Typed value fields (`float_val`, ...) are accepted too, as TF Serving accepts them,
+and read at buffer speed too: protobuf 6's upb hands a repeated field to numpy one Python object
+at a time (~65 ns an element: 0.9 ms for a 16x28x28 float_val), so the field is read from the
+tensor's own serialization instead (one C-speed `SerializeToString`, then `np.frombuffer` on the
+packed bytes, or a vectorised varint decode for the integer fields).
 
 A shape is read (and may be checked against a limit) before anything is allocated: one
 `float_val` fills a whole tensor, so a 58-byte message can describe billions of elements.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
@@ -29,8 +34,19 @@ DTYPES: dict[int, tuple[np.dtype, str]] = {
     types_pb2.DT_UINT64: (np.dtype(np.uint64), "uint64_val"),
     types_pb2.DT_BOOL: (np.dtype(np.bool_), "bool_val"),
     types_pb2.DT_HALF: (np.dtype(np.float16), "half_val"),
+    types_pb2.DT_BFLOAT16: (np.dtype(ml_dtypes.bfloat16), "half_val"),
+    types_pb2.DT_COMPLEX64: (np.dtype(np.complex64), "scomplex_val"),
+    types_pb2.DT_COMPLEX128: (np.dtype(np.complex128), "dcomplex_val"),
 }
 NUMPY_TO_DT = {v[0]: k for k, v in DTYPES.items()}
+
+# How a value field lies on the wire once packed: little-endian fixed-width numbers (complex as
+# (real, imaginary) pairs), or varints (int32/int64 as plain two's-complement varints, not
+# zigzag: a negative one takes 10 bytes; half_val holds the 16 bits of a half or bfloat16).
+_FIXED = {"float_val": np.dtype("<f4"), "double_val": np.dtype("<f8"),
+          "scomplex_val": np.dtype("<f4"), "dcomplex_val": np.dtype("<f8")}
+_NUMBER = {f.name: f.number for f in tensor_pb2.TensorProto.DESCRIPTOR.fields}
+_LEN = 2  # wire type of a length-delimited field (a packed repeated field is one)
 
 
 class TensorError(ValueError):
@@ -74,11 +90,7 @@ def to_ndarray(proto: tensor_pb2.TensorProto, max_elements: int | None = None) -
                               f"{list(shape)} of {dtype_name(proto.dtype)} needs "
                               f"{n * dtype.itemsize}")
         return np.frombuffer(content, dtype).reshape(shape)
-    values = getattr(proto, field)
-    if dtype == np.float16:
-        array = np.asarray(values, np.uint16).view(np.float16)
-    else:
-        array = np.asarray(values, dtype)
+    array = _values(proto, field, dtype)
     if array.size == n:
         return array.reshape(shape)
     if array.size == 1:  # TF's rule: a single value fills the whole tensor
@@ -86,6 +98,84 @@ def to_ndarray(proto: tensor_pb2.TensorProto, max_elements: int | None = None) -
     if array.size == 0:
         return np.zeros(shape, dtype)
     raise TensorError(f"{field} holds {array.size} values but shape {list(shape)} needs {n}")
+
+
+def _values(proto: tensor_pb2.TensorProto, field: str, dtype: np.dtype) -> np.ndarray:
+    """The typed value field as a 1-D array of `dtype`, read from the packed wire bytes."""
+    chunks = _field_bytes(proto.SerializeToString(), _NUMBER[field])
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if field in _FIXED:
+        if len(data) % dtype.itemsize:  # a complex is two of the field's numbers
+            raise TensorError(f"{field} holds {len(data)} bytes, not a whole number of "
+                              f"{dtype_name(proto.dtype)} values")
+        return np.frombuffer(data, _FIXED[field]).view(dtype)
+    values = _varints(data, field)
+    if field == "half_val":
+        return values.astype(np.uint16).view(dtype)
+    if dtype == np.bool_:
+        return values != 0
+    if field in ("int_val", "int64_val"):  # sign-extended to 64 bits on the wire
+        values = values.view(np.int64)
+    return values.astype(dtype, copy=False)
+
+
+def _field_bytes(data: bytes, number: int) -> list[memoryview]:
+    """The bytes of field `number`'s values in a serialized message, in order: the payload of
+    each packed piece and the raw bytes of each unpacked element; joined, they read as one
+    packed field. Walks only the top-level fields (a handful)."""
+    view, pos, end, chunks = memoryview(data), 0, len(data), []
+    while pos < end:
+        key, pos = _varint(data, pos)
+        wire, start = key & 7, pos
+        if wire == _LEN:
+            length, start = _varint(data, pos)
+            pos = start + length
+        elif wire == 0:
+            _, pos = _varint(data, pos)
+        else:  # 64-bit (1) or 32-bit (5); TensorProto has no groups
+            pos += 8 if wire == 1 else 4
+        if key >> 3 == number:
+            chunks.append(view[start:pos])
+    return chunks
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _varints(data, field: str) -> np.ndarray:
+    """Packed varints -> uint64, vectorised over the varints (not the bytes: arrays of one
+    entry per byte cost page faults): the k-th 7-bit group of every varint per step, as many
+    steps as the longest varint has bytes. (A per-byte cumsum or reduceat was 1.1-7x slower.)"""
+    b = np.frombuffer(data, np.uint8)
+    last = b < 0x80
+    if last.all():  # every value < 128 (bools, small ints): one byte each
+        return b.astype(np.uint64)
+    if not last[-1]:
+        raise TensorError(f"{field} ends inside a varint")
+    ends = np.flatnonzero(last)
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    longest = int((ends - starts).max()) + 1
+    if longest > 10:
+        raise TensorError(f"{field} holds a varint longer than 10 bytes")
+    low = b & 0x7F
+    values = low[starts].astype(np.uint64)
+    at = starts.copy()
+    for k in range(1, longest):
+        at += 1
+        part = low[np.minimum(at, ends)].astype(np.uint64)
+        part *= at <= ends  # varints shorter than k + 1 bytes add nothing
+        part <<= np.uint64(7 * k)
+        values |= part
+    return values
 
 
 def to_proto(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None

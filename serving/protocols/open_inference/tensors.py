@@ -27,7 +27,9 @@ NUMPY = {
 }
 OF_NUMPY = {v: k for k, v in NUMPY.items()}
 # TensorFlow DataType (what a signature states) -> v2 datatype, through runtime.tensors' table
-OF_DT = {dt: OF_NUMPY[dtype] for dt, (dtype, _) in tensors.DTYPES.items()}
+# (complex has no v2 datatype, and bfloat16 none here)
+OF_DT = {dt: OF_NUMPY[dtype] for dt, (dtype, _) in tensors.DTYPES.items()
+         if dtype in OF_NUMPY}
 # v2 datatype -> the InferTensorContents field that carries it (FP16 travels raw only)
 CONTENTS_FIELD = {
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
