@@ -37,7 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import quiet, webpage, workers
+from serving import quiet, siblings, supervisor, webpage
 from serving.core import limits
 from serving.core.batching import BatchingOptions
 from serving.core.errors import ServingError
@@ -144,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the ports (SO_REUSEPORT), to use more than "
                         "one core; each loads its own copy of the models (default 1)")
-    g.add_argument("--worker_index", type=int, help=argparse.SUPPRESS)  # set by workers.py
+    g.add_argument("--worker_index", type=int, help=argparse.SUPPRESS)  # set by supervisor.py
     g.add_argument("--worker_peers", help=argparse.SUPPRESS)
     g.add_argument("--event_loop", choices=EVENT_LOOPS, default=EVENT_LOOPS[0],
                    help="uvloop (default; less CPU a request than asyncio's own loop, see "
@@ -261,7 +261,7 @@ class Server:
                  else None)
         peers = None
         if args.worker_index is not None:
-            peers = self._peers = workers.Peers(
+            peers = self._peers = siblings.Peers(
                 args.worker_index, [int(p) for p in args.worker_peers.split(",")])
         grpc_options = grpc_server.server_options(args.grpc_channel_arguments,
                                                   args.max_request_bytes, peers is not None)
@@ -410,15 +410,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.worker_index is not None:
-        workers.die_with_supervisor()
+        supervisor.die_with_supervisor()
     else:  # a worker's siblings share its ports; anyone else on them is another server
         for flag, port in (("--port", args.port), ("--rest_api_port", args.rest_api_port)):
-            if workers.listening(args.host, port):
+            if supervisor.listening(args.host, port):
                 print(f"error: {args.host}:{port} ({flag}) is already served by another "
                       "process; stop it or choose another port", file=sys.stderr)
                 return 2
     if args.workers > 1 and args.worker_index is None:
-        return workers.supervise(args, argv)
+        return supervisor.supervise(args, argv)
     who = "%(name)s" if args.worker_index is None else f"%(name)s worker {args.worker_index}"
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {who}: %(message)s")

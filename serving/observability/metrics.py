@@ -32,7 +32,7 @@ under model_name="(unknown)" (a fixed placeholder), so bogus names cannot grow t
 version and signature labels are only ever set from a loaded version, after validation.
 
 **--workers.** When PROMETHEUS_MULTIPROC_DIR is set (the supervisor sets it to a private
-temporary directory, see workers.py), prometheus_client's multiprocess mode is used: each worker
+temporary directory, see supervisor.py), prometheus_client's multiprocess mode is used: each worker
 writes its values to memory-mapped files there, and a scrape on any worker reads every worker's
 files and returns the sums (counters and histograms added up, the queue gauge summed over the
 workers alive). prometheus_client chooses this mode when it is imported, from that variable.

@@ -10,7 +10,7 @@ Exempt, so that probes and the web page work without the token: gRPC `grpc.healt
 REST PUBLIC_PATHS (the v2 health paths, the OpenAPI document, the page `/` and its static files
 under PUBLIC_PREFIXES; the page's API calls carry the token like any client's); CORS preflight
 OPTIONS requests (browsers send them without credentials). A call between --workers siblings
-carries their private token instead (PEER_TOKEN_HEADER; serving/workers.py hands it out), and is
+carries their private token instead (PEER_TOKEN_HEADER; serving/supervisor.py hands it out), and is
 accepted on it: `is_peer_call` is the one check of it.
 
 `--enable_model_control=false` refuses the calls that change what is served (MODEL_CONTROL) with

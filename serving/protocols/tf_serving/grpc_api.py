@@ -14,7 +14,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import workers
+from serving import siblings
 from serving.core.errors import ServingError
 from serving.core.server_core import ServerCore
 from serving.protocols.tf_serving import dataplane
@@ -50,7 +50,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, core: ServerCore, peers: workers.Peers | None = None):
+    def __init__(self, core: ServerCore, peers: siblings.Peers | None = None):
         self.core, self.peers = core, peers
 
     async def GetModelStatus(self, request, context):
@@ -88,7 +88,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def add_to_server(core: ServerCore, server: grpc.aio.Server,
-                  peers: workers.Peers | None = None) -> None:
+                  peers: siblings.Peers | None = None) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(core), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, peers),

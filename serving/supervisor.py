@@ -1,4 +1,5 @@
-"""`--workers N`: N server processes sharing one gRPC (and REST) port, to use more than one core.
+"""The `--workers N` supervisor: N server processes sharing one gRPC (and REST) port, to use
+more than one core.
 
 A Python process answers gRPC on about one core (the GIL), so one process cannot use a second
 core however many clients call it. With --workers N the command becomes a supervisor: it picks
@@ -8,10 +9,8 @@ worker), relays their logs, passes SIGTERM/SIGINT on and exits 0 once all have d
 that dies unexpectedly stops the others and the supervisor exits 1: a server whose workers no
 longer agree is worse than a restart by the process manager.
 
-A HandleReloadConfigRequest received by any worker is applied by every worker before it is
-answered, so no connection sees the old config afterwards: the worker that takes it forwards it
-over a private loopback gRPC port per worker, with a random token the supervisor hands out
-(a call carrying the token is a sibling's, and is not forwarded again).
+The supervisor also hands each worker its siblings' private loopback gRPC ports and a random
+token (serving/siblings.py: a reload received by one worker is applied by all).
 
 Metrics use prometheus_client's multiprocess mode: the supervisor makes a private temporary
 directory, passes it as PROMETHEUS_MULTIPROC_DIR, marks a worker that exits as dead there (its
@@ -27,7 +26,6 @@ worker as on a normal stop.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import os
 import secrets
@@ -41,9 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 from prometheus_client import multiprocess
-from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
 from serving.clients import readiness
 from serving.observability import metrics
@@ -58,59 +54,6 @@ def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-class Peers:
-    """A worker's view of its siblings: their private addresses and the shared token."""
-
-    def __init__(self, index: int, ports: list[int]):
-        self.index = index
-        self.ports = ports
-        self.token = os.environ.get(auth.PEER_TOKEN_ENV, "")
-        if not self.token:
-            raise RuntimeError(f"a worker needs {auth.PEER_TOKEN_ENV} (set by the supervisor)")
-        self._channels: dict[int, grpc.aio.Channel] = {}
-
-    @property
-    def own_address(self) -> str:
-        return f"127.0.0.1:{self.ports[self.index]}"
-
-    def is_peer(self, context: grpc.aio.ServicerContext) -> bool:
-        """True for a call from a sibling worker (it carries the token)."""
-        return auth.is_peer_call(context.invocation_metadata(), self.token)
-
-    def _others(self):
-        for i, port in enumerate(self.ports):
-            if i != self.index:
-                if i not in self._channels:
-                    self._channels[i] = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-                yield i, self._channels[i]
-
-    async def reload(self, request: model_management_pb2.ReloadConfigRequest
-                     ) -> list[tuple[int, grpc.StatusCode, str]]:
-        """Apply a reload on every other worker; returns (worker, code, message) of failures."""
-        async def one(i, channel):
-            stub = model_service_pb2_grpc.ModelServiceStub(channel)
-            try:
-                response = await stub.HandleReloadConfigRequest(
-                    request, timeout=600, metadata=((auth.PEER_TOKEN_HEADER, self.token),))
-            except grpc.aio.AioRpcError as e:
-                return i, e.code(), e.details() or ""
-            if response.status.error_code:
-                return i, grpc.StatusCode.UNKNOWN, response.status.error_message
-            return None
-        results = await asyncio.gather(*[one(i, c) for i, c in self._others()])
-        return [r for r in results if r is not None]
-
-    async def wait_up(self, service: str) -> None:
-        """Wait until every sibling's health service says `service` is SERVING (a worker turns
-        its public health SERVING only then; see Server.start)."""
-        await asyncio.gather(*[readiness.until_serving(f"127.0.0.1:{port}", service)
-                               for i, port in enumerate(self.ports) if i != self.index])
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
 
 
 def listening(host: str, port: int, timeout: float = 1.0) -> bool:
