@@ -132,6 +132,23 @@ def test_health_and_metadata_on_both_transports(server):
                 "classes": "INT64", "probabilities": "FP32"}
 
 
+def test_model_config_through_tritonclient(server):
+    with tgrpc.InferenceServerClient(server.address) as g:
+        assert "model_configuration" in g.get_server_metadata(as_json=True)["extensions"]
+        config = g.get_model_config("softmax_regression", as_json=True)["config"]
+        with pytest.raises(InferenceServerException, match="no_such_model"):
+            g.get_model_config("no_such_model")
+    assert config["name"] == "softmax_regression"
+    assert config["platform"] in ("tensorflow_savedmodel", "onnxruntime_onnx")
+    batching = "--enable_batching" in server.proc.args
+    assert int(config["max_batch_size"]) == (16 if batching else (64 << 20) // 784)
+    assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]])
+            for t in config["input"]] == [("images", "TYPE_FP32", [28, 28])]
+    assert {t["name"]: (t["data_type"], [int(d) for d in t.get("dims", [])])
+            for t in config["output"]} == {"classes": ("TYPE_INT64", []),
+                                            "probabilities": ("TYPE_FP32", [10])}
+
+
 def grpc_error(server, request) -> grpc.RpcError:
     with grpc.insecure_channel(server.address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)

@@ -12,6 +12,7 @@ PredictRequest), and only then decoded; the inference then takes the same core p
 from __future__ import annotations
 
 import importlib.metadata
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -29,7 +30,7 @@ from serving.runtime import backends
 from serving.transports import json_body
 
 SERVER_NAME = "keras-model-zoo"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_configuration")
 PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
 
 
@@ -99,6 +100,32 @@ class DataPlane:
         return {"name": loaded.name, "versions": [str(v) for v in available],
                 "platform": PLATFORMS.get(self.core.platform, self.core.platform),
                 "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
+
+    def model_config(self, name: str, version: str) -> dict:
+        """Triton's model configuration extension: the fields its tools read. A signature whose
+        every tensor leads with -1 batches: max_batch_size is the largest batch a request may
+        carry (--max_request_elements over one row's elements, and the batcher's
+        max_batch_size when batching is on), and dims leave the batch dimension out."""
+        loaded = self._resolve(name, version)
+        sig = self._signature(loaded)
+        specs = [*sig.inputs.values(), *sig.outputs.values()]
+        max_batch = 0
+        if all(v.shape and v.shape[0] == -1 for v in specs):
+            row = sum(math.prod(max(d, 1) for d in v.shape[1:]) for v in sig.inputs.values())
+            max_batch = max(1, self.core.max_request_elements // max(row, 1))
+            batching = self.core.lifecycle.batching
+            if batching:
+                max_batch = min(max_batch, batching.max_batch_size)
+
+        def tensors(specs):
+            return [{"name": k, "data_type": "TYPE_" + self._datatype(v),
+                     "dims": list(v.shape[1:] if max_batch else v.shape)}
+                    for k, v in specs.items()]
+
+        return {"name": loaded.name,
+                "platform": PLATFORMS.get(self.core.platform, self.core.platform),
+                "max_batch_size": max_batch,
+                "input": tensors(sig.inputs), "output": tensors(sig.outputs)}
 
     # ------------------------------------------------------------------ inference
     async def infer(self, name: str, version: str, inputs: list[WireInput],

@@ -3,15 +3,17 @@ server and port as TF Serving's services (docs/ARCHITECTURE.md, "Open Inference 
 
 The proto is the one tritonclient ships (`tritonclient.grpc.service_pb2`, built from Triton's
 grpc_service.proto: KServe's grpc_predict_v2.proto plus Triton's extensions). Implemented:
-ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer; every other RPC
+ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer and Triton's
+ModelConfig (what perf_analyzer's triton kind asks first); every other RPC
 of the service answers UNIMPLEMENTED, naming the ones that are.
 """
 
 from __future__ import annotations
 
 import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
 
 from serving.core.errors import ServingError, invalid
 from serving.protocols.open_inference import tensors as v2_tensors
@@ -19,7 +21,7 @@ from serving.protocols.open_inference.dataplane import DataPlane, WireInput
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-               "ModelInfer")
+               "ModelInfer", "ModelConfig")
 
 
 def _unimplemented(method: str):
@@ -57,6 +59,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             name=m["name"], versions=m["versions"], platform=m["platform"],
             inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in m["inputs"]],
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in m["outputs"]])
+
+    async def ModelConfig(self, request, context):
+        try:
+            config = self.plane.model_config(request.name, request.version)
+        except ServingError as e:
+            await context.abort(e.code, e.message)
+        return pb.ModelConfigResponse(
+            config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
     async def ModelInfer(self, request, context):
         try:
