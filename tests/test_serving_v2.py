@@ -136,12 +136,18 @@ def test_model_config_through_tritonclient(server):
     with tgrpc.InferenceServerClient(server.address) as g:
         assert "model_configuration" in g.get_server_metadata(as_json=True)["extensions"]
         config = g.get_model_config("softmax_regression", as_json=True)["config"]
-        with pytest.raises(InferenceServerException, match="no_such_model"):
+        with pytest.raises(InferenceServerException, match="no_such_model") as e:
             g.get_model_config("no_such_model")
+        assert e.value.status() == "StatusCode.NOT_FOUND"
     assert config["name"] == "softmax_regression"
-    assert config["platform"] in ("tensorflow_savedmodel", "onnxruntime_onnx")
+    assert (config["platform"], config["backend"]) in (
+        ("tensorflow_savedmodel", "tensorflow"), ("onnxruntime_onnx", "onnxruntime"))
     batching = "--enable_batching" in server.proc.args
+    # 64 MiB of elements (--max_request_elements' default) over a row of 784, or one batch.
     assert int(config["max_batch_size"]) == (16 if batching else (64 << 20) // 784)
+    assert ("dynamic_batching" in config) == batching
+    if batching:
+        assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 2000
     assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]])
             for t in config["input"]] == [("images", "TYPE_FP32", [28, 28])]
     assert {t["name"]: (t["data_type"], [int(d) for d in t.get("dims", [])])

@@ -7,14 +7,15 @@ It *has* a lifecycle (serving/core/lifecycle.py: configuration, polling, load, w
 and offers: `resolve` (a ModelSpec to a loaded version), `label_version`, `check` (a
 PredictRequest against its signature, serving/core/validation.py) and `run` (inline, on a
 thread or through the version's batcher, serving/core/batching.py), the read-only views
-`model_names`, `status`, `labels`, `available`, `ready` and `platform`, the limit
-`max_request_elements`, the metrics, and the lifecycle's operations (`load`, `reload`, `poll`,
-`poll_forever`, `drain`, `close`).
+`model_names`, `status`, `labels`, `available`, `ready`, `platform`, `batching` and
+`max_batch_size`, the limit `max_request_elements`, the metrics, and the lifecycle's
+operations (`load`, `reload`, `poll`, `poll_forever`, `drain`, `close`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,6 +73,22 @@ class ServerCore:
     def platform(self) -> str:
         """The backend the versions run on (--backend)."""
         return self.lifecycle.backend_kind
+
+    @property
+    def batching(self) -> BatchingOptions | None:
+        """The batching parameters (--enable_batching), None when batching is off."""
+        return self.lifecycle.batching
+
+    def max_batch_size(self, sig) -> int:
+        """The most rows one request may carry for `sig`; 0 if it does not batch (a tensor
+        without a leading -1). The element limit over one row's elements (a variable
+        dimension counted as 1), and no more than a batch when batching is on."""
+        specs = [*sig.inputs.values(), *sig.outputs.values()]
+        if not all(s.shape and s.shape[0] == -1 for s in specs):
+            return 0
+        row = sum(math.prod(max(d, 1) for d in s.shape[1:]) for s in sig.inputs.values())
+        rows = max(1, self.max_request_elements // max(row, 1))
+        return min(rows, self.batching.max_batch_size) if self.batching else rows
 
     # ---------------------------------------------------------------- resolving requests
     def label_version(self, name: str, label: str) -> int:

@@ -12,12 +12,12 @@ PredictRequest), and only then decoded; the inference then takes the same core p
 from __future__ import annotations
 
 import importlib.metadata
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import grpc
 import numpy as np
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import model_pb2
 
 from serving.core import model_spec as core_model_spec
@@ -32,6 +32,10 @@ from serving.transports import json_body
 SERVER_NAME = "keras-model-zoo"
 EXTENSIONS = ("binary_tensor_data", "model_configuration")
 PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
+BACKENDS = {"savedmodel": "tensorflow", "onnx": "onnxruntime"}  # Triton's backend names
+# Model configuration datatypes (Triton's model_config.proto DataType) that are not "TYPE_" +
+# a v2 datatype name; any other type has none (TYPE_INVALID).
+CONFIG_DATATYPES = {types_pb2.DT_STRING: "TYPE_STRING", types_pb2.DT_BFLOAT16: "TYPE_BF16"}
 
 
 class WireInput(NamedTuple):
@@ -102,30 +106,30 @@ class DataPlane:
                 "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
 
     def model_config(self, name: str, version: str) -> dict:
-        """Triton's model configuration extension: the fields its tools read. A signature whose
-        every tensor leads with -1 batches: max_batch_size is the largest batch a request may
-        carry (--max_request_elements over one row's elements, and the batcher's
-        max_batch_size when batching is on), and dims leave the batch dimension out."""
+        """Triton's model configuration extension: the fields its tools read (perf_analyzer:
+        max_batch_size, inputs and outputs; the batching block when batching is on). The core
+        says how many rows a request may carry (0: the model does not batch); a batching model's
+        dims leave the batch dimension out, as in Triton's config.pbtxt."""
         loaded = self._resolve(name, version)
         sig = self._signature(loaded)
-        specs = [*sig.inputs.values(), *sig.outputs.values()]
-        max_batch = 0
-        if all(v.shape and v.shape[0] == -1 for v in specs):
-            row = sum(math.prod(max(d, 1) for d in v.shape[1:]) for v in sig.inputs.values())
-            max_batch = max(1, self.core.max_request_elements // max(row, 1))
-            batching = self.core.lifecycle.batching
-            if batching:
-                max_batch = min(max_batch, batching.max_batch_size)
+        max_batch = self.core.max_batch_size(sig)
 
         def tensors(specs):
-            return [{"name": k, "data_type": "TYPE_" + self._datatype(v),
+            return [{"name": k, "data_type": _config_datatype(v),
                      "dims": list(v.shape[1:] if max_batch else v.shape)}
                     for k, v in specs.items()]
 
-        return {"name": loaded.name,
-                "platform": PLATFORMS.get(self.core.platform, self.core.platform),
-                "max_batch_size": max_batch,
-                "input": tensors(sig.inputs), "output": tensors(sig.outputs)}
+        config = {"name": loaded.name,
+                  "platform": PLATFORMS.get(self.core.platform, self.core.platform),
+                  "backend": BACKENDS.get(self.core.platform, self.core.platform),
+                  "max_batch_size": max_batch,
+                  "input": tensors(sig.inputs), "output": tensors(sig.outputs)}
+        batching = self.core.batching
+        if batching and max_batch:
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": batching.batch_timeout_micros,
+                "preferred_batch_size": list(batching.allowed_batch_sizes)}
+        return config
 
     # ------------------------------------------------------------------ inference
     async def infer(self, name: str, version: str, inputs: list[WireInput],
@@ -201,6 +205,11 @@ class DataPlane:
         if len(set(requested)) != len(requested):
             raise invalid("an output is requested more than once")
         return list(requested)
+
+
+def _config_datatype(spec: backends.TensorSpec) -> str:
+    v2 = v2_tensors.OF_DT.get(spec.dtype)
+    return f"TYPE_{v2}" if v2 else CONFIG_DATATYPES.get(spec.dtype, "TYPE_INVALID")
 
 
 def _decode_all(inputs: list[WireInput]) -> dict[str, np.ndarray]:
