@@ -203,7 +203,7 @@ def test_bad_requests_through_tritonclient_and_rest(server, digits):  # noqa: F8
             c.infer("softmax_regression", [given])
         assert "INVALID_ARGUMENT" in e.value.status() and '"pixels"' in e.value.message()
         with pytest.raises(InferenceServerException) as e:
-            c.get_model_config("softmax_regression")  # a Triton extension we do not implement
+            c.get_system_shared_memory_status()  # a Triton extension we do not implement
         assert "UNIMPLEMENTED" in e.value.status() and "ModelInfer" in e.value.message()
     raw = np.zeros((1, 28, 28), np.float32).tobytes()
     header = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 28, 28],
