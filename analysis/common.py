@@ -40,6 +40,7 @@ from serving import quiet
 from training import data, modeling, precision  # noqa: E402
 from training.cli_types import (  # noqa: E402,F401  (the studies' flag types live there)
     MAX_SEED,
+    OneLineParser,
     fraction,
     integer,
     non_negative_float,
@@ -75,12 +76,9 @@ class DivergedError(Exception):
 # ----------------------------------------------------------------------------- command line
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, except that a bad flag or value is one line, `error: ...`, exit status 2
-    (docs/ARCHITECTURE.md, "Conventions"), not a usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+# A bad flag or value is one line, `error: ...`, exit status 2 (docs/ARCHITECTURE.md,
+# "Conventions"), not a usage block: the same parser as training's.
+ArgumentParser = OneLineParser
 
 
 

@@ -273,3 +273,20 @@ def test_a_worker_that_cannot_reach_its_peers_fails_naming_them(tmp_path, index)
     assert f"could not join its peers (worker {1 - index} at {missing}) within 3 s" in (
         done.stderr), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_tf_config_port_in_use_is_named(tmp_path):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        addresses = [f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"]
+        done = train_cli("softmax_regression", "--steps", "4", *SMALL, "--run-dir",
+                         str(tmp_path / "run"), "--no-export", "--peer-timeout", "3",
+                         env=worker_env(addresses, 0), timeout=EXIT_BOUND)
+    assert done.returncode == 1, done.stderr
+    assert f"port {port} cannot be listened on (Address already in use)" in done.stderr, (
+        done.stderr)
+    assert "Traceback" not in done.stderr

@@ -14,7 +14,7 @@ import pytest
 
 import zoo
 from tests.conftest import ROOT, subprocess_env
-from tests.helpers import tiny_run
+from tests.helpers import tiny_config, tiny_run
 from training import checkpoints, data, precision
 
 
@@ -133,10 +133,61 @@ def test_trains_on_fashion_mnist(tmp_path, model):
 
 
 def test_a_used_run_directory_is_not_overwritten(tmp_path):
+    """...and --resume is advised only where there is a state.json to resume from."""
     (tmp_path / "config.json").write_text("{}")
     done = run_cli("softmax_regression", "--run-dir", str(tmp_path), "--no-export")
-    assert done.returncode == 2 and "--resume" in done.stderr
+    assert done.returncode == 2 and "not empty; choose another --run-dir" in done.stderr
+    assert "--resume" not in done.stderr, done.stderr
+    (tmp_path / "state.json").write_text("{}")
+    done = run_cli("softmax_regression", "--run-dir", str(tmp_path), "--no-export")
+    assert done.returncode == 2 and f"--resume {tmp_path}" in done.stderr, done.stderr
     assert (tmp_path / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one", "launcher"])
+@pytest.mark.parametrize("args, message", [
+    ([], "name a model to train"),
+    (["softmax_regression", "--run-dir", "{used}"], "is not empty"),
+    (["softmax_regression", "--export-dir", "{file}"], "--export-dir {file} is a file"),
+    (["softmax_regression", "--dataset", "sinc"], "trains on mnist, fashion_mnist, not sinc"),
+    (["--resume", "{tmp}"], "is not a run directory"),
+    (["--resume", "{run}"], "has no state.json"),
+    (["softmax_regression", "--peer-timeout", "0"], "--peer-timeout: must be greater than 0"),
+    (["softmax_regression", "--peer-timeout", "nan"], "--peer-timeout: must be a finite"),
+    (["softmax_regression", "--worker", "2"], "unrecognized arguments: --worker"),
+])
+def test_usage_errors_are_one_line_and_exit_2_with_or_without_workers(tmp_path, workers, args,
+                                                                      message):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    (tmp_path / "run").mkdir()  # a run stopped before its first epoch: config.json only
+    (tmp_path / "run" / "config.json").write_text(json.dumps(
+        {**tiny_config("softmax_regression").to_json(), "workers": 2 if workers else 1}))
+    fill = {"file": tmp_path / "a_file", "used": tmp_path / "used", "tmp": tmp_path,
+            "run": tmp_path / "run"}
+    done = run_cli(*[a.format(**fill) for a in args], *workers, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert message.format(**fill) in done.stderr, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "[launcher]" not in done.stderr and "[data]" not in done.stderr
+
+
+def test_more_local_workers_than_the_machine_can_hold_are_refused():
+    cpus = len(os.sched_getaffinity(0))
+    done = run_cli("softmax_regression", "--workers", str(2 * cpus + 1), timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"this machine has {cpus} CPU(s), so at most {2 * cpus} local workers" in done.stderr
+    assert "[launcher]" not in done.stderr
+
+
+def test_a_negative_task_index_in_tf_config_is_refused():
+    from training.multiworker import ClusterError, Worker
+
+    text = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": -1}}'
+    with pytest.raises(ClusterError, match="task index -1 is negative"):
+        Worker.from_env({"TF_CONFIG": text})
 
 
 @pytest.mark.parametrize(("flags", "message"), [

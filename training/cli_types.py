@@ -49,6 +49,14 @@ def real(least: float | None = None, above: float | None = None,
     return parse
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (what is wrong and where --help is), not
+    the whole usage block; exit status 2 as argparse's."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 # The numeric flags of every study: counts, sizes and steps are positive; seeds are what NumPy
 # and TensorFlow accept; rates and scales are positive and finite.
 seed_value = integer(0, MAX_SEED)

@@ -4,10 +4,10 @@
 Each worker is `python -m training.train` with the same arguments, its own TF_CONFIG (loopback
 ports) and one shared --run-dir that the chief (worker 0) writes. The workers share a private
 network namespace whose only interface is loopback (training/loopback.py): TensorFlow's worker
-service listens on every interface, and nothing outside the run may reach it. The chief's output is
-this command's output; the others' goes to RUN_DIR/logs/worker-K.log when they exit (a temporary
-folder until then: the chief refuses a run directory that is not empty). The run fails as a
-whole: when any worker fails, the others are stopped and the exit status is non-zero.
+service listens on every interface, and nothing outside the run may reach it. The chief's output
+is this command's output; the others' goes to RUN_DIR/logs/worker-K.log (the one thing the chief
+accepts in a new run folder). The run fails as a whole: when any worker fails, the others are
+stopped and the exit status is non-zero.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,101 +96,106 @@ def describe(code: int) -> str:
 
 
 def launch(args: argparse.Namespace, argv: list[str]) -> int:
-    """Check what can be checked once, choose the run directory, start the workers, wait."""
-    from training import train
-    from training.config import TrainConfig
+    """Check everything that can be checked before a worker starts, choose the run directory,
+    start the workers, wait. SIGTERM (as ^C) stops the workers, keeps their logs and says how
+    to go on (training/train.py installs the handler)."""
+    from training import interrupts, train
 
     n = args.workers
-    run_dir, chosen = prepare(args, n, train, TrainConfig)
+    run_dir, chosen = prepare(args, n, train)
     addresses = [f"127.0.0.1:{p}" for p in free_ports(n)]
     logs = run_dir / "logs"
-    scratch = Path(tempfile.mkdtemp(prefix="zoo-worker-logs-"))
+    logs.mkdir(exist_ok=True)  # the chief accepts a run folder holding only these logs
     command = [sys.executable, "-m", "training.train", *worker_argv(argv, chosen)]
     print(f"[launcher] {n} workers on {', '.join(addresses)} (a private network: loopback "
           f"only); run dir {run_dir}; the other workers' output goes to {logs}/",
           file=sys.stderr, flush=True)
     procs: list[subprocess.Popen] = []
     files = []
-    # SIGTERM, like ^C, stops the workers and keeps their logs (the default would skip finally).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    code = 1
     try:
         for i in range(n):
             env = dict(os.environ, **{TF_CONFIG: tf_config(addresses, i)})
             out = None
-            if i:
-                out = open(scratch / f"worker-{i}.log", "w")
+            if i:  # appended: a resumed run adds to its logs
+                out = open(logs / f"worker-{i}.log", "a+")
                 files.append(out)
             setup = (loopback.new_private_network if i == 0 else
                      lambda pid=procs[0].pid: loopback.join_private_network(pid))
-            error_file = scratch / f"worker-{i}.preexec-error"
-            try:
-                procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=out,
-                                              preexec_fn=_preexec(setup, error_file)))
-            except subprocess.SubprocessError:
-                detail = error_file.read_text() if error_file.exists() else "unknown reason"
-                error_file.unlink(missing_ok=True)
-                raise IsolationError(
-                    f"cannot give the local workers a private loopback network ({detail}), and "
-                    "TensorFlow's worker service would listen on every interface: start the "
-                    f"workers yourself with {TF_CONFIG} where a firewall guards their ports"
-                ) from None
+            with tempfile.NamedTemporaryFile(prefix="zoo-preexec-") as error_file:
+                try:
+                    # A session of their own: ^C reaches the launcher only, which stops them.
+                    procs.append(subprocess.Popen(
+                        command, env=env, stdout=out, stderr=out, start_new_session=True,
+                        preexec_fn=_preexec(setup, Path(error_file.name))))
+                except subprocess.SubprocessError:
+                    detail = Path(error_file.name).read_text() or "unknown reason"
+                    raise IsolationError(
+                        f"cannot give the local workers a private loopback network ({detail}), "
+                        "and TensorFlow's worker service would listen on every interface: "
+                        f"start the workers yourself with {TF_CONFIG} where a firewall guards "
+                        "their ports") from None
             print(f"[launcher] worker {i}: pid {procs[-1].pid}, {addresses[i]}",
                   file=sys.stderr, flush=True)
-        return wait(procs, addresses, run_dir, logs, args.peer_timeout)
+        code = wait(procs, addresses, run_dir, logs, args.peer_timeout, files)
+        return code
+    except (KeyboardInterrupt, interrupts.Interrupted) as e:
+        stop(procs)
+        stopped = interrupts.as_interrupted(e)
+        raise interrupts.Interrupted(stopped.signum, what_is_kept(
+            run_dir, n, f"interrupted by {stopped.signal_name}", fresh=not args.resume)) from None
     finally:
         stop(procs)
         for f in files:
             f.close()
-        keep_logs(scratch, logs)
+        if code and not args.resume and not (run_dir / "state.json").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # no epoch committed: nothing to keep
 
 
-def keep_logs(scratch: Path, logs: Path) -> None:
-    """Append each worker's output to RUN_DIR/logs/ (a resumed run adds to its logs)."""
-    logs.mkdir(parents=True, exist_ok=True)
-    for log in sorted(scratch.iterdir()):
-        with open(logs / log.name, "a") as dest:
-            dest.write(log.read_text(errors="replace"))
-        log.unlink()
-    scratch.rmdir()
+def what_is_kept(run_dir: Path, n: int, what: str, fresh: bool) -> str:
+    """`what` happened; then: the resume command where state.json exists, else what is gone."""
+    from training import train
+
+    if (run_dir / "state.json").exists():
+        return f"{what}; continue from the last committed epoch with: " + train.resume_command(
+            run_dir, n)
+    return f"{what} before the first epoch ended" + (f"; removed {run_dir}" if fresh else "")
 
 
-def prepare(args, n: int, train, TrainConfig) -> tuple[Path, Path | None]:
-    """(run directory, the --run-dir to add to the workers' arguments or None)."""
+def last_line(log) -> str:
+    """The last line a worker wrote (read through the launcher's own handle)."""
+    log.flush()
+    log.seek(0)
+    lines = [ln.strip() for ln in log.read().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def prepare(args, n: int, train) -> tuple[Path, Path | None]:
+    """(run directory, the --run-dir to add to the workers' arguments or None), after every
+    check a worker would make of the command line, its data and its recipe: a usage error is
+    one line here, before any worker starts."""
     import zoo
     from training import data
-    from training.config import ConfigError
+    from training.config import TrainConfig
 
+    train.check_request(args, n, writes=True)
     if args.resume:
         config = TrainConfig.read(Path(args.resume) / "config.json")
-        if config.workers != n:
-            raise train.UsageError(f"{args.resume} was trained by {config.workers} worker(s); "
-                                   f"resume it with --workers {config.workers}")
         # Found (and fetched into the cache if need be) here: the workers' network has no way out.
         data.load_dataset(config.dataset, args.data_dir, seed=config.seed)
         return Path(args.resume), None
-    if not args.model:
-        raise train.UsageError("name a model to train (python -m training.train --list shows "
-                               "them)")
     spec = zoo.get_spec(args.model)
-    data.load_dataset(args.dataset or spec.dataset, args.data_dir,
-                      seed=0 if args.seed is None else args.seed)
-    batch = args.batch_size or spec.recipe.batch_size
-    if batch % n:
-        raise ConfigError(f"batch size {batch} does not split evenly over {n} workers; give a "
-                          f"--batch-size that is a multiple of {n}")
-    export_dir = None if args.no_export else args.export_dir
-    train.check_destinations(args.run_dir, export_dir)
+    dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir,
+                                seed=0 if args.seed is None else args.seed)
+    train.resolve_from_args(args, dataset, n)  # the recipe's own checks (ConfigError)
     if args.run_dir:
-        if args.run_dir.exists() and any(args.run_dir.iterdir()):
-            raise train.UsageError(f"run directory {args.run_dir} is not empty; continue it "
-                                   f"with --resume {args.run_dir}, or choose another --run-dir")
         args.run_dir.mkdir(parents=True, exist_ok=True)
         return args.run_dir, None
     run_dir = train.new_run_dir(args.model, 0 if args.seed is None else args.seed)
     return run_dir, run_dir
 
 
-def wait(procs, addresses, run_dir: Path, logs: Path, peer_timeout: float) -> int:
+def wait(procs, addresses, run_dir: Path, logs: Path, peer_timeout: float, files) -> int:
     """Until every worker has exited 0 (0), or one has failed (its status, the others stopped)."""
     finished_at = None
     while True:
@@ -198,11 +204,12 @@ def wait(procs, addresses, run_dir: Path, logs: Path, peer_timeout: float) -> in
         if failed:
             i = failed[0]
             stop(procs)
-            where = "its output is above" if i == 0 else f"see {logs}/worker-{i}.log"
-            print(f"error: worker {i} ({addresses[i]}, pid {procs[i].pid}) "
-                  f"{describe(codes[i])}; stopped the other workers ({where}). Continue from "
-                  f"the last committed epoch with: python -m training.train --resume {run_dir} "
-                  f"--workers {len(procs)}", file=sys.stderr, flush=True)
+            where = ("its output is above" if i == 0 else
+                     f"it said: {last_line(files[i - 1])!r}")
+            print("error: " + what_is_kept(
+                run_dir, len(procs), f"worker {i} ({addresses[i]}, pid {procs[i].pid}) "
+                f"{describe(codes[i])}; stopped the other workers ({where})", fresh=True),
+                file=sys.stderr, flush=True)
             return codes[i] if codes[i] > 0 else 1
         if all(c == 0 for c in codes):
             return 0

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -59,6 +60,8 @@ class Worker:
             cluster = {job: [str(a) for a in addresses]
                        for job, addresses in spec["cluster"].items()}
             worker = cls(cluster, str(spec["task"]["type"]), int(spec["task"]["index"]))
+            if worker.index < 0:  # Python would take -1 as the last worker
+                raise IndexError(f"task index {worker.index} is negative")
             worker.address  # noqa: B018 - raises if the task is not in the cluster
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
             raise ClusterError(f"{TF_CONFIG} is not a cluster description ({type(e).__name__}: "
@@ -115,6 +118,7 @@ def connect(worker: Worker, peer_timeout: float = DEFAULT_PEER_TIMEOUT):
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.eager import context
 
+    check_port_free(worker)
     ms = int(peer_timeout * 1000)
     job, index, _ = worker.leader
     context.context().configure_coordination_service(
@@ -144,6 +148,24 @@ def connect(worker: Worker, peer_timeout: float = DEFAULT_PEER_TIMEOUT):
     print(f"[cluster] joined: {strategy.num_replicas_in_sync} replicas in sync",
           file=sys.stderr, flush=True)
     return strategy
+
+
+def check_port_free(worker: Worker) -> None:
+    """TensorFlow binds its TF_CONFIG port on every interface; taken, it fails with an empty
+    message much later. Tried here the same way (a listener anywhere on the port conflicts)."""
+    try:
+        port = int(worker.address.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        raise ClusterError(f"{worker.name()}: {TF_CONFIG} gives no port in "
+                           f"{worker.address!r} (expected HOST:PORT)") from None
+    with socket.socket(socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            raise ClusterError(f"{worker.name()}: port {port} cannot be listened on "
+                               f"({e.strerror}): another process holds it; free it or give "
+                               f"this worker another port in {TF_CONFIG}") from None
 
 
 def first_line(e: BaseException) -> str:

@@ -13,13 +13,24 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import zoo
 from serving import quiet
-from training import checkpoints, cli_types, data, launcher, modeling, multiworker, precision
+from training import (
+    checkpoints,
+    cli_types,
+    data,
+    interrupts,
+    launcher,
+    modeling,
+    multiworker,
+    precision,
+)
 from training.config import ConfigError, TrainConfig, resolve_config, write_json_atomic
 from training.export import ExportError
 
@@ -28,6 +39,9 @@ DEFAULT_EXPORTS = Path("exported_models")
 # Flags a resumed run cannot honour (its config.json decides): given with --resume, refused.
 RECIPE_FLAGS = ("epochs", "steps", "steps_per_epoch", "batch_size", "learning_rate", "dataset",
                 "precision", "seed", "run_dir", "train_limit", "test_limit")
+# Local workers a machine may start: each is a whole TensorFlow process, and more than two a
+# CPU only share it (a cluster of more machines is TF_CONFIG's, e.g. a TFJob).
+WORKERS_PER_CPU = 2
 
 
 class UsageError(Exception):
@@ -35,9 +49,10 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli_types.OneLineParser(
         prog="python -m training.train",
         description="Train a zoo model with its default recipe (overridable), then export it.",
+        allow_abbrev=False,  # --worker 2 would reach the workers as a second --workers
     )
     quiet.add_verbose_flag(p)
     p.add_argument("model", nargs="?", help="registered model name (see --list)")
@@ -66,11 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--data-dir", type=Path, help=f"where datasets are (also ${data.ENV_DATA_DIR})")
 
     c = p.add_argument_group("beyond one machine (docs/ARCHITECTURE.md, \"Multi-worker training\")")
-    c.add_argument("--workers", type=int, metavar="N",
+    c.add_argument("--workers", type=cli_types.positive_int, metavar="N",
                    help="train with N local worker processes on 127.0.0.1 "
                         "(MultiWorkerMirroredStrategy; --batch-size is the global batch); "
                         "with TF_CONFIG set, this process is one worker of that cluster instead")
-    c.add_argument("--peer-timeout", type=float, default=multiworker.DEFAULT_PEER_TIMEOUT,
+    c.add_argument("--peer-timeout", type=cli_types.positive_float,
+                   default=multiworker.DEFAULT_PEER_TIMEOUT,
                    metavar="SECONDS",
                    help="how long a worker waits for its peers to join, or for a lost peer's "
                         "heartbeat, before the run fails (default: %(default)g)")
@@ -97,25 +113,35 @@ def list_models_table() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    worker = None
     try:
         if args.list:
             print(list_models_table())
             return 0
         worker = multiworker.Worker.from_env()
-        if worker is None and args.workers is not None and args.workers > 1:
-            return launcher.launch(args, sys.argv[1:] if argv is None else argv)
         if worker is not None and args.workers is not None:
             raise UsageError(f"--workers starts local workers, but {multiworker.TF_CONFIG} "
                              "already makes this process one worker of a cluster; drop one")
+        if worker is None:  # a TF_CONFIG worker keeps TensorFlow's own SIGTERM handling
+            interrupts.raise_on_sigterm()
+        if worker is None and args.workers is not None and args.workers > 1:
+            check_local_workers(args.workers)
+            return launcher.launch(args, sys.argv[1:] if argv is None else argv)
         summary = run_from_args(args, worker)
     except (UsageError, zoo.UnknownModelError, data.DataSourceError, ConfigError, ExportError,
             precision.PrecisionError, checkpoints.DivergedError, checkpoints.DamagedRunError,
-            FileNotFoundError, FileExistsError) as e:
+            checkpoints.RunBusyError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (multiworker.ClusterError, launcher.IsolationError) as e:  # the cluster, not the user
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, interrupts.Interrupted) as e:
+        stopped = interrupts.as_interrupted(e)
+        print(f"error: {stopped}", file=sys.stderr)
+        if worker is not None:
+            multiworker.leave(stopped.code)
+        return stopped.code
     if summary is not None:  # None: a worker other than the chief, which writes no run
         print(format_summary(summary))
     if worker is not None:
@@ -123,37 +149,75 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_from_args(args: argparse.Namespace, worker: multiworker.Worker | None = None) -> dict:
-    """Train as the arguments say; `worker`: this process is one worker of that cluster (it
-    joins it first, before any other TensorFlow op), and only the chief writes the run."""
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    if worker is not None:
-        worker = (worker, multiworker.connect(worker, args.peer_timeout))
-    writes = worker is None or worker[0].is_chief
+def check_local_workers(n: int) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    if n > WORKERS_PER_CPU * cpus:
+        raise UsageError(f"--workers {n}: this machine has {cpus} CPU(s), so at most "
+                         f"{WORKERS_PER_CPU * cpus} local workers (each is a whole TensorFlow "
+                         f"process); more machines join with {multiworker.TF_CONFIG}")
+
+
+def check_request(args: argparse.Namespace, workers: int, writes: bool) -> None:
+    """Every check of the command line that needs neither data nor TensorFlow: made before any
+    worker starts (the launcher) or joins its cluster (a TF_CONFIG worker), so that a usage
+    error is one line at once, never a cluster that starts and fails."""
+    export_dir = None if args.no_export or not writes else args.export_dir
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in RECIPE_FLAGS if getattr(args, k) is not None]
         if given:
             raise UsageError(f"--resume continues a run with its own config.json; "
                              f"drop {', '.join(given)}")
-        # Every worker reads it (a finished, exported run is done for all), the chief writes it.
-        export_dir = None if args.no_export else args.export_dir
+        config_path = Path(args.resume) / "config.json"
+        if not config_path.exists():
+            raise UsageError(f"{args.resume} is not a run directory (no config.json)")
+        config = TrainConfig.read(config_path)
+        if args.model and args.model != config.model:
+            raise UsageError(f"{args.resume} is a run of {config.model}, not {args.model}")
+        if config.workers != workers:
+            # The global batch is split in config.workers slices: another cluster would train
+            # another run than the one config.json describes.
+            how = (f"--workers {config.workers}" if config.workers > 1
+                   else f"without --workers (and without {multiworker.TF_CONFIG})")
+            raise UsageError(f"{args.resume} was trained by {config.workers} worker(s), not "
+                             f"{workers}; resume it {how}")
+        checkpoints.committed_state(args.resume)
         if writes:
+            checkpoints.check_run_free(args.resume)
             check_destinations(None, export_dir)
-        return resume(args.resume, export_dir=export_dir, data_dir=args.data_dir,
-                      model=args.model, worker=worker)
+        return
     if not args.model:
         raise UsageError("name a model to train (python -m training.train --list shows them)")
     spec = zoo.get_spec(args.model)
     if args.dataset and args.dataset not in spec.datasets:  # before any loading or download
         raise UsageError(f"{args.model} trains on {', '.join(spec.datasets)}, not {args.dataset}")
-    seed = 0 if args.seed is None else args.seed
-    export_dir = None if args.no_export or not writes else args.export_dir
+    batch = args.batch_size or spec.recipe.batch_size
+    if batch % workers:
+        raise ConfigError(f"batch size {batch} does not split evenly over {workers} workers; "
+                          f"give a --batch-size that is a multiple of {workers}")
     if writes:
         check_destinations(args.run_dir, export_dir)  # before any data is loaded or trained
+        if args.run_dir and not fresh_folder(args.run_dir):
+            raise UsageError(f"run directory {args.run_dir} is not empty; "
+                             + (f"continue it with --resume {args.run_dir}, or "
+                                if (args.run_dir / checkpoints.STATE).exists() else "")
+                             + "choose another --run-dir")
+
+
+def fresh_folder(run_dir: Path) -> bool:
+    """Missing, empty, or holding only the logs/ the launcher writes its workers' output to."""
+    if not run_dir.exists():
+        return True
+    for p in run_dir.iterdir():
+        if p.name != "logs" or not p.is_dir() or any(
+                not q.name.startswith("worker-") for q in p.iterdir()):
+            return False
+    return True
+
+
+def resolve_from_args(args: argparse.Namespace, dataset: data.Dataset,
+                      workers: int) -> TrainConfig:
     resolved = precision.choose(args.precision or "auto")
-    dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir, seed=seed)
-    config = resolve_config(
+    return resolve_config(
         args.model,
         precision_requested=resolved.requested,
         precision=resolved.policy,
@@ -165,18 +229,34 @@ def run_from_args(args: argparse.Namespace, worker: multiworker.Worker | None = 
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        seed=seed,
+        seed=0 if args.seed is None else args.seed,
         train_limit=args.train_limit,
         test_limit=args.test_limit,
-        workers=worker[0].size if worker else 1,
+        workers=workers,
     )
+
+
+def run_from_args(args: argparse.Namespace, worker: multiworker.Worker | None = None) -> dict:
+    """Train as the arguments say; `worker`: this process is one worker of that cluster (it
+    joins it after the checks of the command line, before any other TensorFlow op), and only
+    the chief writes the run."""
+    writes = worker is None or worker.is_chief
+    check_request(args, worker.size if worker else 1, writes)
+    if worker is not None:
+        worker = (worker, multiworker.connect(worker, args.peer_timeout))
+    export_dir = None if args.no_export or not writes else args.export_dir
+    if args.resume:
+        # Every worker reads it (a finished, exported run is done for all), the chief writes it.
+        return resume(args.resume, export_dir=export_dir, data_dir=args.data_dir,
+                      model=args.model, worker=worker)
+    spec = zoo.get_spec(args.model)
+    seed = 0 if args.seed is None else args.seed
+    dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir, seed=seed)
+    config = resolve_from_args(args, dataset, worker[0].size if worker else 1)
     if not writes:  # a worker other than the chief: its checkpoints go to a temporary folder
         return train(config, None, dataset, export_dir=None, worker=worker)
     if args.run_dir:
         run_dir = args.run_dir
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise UsageError(f"run directory {run_dir} is not empty; continue it with "
-                             f"--resume {run_dir}, or choose another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = new_run_dir(config.model, config.seed)
@@ -246,14 +326,6 @@ def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None,
     config = TrainConfig.read(config_path)
     if model and model != config.model:
         raise UsageError(f"{run_dir} is a run of {config.model}, not {model}")
-    if worker is not None and config.workers != worker[0].size:
-        # The global batch is split in config.workers slices: another cluster would train
-        # another run than the one config.json describes.
-        raise UsageError(f"{run_dir} was trained by {config.workers} worker(s), this cluster "
-                         f"has {worker[0].size}; resume it with {config.workers}")
-    if worker is None and config.workers > 1:
-        raise UsageError(f"{run_dir} was trained by {config.workers} workers; resume it with "
-                         f"--workers {config.workers}")
     dataset = data.load_dataset(config.dataset, data_dir, seed=config.seed)
     return train(config, Path(run_dir), dataset, export_dir=export_dir, resuming=True,
                  worker=worker)
@@ -267,12 +339,51 @@ def train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
     `worker`: (multiworker.Worker, strategy) to train as one worker of a cluster; only the
     chief writes `run_dir` and returns the summary (the others: None; their run_dir, read when
     resuming, is None otherwise)."""
+    writes = worker is None or worker[0].is_chief
+    if not writes:
+        return _train(config, None if run_dir is None else Path(run_dir), dataset, None,
+                      resuming, worker)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = checkpoints.hold_run(run_dir)  # one writer per run folder, until this returns
+    try:
+        if resuming and (swept := checkpoints.sweep_temporaries(run_dir)):
+            print(f"[resume] removed what an interrupted write left: {', '.join(swept)}",
+                  file=sys.stderr)
+        return _train(config, run_dir, dataset, export_dir, resuming, worker)
+    except BaseException as e:
+        committed = (run_dir / checkpoints.STATE).exists()
+        if not committed and not resuming:  # nothing to continue from: leave no half-made run
+            shutil.rmtree(run_dir, ignore_errors=True)
+        stopped = interrupts.as_interrupted(e)
+        if stopped is not None:
+            raise interrupts.Interrupted(stopped.signum, interrupted_message(
+                stopped, run_dir, committed, config)) from None
+        raise
+    finally:
+        os.close(lock)
+
+
+def interrupted_message(stopped: interrupts.Interrupted, run_dir: Path, committed: bool,
+                        config: TrainConfig) -> str:
+    name = stopped.signal_name
+    if not committed:
+        return f"interrupted by {name} before the first epoch ended; removed {run_dir}"
+    epoch = checkpoints.read_state(run_dir)["epoch"]
+    return (f"interrupted by {name}; {run_dir} keeps epoch {epoch}/{config.epochs}: continue "
+            f"with: {resume_command(run_dir, config.workers)}")
+
+
+def resume_command(run_dir: Path, workers: int) -> str:
+    return (f"python -m training.train --resume {run_dir}"
+            + (f" --workers {workers}" if workers > 1 else ""))
+
+
+def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
+           export_dir: Path | None, resuming: bool, worker) -> dict | None:
     import keras
 
     writes = worker is None or worker[0].is_chief
-    run_dir = None if run_dir is None else Path(run_dir)
-    if writes:
-        run_dir.mkdir(parents=True, exist_ok=True)
     precision.apply(config.precision)
     keras.utils.set_random_seed(config.seed)
     print(f"[precision] {config.precision} ({config.precision_requested}: "
@@ -430,4 +541,8 @@ def format_summary(s: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy's: the launcher raises
+    # training.train's exceptions, which this copy's classes would not catch.
+    from training import train as _module
+
+    sys.exit(_module.main())
