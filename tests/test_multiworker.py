@@ -290,3 +290,42 @@ def test_a_tf_config_port_in_use_is_named(tmp_path):
     assert f"port {port} cannot be listened on (Address already in use)" in done.stderr, (
         done.stderr)
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_the_workers_with_one_line_and_the_resume_command(
+        tmp_path):
+    """...exit 143; the workers are gone and worker 1's output is in RUN/logs."""
+    run, log = tmp_path / "run", tmp_path / "launcher.log"
+    # Epochs long enough (2,000 steps) that the signal lands between the first and the last.
+    args = ["softmax_regression", "--workers", "2", "--epochs", "3", "--steps-per-epoch",
+            "2000", *SMALL, "--run-dir", str(run), "--no-export", "--peer-timeout", PEER_TIMEOUT]
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=ROOT,
+                                env=subprocess_env(PYTHONUNBUFFERED="1"),
+                                stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 600
+            while not (run / "state.json").exists():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "no epoch committed"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=EXIT_BOUND)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stderr = log.read_text()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr, stderr
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+    assert errors == [stderr.strip().splitlines()[-1]], stderr
+    assert errors[0] == ("error: interrupted by SIGTERM; continue from the last committed epoch "
+                         f"with: python -m training.train --resume {run} --workers 2"), errors
+    pids = [int(p) for p in re.findall(r"\[launcher\] worker \d: pid (\d+)", stderr)]
+    assert len(pids) == 2
+    for pid in pids:  # gone (or a zombie nobody waits for: not the case, the launcher waited)
+        assert not Path(f"/proc/{pid}").exists(), pid
+    assert (run / "logs" / "worker-1.log").read_text().strip(), "worker 1 wrote nothing"
+    assert 1 <= json.loads((run / "state.json").read_text())["epoch"] < 3

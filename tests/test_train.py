@@ -172,6 +172,9 @@ def test_usage_errors_are_one_line_and_exit_2_with_or_without_workers(tmp_path, 
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert "[launcher]" not in done.stderr and "[data]" not in done.stderr
+    # Nothing half-made: no folder was created or changed.
+    assert sorted(str(q.relative_to(tmp_path)) for q in tmp_path.rglob("*")) == [
+        "a_file", "run", "run/config.json", "used", "used/notes.txt"]
 
 
 def test_more_local_workers_than_the_machine_can_hold_are_refused():
@@ -264,6 +267,107 @@ def test_resume_after_kill_9(tmp_path):
     assert int(keras.models.load_model(checkpoint).optimizer.iterations.numpy()) == 6 * 40
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_completed"] == 6 and np.isfinite(summary["test"]["loss"])
+
+
+def _start(args: list[str], log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=ROOT,
+                            env=subprocess_env(PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _wait_until(ready, proc: subprocess.Popen, what: str, bound: float = 300) -> None:
+    """Poll `ready()` while `proc` runs; a bound on a hang, not a speed target."""
+    deadline = time.monotonic() + bound
+    while not ready():
+        assert proc.poll() is None, f"training ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {bound} s"
+        time.sleep(0.05)
+
+
+def _stopped(proc: subprocess.Popen, log) -> str:
+    """Wait for the interrupted process (killed if it hangs) and return its stderr."""
+    try:
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return log.read_text()
+
+
+def _last_error(stderr: str) -> str:
+    """The one `error:` line, which is also the last line; no traceback anywhere."""
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    assert stderr.strip().splitlines()[-1] == errors[0], stderr
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_a_live_run_has_one_writer_and_sigterm_leaves_it_resumable(tmp_path):
+    """A second writer (--resume of the live run) is refused in one line naming the holder's
+    pid; SIGTERM then stops the run with one line, exit 143 and the resume command, which
+    finishes it after sweeping what an interrupted checkpoint write left."""
+    run, log = tmp_path / "run", tmp_path / "stderr"
+    args = ["mlp_128", "--epochs", "6", "--steps-per-epoch", "40", "--batch-size", "32",
+            "--train-limit", "2048", "--test-limit", "256", "--seed", "5", "--run-dir", str(run),
+            "--no-export"]
+    with open(log, "w") as err:
+        proc = _start(args, err)
+        try:
+            _wait_until(lambda: (checkpoints.read_state(run) or {}).get("epoch", 0) >= 1
+                        if (run / "state.json").exists() else False, proc, "committed epoch")
+            os.kill(proc.pid, signal.SIGSTOP)  # frozen mid-run, holding its lock
+            second = run_cli("--resume", str(run), "--no-export", timeout=120)
+            os.kill(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, signal.SIGCONT)
+        finally:
+            stderr = _stopped(proc, log)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip() == (
+        f"error: {run} is being written by process {proc.pid}, which holds its lock: wait for "
+        "it to finish, or stop it and then --resume"), second.stderr
+
+    assert proc.returncode == 143, stderr
+    line = _last_error(stderr)
+    epoch = checkpoints.read_state(run)["epoch"]
+    assert 1 <= epoch < 6
+    command = f"python -m training.train --resume {run}"
+    assert line == (f"error: interrupted by SIGTERM; {run} keeps epoch {epoch}/6: continue "
+                    f"with: {command}"), line
+    before = checkpoints.read_state(run)["history"]
+
+    stale = run / "checkpoints" / f".epoch-{epoch + 1:04d}.tmp.keras"  # a write cut short
+    stale.write_bytes(b"PK\x03\x04 half a zip")
+    done = subprocess.run([sys.executable, *command.split()[1:], "--no-export"], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ("[resume] removed what an interrupted write left: "
+            f"checkpoints/{stale.name}") in done.stderr, done.stderr
+    assert not stale.exists()
+    after = checkpoints.read_state(run)
+    assert after["epoch"] == 6 and after["history"][:epoch] == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_first_epoch_ends_leaves_no_run_folder(tmp_path):
+    run, log = tmp_path / "run", tmp_path / "stderr"
+    # An epoch far longer than the test waits: ^C comes before it ends, whatever the CPU.
+    args = ["mlp_128", "--epochs", "1", "--steps-per-epoch", "1000000", "--batch-size", "32",
+            "--train-limit", "2048", "--test-limit", "256", "--run-dir", str(run), "--no-export"]
+    with open(log, "w") as err:
+        proc = _start(args, err)
+        try:
+            _wait_until(lambda: (run / "config.json").exists(), proc, "run folder")
+            time.sleep(1)  # inside model.fit
+            proc.send_signal(signal.SIGINT)
+        finally:
+            stderr = _stopped(proc, log)
+    assert proc.returncode == 130, stderr
+    assert _last_error(stderr) == (
+        f"error: interrupted by SIGINT before the first epoch ended; removed {run}")
+    assert not run.exists()
 
 
 def test_resuming_a_finished_exported_run_does_nothing_and_a_lost_export_is_redone(tmp_path):
