@@ -1,4 +1,5 @@
-"""serving/ in layers (docs/ARCHITECTURE.md, "Serving in layers"): import-linter checks the
+"""serving/ and training/ in layers (docs/ARCHITECTURE.md, "Serving in layers", "Training: what
+imports what"): import-linter checks the
 contracts in pyproject.toml's [tool.importlinter] on the source as it is (imports inside functions
 count), and a deliberate violation, an import upward written into a copy of the tree, breaks them.
 """
@@ -20,16 +21,20 @@ def lint(cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(LINT, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_serving_keeps_its_layers():
+def test_serving_and_training_keep_their_layers():
     done = lint(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "BROKEN" not in done.stdout and done.stdout.count("KEPT") == 4
+    assert "BROKEN" not in done.stdout and done.stdout.count("KEPT") == 6
 
 
-def test_an_import_upward_or_across_breaks_the_contracts(tmp_path):
+def copy_tree(tmp_path: Path) -> None:
     for part in ("serving", "zoo", "training", "analysis"):
         shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
+
+
+def test_an_import_upward_or_across_breaks_the_contracts(tmp_path):
+    copy_tree(tmp_path)
     # The core reaching up into a protocol, inside a function (a cycle too); one protocol using
     # the other.
     core = tmp_path / "serving" / "core" / "server_core.py"
@@ -44,3 +49,17 @@ def test_an_import_upward_or_across_breaks_the_contracts(tmp_path):
     assert "serving.protocols.open_inference is not allowed to import " \
            "serving.protocols.tf_serving" in out, out
     assert out.count("BROKEN") == 3, out  # layers, independence, and the cycle core <-> protocols
+
+
+def test_the_training_cycle_coming_back_breaks_its_contracts(tmp_path):
+    """The cycle that was: the multi-worker path reaching up into the CLI for its epoch groups,
+    inside a function."""
+    copy_tree(tmp_path)
+    worker = tmp_path / "training" / "multiworker.py"
+    worker.write_text(worker.read_text() + "\n\ndef _upward():\n"
+                      "    from training import train  # noqa: F401\n")
+    done = lint(tmp_path)
+    assert done.returncode == 1
+    out = done.stdout
+    assert "training.multiworker is not allowed to import training.train" in out, out
+    assert out.count("BROKEN") == 2, out  # the layers, and the cycle train <-> multiworker

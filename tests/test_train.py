@@ -473,7 +473,7 @@ def test_a_damaged_run_is_refused_with_one_line_and_nothing_is_deleted(finished_
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
-    from training.train import new_run_dir
+    from training.run_folder import new_run_dir
 
     folders = {new_run_dir("softmax_regression", 0, tmp_path) for _ in range(3)}
     assert len(folders) == 3 and all(f.is_dir() for f in folders)

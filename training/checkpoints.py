@@ -8,7 +8,6 @@ a kill -9 at any moment leaves either the previous state and its checkpoint, or 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -19,9 +18,7 @@ import keras
 import numpy as np
 
 from training.config import write_json_atomic
-
-STATE = "state.json"
-METRICS = "metrics.jsonl"
+from training.run_folder import METRICS, STATE
 
 
 class DamagedRunError(RuntimeError):
@@ -156,58 +153,3 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
-class RunBusyError(RuntimeError):
-    """Another live process writes this run folder: one line naming it, exit status 2."""
-
-
-def hold_run(run_dir: Path) -> int:
-    """Take the run folder's writer lock (an flock on the folder itself, held until the process
-    exits or closes the returned descriptor): one writer per run folder. The kernel drops it
-    however the holder dies, so a stale lock cannot exist, and no lock file is left behind."""
-    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = lock_holder(fd)
-        os.close(fd)
-        raise RunBusyError(
-            f"{run_dir} is being written by process {holder or '(unknown)'}, which holds its "
-            "lock: wait for it to finish, or stop it and then --resume") from None
-    return fd
-
-
-def check_run_free(run_dir: Path) -> None:
-    """Refuse a run folder another process writes (taking and releasing its lock)."""
-    os.close(hold_run(run_dir))
-
-
-def lock_holder(fd: int) -> int | None:
-    """The pid the kernel lists (/proc/locks) as holding the flock on the file behind `fd`."""
-    st = os.fstat(fd)
-    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    try:
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if "->" not in fields and len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:
-            return int(fields[4])
-    return None
-
-
-TEMPORARIES = ("checkpoints/.*.tmp.keras", ".*.tmp.keras", f".{METRICS}.tmp", ".*.json.tmp*",
-               "checkpoints/*_temp*")
-
-
-def sweep_temporaries(run_dir: Path) -> list[str]:
-    """Delete what writes interrupted by a kill or ^C left (the caller holds the run's lock,
-    so no live writer owns them): checkpoint, model and metrics temporaries."""
-    import shutil
-
-    swept = []
-    for pattern in TEMPORARIES:
-        for path in Path(run_dir).glob(pattern):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-            swept.append(str(path.relative_to(run_dir)))
-    return swept

@@ -49,6 +49,10 @@ def real(least: float | None = None, above: float | None = None,
     return parse
 
 
+class UsageError(Exception):
+    """A mistake of the user's: printed as one line, exit status 2."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (what is wrong and where --help is), not
     the whole usage block; exit status 2 as argparse's."""

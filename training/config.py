@@ -153,6 +153,20 @@ def resolve_config(
     )
 
 
+def epoch_groups(config: TrainConfig, initial_epoch: int):
+    """(first, end, steps) for each run of epochs of equal length from `initial_epoch` on: the
+    whole epochs, then a shorter last one. Each group trains on one pipeline seeded with
+    seed + first (the multi-worker path follows the same rule, so both see the same batches)."""
+    epoch = initial_epoch
+    while epoch < config.epochs:
+        steps = config.epoch_steps(epoch)
+        last = epoch + 1
+        while last < config.epochs and config.epoch_steps(last) == steps:
+            last += 1
+        yield epoch, last, steps
+        epoch = last
+
+
 class ConfigError(ValueError):
     """An override that cannot make a valid run; the message says which and why."""
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from training import loopback
+from training import interrupts, loopback, run_folder
 from training.multiworker import TF_CONFIG
 
 POLL_SECONDS = 0.2
@@ -95,14 +95,12 @@ def describe(code: int) -> str:
             else f"exited with status {code}")
 
 
-def launch(args: argparse.Namespace, argv: list[str]) -> int:
-    """Check everything that can be checked before a worker starts, choose the run directory,
-    start the workers, wait. SIGTERM (as ^C) stops the workers, keeps their logs and says how
-    to go on (training/train.py installs the handler)."""
-    from training import interrupts, train
-
+def launch(args: argparse.Namespace, argv: list[str], run_dir: Path, chosen: Path | None) -> int:
+    """Start the workers in `run_dir` (`chosen`: the --run-dir to add to their arguments, or
+    None) and wait; the caller made every check first (training/train.py, `prepare_launch`).
+    SIGTERM (as ^C) stops the workers, keeps their logs and says how to go on (training/train.py
+    installs the handler)."""
     n = args.workers
-    run_dir, chosen = prepare(args, n, train)
     addresses = [f"127.0.0.1:{p}" for p in free_ports(n)]
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)  # the chief accepts a run folder holding only these logs
@@ -148,17 +146,15 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
         stop(procs)
         for f in files:
             f.close()
-        if code and not args.resume and not (run_dir / "state.json").exists():
+        if code and not args.resume and not (run_dir / run_folder.STATE).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # no epoch committed: nothing to keep
 
 
 def what_is_kept(run_dir: Path, n: int, what: str, fresh: bool) -> str:
     """`what` happened; then: the resume command where state.json exists, else what is gone."""
-    from training import train
-
-    if (run_dir / "state.json").exists():
-        return f"{what}; continue from the last committed epoch with: " + train.resume_command(
-            run_dir, n)
+    if (run_dir / run_folder.STATE).exists():
+        return (f"{what}; continue from the last committed epoch with: "
+                + run_folder.resume_command(run_dir, n))
     return f"{what} before the first epoch ended" + (f"; removed {run_dir}" if fresh else "")
 
 
@@ -168,31 +164,6 @@ def last_line(log) -> str:
     log.seek(0)
     lines = [ln.strip() for ln in log.read().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
-
-
-def prepare(args, n: int, train) -> tuple[Path, Path | None]:
-    """(run directory, the --run-dir to add to the workers' arguments or None), after every
-    check a worker would make of the command line, its data and its recipe: a usage error is
-    one line here, before any worker starts."""
-    import zoo
-    from training import data
-    from training.config import TrainConfig
-
-    train.check_request(args, n, writes=True)
-    if args.resume:
-        config = TrainConfig.read(Path(args.resume) / "config.json")
-        # Found (and fetched into the cache if need be) here: the workers' network has no way out.
-        data.load_dataset(config.dataset, args.data_dir, seed=config.seed)
-        return Path(args.resume), None
-    spec = zoo.get_spec(args.model)
-    dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir,
-                                seed=0 if args.seed is None else args.seed)
-    train.resolve_from_args(args, dataset, n)  # the recipe's own checks (ConfigError)
-    if args.run_dir:
-        args.run_dir.mkdir(parents=True, exist_ok=True)
-        return args.run_dir, None
-    run_dir = train.new_run_dir(args.model, 0 if args.seed is None else args.seed)
-    return run_dir, run_dir
 
 
 def wait(procs, addresses, run_dir: Path, logs: Path, peer_timeout: float, files) -> int:

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training import checkpoints, data, modeling
-from training.config import TrainConfig, write_json_atomic
+from training import checkpoints, data, modeling, run_folder
+from training.config import TrainConfig, epoch_groups, write_json_atomic
+from training.summary import finish
 
 TF_CONFIG = "TF_CONFIG"
 JOBS = ("chief", "worker")  # MultiWorkerMirroredStrategy's tasks (no ps, no evaluator)
@@ -279,8 +280,6 @@ def train(worker: Worker, strategy, config: TrainConfig, run_dir: Path | None,
     `run_dir` and returns the run's summary, the others return None."""
     import tensorflow as tf
 
-    from training import train as single
-
     trainer = Trainer(strategy, worker, config)
     history: list[dict] = []
     initial_epoch = 0
@@ -295,7 +294,7 @@ def train(worker: Worker, strategy, config: TrainConfig, run_dir: Path | None,
               if worker.is_chief else None)
     try:
         epoch = initial_epoch
-        for first, last, steps in single.epoch_groups(config, initial_epoch):
+        for first, last, steps in epoch_groups(config, initial_epoch):
             # One pipeline per group, seeded as fit_model seeds its own: the same batches.
             iterator = trainer.dataset(dataset, config.seed + first)
             for epoch in range(first, last):
@@ -345,7 +344,7 @@ def train(worker: Worker, strategy, config: TrainConfig, run_dir: Path | None,
         # strategy's model would be distributed (collectives with workers that are done).
         model = local_copy(trainer.model, config)
         checkpoints.save_model_atomic(model, run_dir / "model.keras")
-        summary = single.finish(model, config, dataset, run_dir, history, export_dir)
+        summary = finish(model, config, dataset, run_dir, history, export_dir)
     finished_together(strategy, worker)
     return summary
 
@@ -399,7 +398,7 @@ def commit(run_dir: Path, history: list[dict], epoch: int, checkpoint: Path) -> 
     (training/checkpoints.py). CheckpointManager keeps the previous checkpoint until the next
     save, so a kill before this line leaves state.json pointing at a whole checkpoint."""
     checkpoints.write_metrics(run_dir, history)
-    write_json_atomic(run_dir / checkpoints.STATE,
+    write_json_atomic(run_dir / run_folder.STATE,
                       {"epoch": epoch, "checkpoint": str(checkpoint), "history": history})
 
 

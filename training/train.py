@@ -11,12 +11,9 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import zoo
@@ -30,11 +27,13 @@ from training import (
     modeling,
     multiworker,
     precision,
+    run_folder,
 )
-from training.config import ConfigError, TrainConfig, resolve_config, write_json_atomic
+from training.cli_types import UsageError
+from training.config import ConfigError, TrainConfig, epoch_groups, resolve_config
 from training.export import ExportError
+from training.summary import finish
 
-DEFAULT_RUNS = Path("runs")
 DEFAULT_EXPORTS = Path("exported_models")
 # Flags a resumed run cannot honour (its config.json decides): given with --resume, refused.
 RECIPE_FLAGS = ("epochs", "steps", "steps_per_epoch", "batch_size", "learning_rate", "dataset",
@@ -42,10 +41,6 @@ RECIPE_FLAGS = ("epochs", "steps", "steps_per_epoch", "batch_size", "learning_ra
 # Local workers a machine may start: each is a whole TensorFlow process, and more than two a
 # CPU only share it (a cluster of more machines is TF_CONFIG's, e.g. a TFJob).
 WORKERS_PER_CPU = 2
-
-
-class UsageError(Exception):
-    """A mistake of the user's: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             interrupts.raise_on_sigterm()
         if worker is None and args.workers is not None and args.workers > 1:
             check_local_workers(args.workers)
-            return launcher.launch(args, sys.argv[1:] if argv is None else argv)
+            run_dir, chosen = prepare_launch(args, args.workers)
+            return launcher.launch(args, sys.argv[1:] if argv is None else argv, run_dir, chosen)
         summary = run_from_args(args, worker)
     except (UsageError, zoo.UnknownModelError, data.DataSourceError, ConfigError, ExportError,
             precision.PrecisionError, checkpoints.DivergedError, checkpoints.DamagedRunError,
-            checkpoints.RunBusyError, FileNotFoundError, FileExistsError) as e:
+            run_folder.RunBusyError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (multiworker.ClusterError, launcher.IsolationError) as e:  # the cluster, not the user
@@ -182,8 +178,8 @@ def check_request(args: argparse.Namespace, workers: int, writes: bool) -> None:
                              f"{workers}; resume it {how}")
         checkpoints.committed_state(args.resume)
         if writes:
-            checkpoints.check_run_free(args.resume)
-            check_destinations(None, export_dir)
+            run_folder.check_run_free(args.resume)
+            run_folder.check_destinations(None, export_dir)
         return
     if not args.model:
         raise UsageError("name a model to train (python -m training.train --list shows them)")
@@ -195,23 +191,13 @@ def check_request(args: argparse.Namespace, workers: int, writes: bool) -> None:
         raise ConfigError(f"batch size {batch} does not split evenly over {workers} workers; "
                           f"give a --batch-size that is a multiple of {workers}")
     if writes:
-        check_destinations(args.run_dir, export_dir)  # before any data is loaded or trained
-        if args.run_dir and not fresh_folder(args.run_dir):
+        # Before any data is loaded or trained.
+        run_folder.check_destinations(args.run_dir, export_dir)
+        if args.run_dir and not run_folder.fresh_folder(args.run_dir):
             raise UsageError(f"run directory {args.run_dir} is not empty; "
                              + (f"continue it with --resume {args.run_dir}, or "
-                                if (args.run_dir / checkpoints.STATE).exists() else "")
+                                if (args.run_dir / run_folder.STATE).exists() else "")
                              + "choose another --run-dir")
-
-
-def fresh_folder(run_dir: Path) -> bool:
-    """Missing, empty, or holding only the logs/ the launcher writes its workers' output to."""
-    if not run_dir.exists():
-        return True
-    for p in run_dir.iterdir():
-        if p.name != "logs" or not p.is_dir() or any(
-                not q.name.startswith("worker-") for q in p.iterdir()):
-            return False
-    return True
 
 
 def resolve_from_args(args: argparse.Namespace, dataset: data.Dataset,
@@ -234,6 +220,27 @@ def resolve_from_args(args: argparse.Namespace, dataset: data.Dataset,
         test_limit=args.test_limit,
         workers=workers,
     )
+
+
+def prepare_launch(args: argparse.Namespace, n: int) -> tuple[Path, Path | None]:
+    """(run directory, the --run-dir to add to the workers' arguments or None), after every
+    check a worker would make of the command line, its data and its recipe: a usage error is
+    one line here, before any worker starts."""
+    check_request(args, n, writes=True)
+    if args.resume:
+        config = TrainConfig.read(Path(args.resume) / "config.json")
+        # Found (and fetched into the cache if need be) here: the workers' network has no way out.
+        data.load_dataset(config.dataset, args.data_dir, seed=config.seed)
+        return Path(args.resume), None
+    spec = zoo.get_spec(args.model)
+    dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir,
+                                seed=0 if args.seed is None else args.seed)
+    resolve_from_args(args, dataset, n)  # the recipe's own checks (ConfigError)
+    if args.run_dir:
+        args.run_dir.mkdir(parents=True, exist_ok=True)
+        return args.run_dir, None
+    run_dir = run_folder.new_run_dir(args.model, 0 if args.seed is None else args.seed)
+    return run_dir, run_dir
 
 
 def run_from_args(args: argparse.Namespace, worker: multiworker.Worker | None = None) -> dict:
@@ -259,62 +266,8 @@ def run_from_args(args: argparse.Namespace, worker: multiworker.Worker | None = 
         run_dir = args.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
-        run_dir = new_run_dir(config.model, config.seed)
+        run_dir = run_folder.new_run_dir(config.model, config.seed)
     return train(config, run_dir, dataset, export_dir=export_dir, worker=worker)
-
-
-def new_run_dir(model: str, seed: int, root: Path = DEFAULT_RUNS) -> Path:
-    """runs/MODEL/TIME-sSEED, created here and now: two runs started in the same second get
-    -2, -3, ... (mkdir is atomic), so neither can write into the other's folder."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / model / f"{stamp}-s{seed}"
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise UsageError(f"could not create a new run directory next to {base}")
-
-
-def check_writable(flag: str, path: Path) -> None:
-    """Write a temporary file where `path` is (creating missing folders, removed again): the one
-    test that also holds for root, whom permission bits (os.access) do not stop."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    created = []
-    try:
-        for d in reversed(missing):
-            d.mkdir()
-            created.append(d)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise UsageError(f"{flag} {path} cannot be written ({e.strerror})") from None
-    finally:
-        for d in reversed(created):
-            d.rmdir()
-
-
-def check_destinations(run_dir: Path | None, export_dir: Path | None) -> None:
-    """Refuse, before any training, a destination that cannot be written or that would confuse
-    a server: a run folder inside the export base path would look like a model version."""
-    for flag, path in (("--run-dir", run_dir), ("--export-dir", export_dir)):
-        if path is None:
-            continue
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"{flag} {path} is a file, not a directory")
-        check_writable(flag, path)
-    if run_dir is not None and export_dir is not None:
-        run, base = run_dir.resolve(), export_dir.resolve()
-        if run == base or base in run.parents:
-            raise UsageError(f"--run-dir {run_dir} is inside the export base path {export_dir}: "
-                             "a server would take it for a model version; put runs elsewhere")
 
 
 def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None,
@@ -345,14 +298,14 @@ def train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
                       resuming, worker)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = checkpoints.hold_run(run_dir)  # one writer per run folder, until this returns
+    lock = run_folder.hold_run(run_dir)  # one writer per run folder, until this returns
     try:
-        if resuming and (swept := checkpoints.sweep_temporaries(run_dir)):
+        if resuming and (swept := run_folder.sweep_temporaries(run_dir)):
             print(f"[resume] removed what an interrupted write left: {', '.join(swept)}",
                   file=sys.stderr)
         return _train(config, run_dir, dataset, export_dir, resuming, worker)
     except BaseException as e:
-        committed = (run_dir / checkpoints.STATE).exists()
+        committed = (run_dir / run_folder.STATE).exists()
         if not committed and not resuming:  # nothing to continue from: leave no half-made run
             shutil.rmtree(run_dir, ignore_errors=True)
         stopped = interrupts.as_interrupted(e)
@@ -371,12 +324,7 @@ def interrupted_message(stopped: interrupts.Interrupted, run_dir: Path, committe
         return f"interrupted by {name} before the first epoch ended; removed {run_dir}"
     epoch = checkpoints.read_state(run_dir)["epoch"]
     return (f"interrupted by {name}; {run_dir} keeps epoch {epoch}/{config.epochs}: continue "
-            f"with: {resume_command(run_dir, config.workers)}")
-
-
-def resume_command(run_dir: Path, workers: int) -> str:
-    return (f"python -m training.train --resume {run_dir}"
-            + (f" --workers {workers}" if workers > 1 else ""))
+            f"with: {run_folder.resume_command(run_dir, config.workers)}")
 
 
 def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
@@ -394,7 +342,9 @@ def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
         # No state.json: nothing to continue from (a run stopped before its first epoch ended,
         # or a damaged folder); starting over here would silently throw away what is left.
         state = checkpoints.committed_state(run_dir)
-        if state["epoch"] >= config.epochs and (done := published_export(run_dir, export_dir)):
+        done = (run_folder.published_export(run_dir, export_dir)
+                if state["epoch"] >= config.epochs else None)
+        if done:
             print(f"[resume] {run_dir} is finished and exported as {done['export']}",
                   file=sys.stderr)
             return done if writes else None
@@ -419,21 +369,6 @@ def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
     history = state["history"] if state else history
     checkpoints.save_model_atomic(model, run_dir / "model.keras")
     return finish(model, config, dataset, run_dir, history, export_dir)
-
-
-def published_export(run_dir: Path, export_dir: Path | None) -> dict | None:
-    """The summary of a finished run whose export under `export_dir` was published (its
-    metadata.json names this run), else None: resuming it has nothing left to do."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        version = Path(summary["export"])
-        meta = json.loads((version / "metadata.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if export_dir is None or version.parent.parent.resolve() != Path(export_dir).resolve():
-        return None
-    ran = meta.get("training", {}).get("run_dir")
-    return summary if ran and Path(ran).resolve() == Path(run_dir).resolve() else None
 
 
 def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
@@ -462,64 +397,6 @@ def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
             # A progress bar on a terminal, one line per epoch in logs and CI.
             verbose=1 if sys.stdout.isatty() else 2,
         )
-
-
-def epoch_groups(config: TrainConfig, initial_epoch: int):
-    """(first, end, steps) for each run of epochs of equal length from `initial_epoch` on: the
-    whole epochs, then a shorter last one. Each group trains on one pipeline seeded with
-    seed + first (the multi-worker path follows the same rule, so both see the same batches)."""
-    epoch = initial_epoch
-    while epoch < config.epochs:
-        steps = config.epoch_steps(epoch)
-        last = epoch + 1
-        while last < config.epochs and config.epoch_steps(last) == steps:
-            last += 1
-        yield epoch, last, steps
-        epoch = last
-
-
-def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
-           history: list[dict], export_dir: Path | None) -> dict:
-    from training.plots import plot_curves
-
-    try:  # a run exported before and resumed with --no-export keeps its export
-        exported = json.loads((run_dir / "summary.json").read_text()).get("export")
-    except (OSError, ValueError, AttributeError):
-        exported = None
-
-    spec = zoo.get_spec(config.model)
-    last = history[-1]
-    metric = spec.reference.metric
-    value = last["test_accuracy"] if metric == "accuracy" else last["test_loss"]
-    summary = {
-        "model": config.model,
-        "run_dir": str(run_dir),
-        "config": config.to_json(),
-        "parameters": int(model.count_params()),
-        "data": {"source": dataset.source, "sha256": dataset.sha256},
-        "epochs_completed": last["epoch"],
-        "train_seconds": sum(r["train_seconds"] for r in history),
-        "test": {k[5:]: v for k, v in last.items() if k.startswith("test_")},
-        "reference": {
-            "metric": metric,
-            "target": spec.reference.target,
-            "value": value,
-            # The reference is for the spec's own dataset; elsewhere there is none to meet.
-            "met": spec.reference.met_by(value) if config.dataset == spec.dataset else None,
-            "provenance": spec.reference.provenance,
-        },
-        "plots": [p.name for p in plot_curves(history, run_dir, config.model)],
-        "export": exported,
-    }
-    # Written before the export too: a refused or killed export must not lose the run's result.
-    write_json_atomic(run_dir / "summary.json", summary)
-    if export_dir is not None:
-        from training.export import export_model
-
-        version_dir = export_model(model, config, dataset, summary, export_dir)
-        summary["export"] = str(version_dir)
-        write_json_atomic(run_dir / "summary.json", summary)
-    return summary
 
 
 def format_summary(s: dict) -> str:

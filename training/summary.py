@@ -1,0 +1,55 @@
+"""A trained run's result: summary.json (test metrics, the reference met or not), its plots,
+and the export; the same for a single-process and a multi-worker run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import zoo
+from training import data
+from training.config import TrainConfig, write_json_atomic
+
+
+def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
+           history: list[dict], export_dir: Path | None) -> dict:
+    from training.plots import plot_curves
+
+    try:  # a run exported before and resumed with --no-export keeps its export
+        exported = json.loads((run_dir / "summary.json").read_text()).get("export")
+    except (OSError, ValueError, AttributeError):
+        exported = None
+
+    spec = zoo.get_spec(config.model)
+    last = history[-1]
+    metric = spec.reference.metric
+    value = last["test_accuracy"] if metric == "accuracy" else last["test_loss"]
+    summary = {
+        "model": config.model,
+        "run_dir": str(run_dir),
+        "config": config.to_json(),
+        "parameters": int(model.count_params()),
+        "data": {"source": dataset.source, "sha256": dataset.sha256},
+        "epochs_completed": last["epoch"],
+        "train_seconds": sum(r["train_seconds"] for r in history),
+        "test": {k[5:]: v for k, v in last.items() if k.startswith("test_")},
+        "reference": {
+            "metric": metric,
+            "target": spec.reference.target,
+            "value": value,
+            # The reference is for the spec's own dataset; elsewhere there is none to meet.
+            "met": spec.reference.met_by(value) if config.dataset == spec.dataset else None,
+            "provenance": spec.reference.provenance,
+        },
+        "plots": [p.name for p in plot_curves(history, run_dir, config.model)],
+        "export": exported,
+    }
+    # Written before the export too: a refused or killed export must not lose the run's result.
+    write_json_atomic(run_dir / "summary.json", summary)
+    if export_dir is not None:
+        from training.export import export_model
+
+        version_dir = export_model(model, config, dataset, summary, export_dir)
+        summary["export"] = str(version_dir)
+        write_json_atomic(run_dir / "summary.json", summary)
+    return summary
