@@ -155,6 +155,102 @@ def test_model_config_through_tritonclient(server):
                                             "probabilities": ("TYPE_FP32", [10])}
 
 
+def test_model_config_over_rest_matches_grpc(server):
+    with tgrpc.InferenceServerClient(server.address) as g, \
+            thttp.InferenceServerClient(server.rest) as h:
+        by_grpc = g.get_model_config("softmax_regression", "1", as_json=True)["config"]
+        by_rest = h.get_model_config("softmax_regression", "1")
+        assert h.get_model_config("softmax_regression") == by_rest
+        for model, version in (("no_such_model", ""), ("softmax_regression", "7")):
+            with pytest.raises(InferenceServerException) as e:
+                h.get_model_config(model, version)
+            assert e.value.status() == "404" and model in e.value.message(), e.value
+            assert version in e.value.message()
+    # proto JSON writes int64 as strings; the REST answer has numbers, as Triton's
+    assert by_rest["max_batch_size"] == int(by_grpc["max_batch_size"])
+    assert by_rest["input"] == [{"name": "images", "data_type": "TYPE_FP32", "dims": [28, 28]}]
+    assert {k: by_rest[k] for k in ("name", "platform", "backend")} == {
+        k: by_grpc[k] for k in ("name", "platform", "backend")}
+
+
+def _stats(client, model: str, version: str = "") -> dict:
+    """One version's statistics as a dict of numbers, whichever client read them."""
+    got = client.get_inference_statistics(model, version, **(
+        {"as_json": True} if isinstance(client, tgrpc.InferenceServerClient) else {}))
+    (stat,) = got["model_stats"]
+    assert (stat["name"], stat["version"]) == (model, version or "1")
+    flat = {k: int(stat.get(k, 0)) for k in ("last_inference", "inference_count",
+                                              "execution_count")}
+    for phase, d in stat["inference_stats"].items():
+        flat[phase] = (int(d.get("count", 0)), int(d.get("ns", 0)))
+    flat["batches"] = {int(b["batch_size"]): int(b["compute_infer"].get("count", 0))
+                       for b in stat.get("batch_stats", [])}
+    return flat
+
+
+def test_statistics_count_real_inferences_and_failures(server, digits):  # noqa: F811
+    x, _ = digits
+    model = "softmax_regression"
+    with tgrpc.InferenceServerClient(server.address) as g, \
+            thttp.InferenceServerClient(server.rest) as h:
+        assert "statistics" in h.get_server_metadata()["extensions"]
+        before = _stats(g, model, "1")
+        assert _stats(h, model) == before  # one server, two transports, the same numbers
+        grpc_infer(server, model, x)
+        http_infer(server, model, x[:3])
+        bad = tgrpc.InferInput("images", [1, 27, 28], "FP32")  # resolved, then refused
+        bad.set_data_from_numpy(np.zeros((1, 27, 28), np.float32))
+        with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT|shape"):
+            g.infer(model, [bad])
+        after = _stats(h, model, "1")
+        assert _stats(g, model) == after
+        every = g.get_inference_statistics(as_json=True)["model_stats"]
+        assert {m["name"] for m in every} == set(MODELS)
+        for name, version in (("no_such_model", ""), (model, "7")):
+            for c, code in ((g, "StatusCode.NOT_FOUND"), (h, "404")):
+                with pytest.raises(InferenceServerException) as e:
+                    c.get_inference_statistics(name, version)
+                assert e.value.status() == code and name in e.value.message(), e.value
+                assert version in e.value.message()
+
+    def delta(phase):
+        return after[phase][0] - before[phase][0], after[phase][1] - before[phase][1]
+
+    assert delta("success")[0] == 2 and delta("fail")[0] == 1
+    assert after["inference_count"] - before["inference_count"] == len(x) + 3
+    assert after["execution_count"] - before["execution_count"] >= 1
+    assert after["last_inference"] >= max(before["last_inference"], 1)
+    phases = [delta(p) for p in ("compute_input", "queue", "compute_infer", "compute_output")]
+    assert [count for count, _ in phases] == [2, 2, 2, 2]  # the refused one never ran
+    assert all(ns > 0 for _, ns in phases[::2])
+    # Sequential requests: each one's phases are disjoint parts of its own duration.
+    assert sum(ns for _, ns in phases) <= delta("success")[1]
+    assert sum(after["batches"].values()) - sum(before["batches"].values()) == \
+        after["execution_count"] - before["execution_count"]
+
+
+def test_repository_index_through_tritonclient(server):
+    with tgrpc.InferenceServerClient(server.address) as g, \
+            thttp.InferenceServerClient(server.rest) as h:
+        by_grpc = g.get_model_repository_index(as_json=True)["models"]
+        by_rest = h.get_model_repository_index()
+    expected = [{"name": m, "version": "1", "state": "READY"} for m in sorted(MODELS)]
+    assert [{k: m[k] for k in ("name", "version", "state")} for m in by_rest] == expected
+    assert [{k: m[k] for k in ("name", "version", "state")} for m in by_grpc] == expected
+    url = f"http://{server.rest}/v2/repository/index"
+    for body, status in ((b'{"ready": true}', 200), (b'{"ready": "yes"}', 400)):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, body), timeout=30) as r:
+                got, answer = r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            got, answer = e.code, json.loads(e.read())
+        assert got == status, answer
+        if status == 200:
+            assert [m["name"] for m in answer] == sorted(MODELS)
+        else:
+            assert '"ready"' in answer["error"]
+
+
 def grpc_error(server, request) -> grpc.RpcError:
     with grpc.insecure_channel(server.address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)

@@ -67,10 +67,10 @@ class BatchingOptions:
 
 
 class _Task:
-    __slots__ = ("inputs", "rows", "future", "enqueued")
+    __slots__ = ("inputs", "rows", "future", "enqueued", "times")
 
-    def __init__(self, inputs, rows, future):
-        self.inputs, self.rows, self.future = inputs, rows, future
+    def __init__(self, inputs, rows, future, times):
+        self.inputs, self.rows, self.future, self.times = inputs, rows, future, times
         self.enqueued = time.monotonic()
 
 
@@ -78,7 +78,8 @@ class Batcher:
     """One queue; `run(inputs) -> outputs` is a synchronous function run in `executor`, or on
     the event loop itself when `executor` is None (for models cheaper than a thread hand-off).
     Callbacks, for metrics: `on_batch(rows)` as a batch (padded) starts; `on_run(waits,
-    seconds)` when it has run, with each request's seconds in the queue and the run's seconds;
+    seconds, rows, ok)` when it has run, with each request's seconds in the queue, the run's
+    seconds, its rows (padded) and whether it succeeded;
     `on_queue(rows)` whenever the rows waiting change."""
 
     def __init__(self, run, options: BatchingOptions, executor, on_batch=None, on_run=None,
@@ -93,13 +94,16 @@ class Batcher:
         self._running: set[asyncio.Task] = set()
         self._loop_task = asyncio.get_running_loop().create_task(self._schedule())
 
-    async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def submit(self, inputs: dict[str, np.ndarray], times: list | None = None
+                     ) -> dict[str, np.ndarray]:
+        """The outputs of `inputs`' rows; `times` gets (run began, ended) of the batch that
+        ran them (of each, for a request split over several), in time.monotonic() seconds."""
         rows = len(next(iter(inputs.values())))
         o = self.options
         if rows > o.max_batch_size:
             # Split, as TF Serving's large-batch splitting does; each part is queued on its own.
             parts = [await asyncio.gather(*[
-                self.submit({k: v[i:i + o.max_batch_size] for k, v in inputs.items()})
+                self.submit({k: v[i:i + o.max_batch_size] for k, v in inputs.items()}, times)
                 for i in range(0, rows, o.max_batch_size)])]
             return {k: np.concatenate([p[k] for p in parts[0]]) for k in parts[0][0]}
         # Batches already waiting, counting the open (partial) one.
@@ -109,7 +113,7 @@ class Batcher:
                             f"({self.queued_rows} rows in {o.max_enqueued_batches} batches of at "
                             f"most {o.max_batch_size}); retry later")
         future = asyncio.get_running_loop().create_future()
-        self.tasks.append(_Task(inputs, rows, future))
+        self.tasks.append(_Task(inputs, rows, future, times))
         self.queued_rows += rows
         if self.on_queue:
             self.on_queue(self.queued_rows)
@@ -174,13 +178,14 @@ class Batcher:
                 inputs[k] = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if self.on_batch:
                 self.on_batch(size)
-            began = time.monotonic()
+            began, ok = time.monotonic(), False
             try:
                 if self.executor is None:
                     outputs = self.run(inputs)
                 else:
                     outputs = await asyncio.get_running_loop().run_in_executor(
                         self.executor, self.run, inputs)
+                ok = True
             except Exception as e:  # noqa: BLE001 - handed to every caller in the batch
                 for t in batch:
                     if not t.future.done():
@@ -188,9 +193,12 @@ class Batcher:
                 return
             finally:
                 if self.on_run:
-                    self.on_run([began - t.enqueued for t in batch], time.monotonic() - began)
-            start = 0
+                    self.on_run([began - t.enqueued for t in batch], time.monotonic() - began,
+                                size, ok)
+            start, ended = 0, time.monotonic()
             for t in batch:
+                if t.times is not None:
+                    t.times.append((began, ended))
                 if not t.future.done():
                     t.future.set_result({k: v[start:start + t.rows] for k, v in outputs.items()})
                 start += t.rows

@@ -38,6 +38,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.core import limits, validation
 from serving.core.batching import Batcher, BatchingOptions
 from serving.core.errors import ServingError, invalid
+from serving.core.statistics import VersionStatistics
 from serving.observability.metrics import Metrics
 from serving.repository import certificate, protos, versions
 from serving.repository.warmup import read_warmup_records
@@ -60,6 +61,7 @@ class LoadedVersion:
         self.batchers: dict[str, Batcher] = {}
         self.inline = False  # run on the event loop: cheaper than a thread hop for tiny models
         self.inline_batches = False  # the same for a full batch (max_batch_size rows)
+        self.statistics = VersionStatistics()  # since it was loaded (Triton's statistics)
 
     def acquire(self) -> None:
         self.inflight += 1
@@ -321,11 +323,16 @@ class Lifecycle:
             log.info("model %s version %d: batches run on the event loop", name, version)
 
     def _make_batcher(self, loaded: LoadedVersion, sig_name: str) -> Batcher:
-        m, key = self.metrics, (loaded.name, loaded.version, sig_name)
+        m, key, stats = self.metrics, (loaded.name, loaded.version, sig_name), loaded.statistics
+
+        def on_run(waits: list[float], seconds: float, size: int, ok: bool) -> None:
+            m.batch_run(*key, waits, seconds)
+            if ok:
+                stats.execution(size, int(seconds * 1e9))
+
         return Batcher(lambda inputs: loaded.backend.run(sig_name, inputs), self.batching,
                        None if loaded.inline_batches else self.batch_executor,
-                       on_batch=lambda rows: m.batch(*key, rows),
-                       on_run=lambda waits, seconds: m.batch_run(*key, waits, seconds),
+                       on_batch=lambda rows: m.batch(*key, rows), on_run=on_run,
                        on_queue=lambda rows: m.batch_queue(*key, rows))
 
     def _warmup(self, loaded: LoadedVersion) -> int:

@@ -4,19 +4,24 @@ servables via ServerCore", model_servers/server_core.h; docs/ARCHITECTURE.md, "S
 layers").
 
 It *has* a lifecycle (serving/core/lifecycle.py: configuration, polling, load, warmup, unload)
-and offers: `resolve` (a ModelSpec to a loaded version), `label_version`, `check` (a
+and offers: `resolve` (a ModelSpec to a loaded version), `serve` (the same for an inference
+request, timed for the version's statistics, serving/core/statistics.py), `label_version`,
+`check` (a
 PredictRequest against its signature, serving/core/validation.py) and `run` (inline, on a
 thread or through the version's batcher, serving/core/batching.py), the read-only views
-`model_names`, `status`, `labels`, `available`, `ready`, `platform`, `batching` and
-`max_batch_size`, the limit `max_request_elements`, the metrics, and the lifecycle's
+`model_names`, `status`, `labels`, `available`, `statistics`, `ready`, `platform`,
+`batching` and `max_batch_size`, the limit `max_request_elements`, the metrics, and the lifecycle's
 operations (`load`, `reload`, `poll`, `poll_forever`, `drain`, `close`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import math
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,8 +34,22 @@ from serving.core import limits, validation
 from serving.core.batching import BatchingOptions, BatchTooLarge, QueueFull
 from serving.core.errors import ServingError, invalid, not_found
 from serving.core.lifecycle import Lifecycle, LoadedVersion
+from serving.core.statistics import VersionStatistics
 from serving.observability import access_log
 from serving.observability.metrics import Metrics
+
+
+class _Request:
+    """The clock points of the inference request in progress (one per asyncio task)."""
+
+    __slots__ = ("start", "ran", "rows")
+
+    def __init__(self, start: int):
+        self.start, self.ran, self.rows = start, 0, 0
+
+
+_REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
+    "zoo_request", default=None)
 
 
 class ServerCore:
@@ -64,6 +83,12 @@ class ServerCore:
     def available(self, name: str) -> list[int]:
         state = self.lifecycle.models.get(name)
         return sorted(state.available) if state is not None else []
+
+    def statistics(self, name: str) -> dict[int, VersionStatistics]:
+        """version -> what each loaded version of a model has done (empty if none is loaded)."""
+        state = self.lifecycle.models.get(name)
+        return {v: loaded.statistics for v, loaded in sorted(state.available.items())
+                } if state is not None else {}
 
     def ready(self) -> bool:
         """Every configured model has a version available."""
@@ -123,6 +148,28 @@ class ServerCore:
         loaded.acquire()
         return loaded
 
+    @contextlib.contextmanager
+    def serve(self, spec: model_pb2.ModelSpec) -> Iterator[LoadedVersion]:
+        """An inference request on the version `spec` names, for the block: resolved and
+        acquired, then released; the version's statistics count it (success or fail, its
+        duration, its phases: serving/core/statistics.py). The protocol keeps inside the
+        block what belongs to the request (checks, decoding, the run, building the answer)."""
+        loaded = self.resolve(spec)
+        request = _Request(time.perf_counter_ns())
+        token = _REQUEST.set(request)
+        ok = False
+        try:
+            yield loaded
+            ok = True
+        finally:
+            _REQUEST.reset(token)
+            loaded.release()
+            end = time.perf_counter_ns()
+            stats = loaded.statistics
+            if request.ran:
+                stats.compute_output.add(end - request.ran)
+            stats.request(ok, end - request.start, request.rows)
+
     def check(self, loaded: LoadedVersion, request: predict_pb2.PredictRequest,
               arrays: dict[str, np.ndarray] | None = None) -> validation.Prepared:
         """Validate a PredictRequest against its signature (serving/core/validation.py); return
@@ -135,7 +182,12 @@ class ServerCore:
         """Every inference of every protocol comes here: it is noted in the access log."""
         rows = next(iter(inputs.values())).shape[0] if inputs else 1
         access_log.note(model=loaded.name, version=loaded.version, rows=rows)
+        request = _REQUEST.get()
+        if request is not None:
+            loaded.statistics.compute_input.add(time.perf_counter_ns() - request.start)
         result = await self._run(loaded, sig, inputs, outputs, rows)
+        if request is not None:
+            request.ran, request.rows = time.perf_counter_ns(), rows
         access_log.note_payload(inputs, result)
         return result
 
@@ -148,7 +200,12 @@ class ServerCore:
         batcher = loaded.batchers.get(sig.name)
         try:
             if batcher is not None:
-                result = await batcher.submit(inputs)
+                times: list[tuple[float, float]] = []  # (run began, ended) of each part
+                submitted = time.monotonic()
+                result = await batcher.submit(inputs, times)
+                began = min(b for b, _ in times)
+                loaded.statistics.ran(int((began - submitted) * 1e9),
+                                      int((max(e for _, e in times) - began) * 1e9))
                 return {k: result[k] for k in (outputs or result)}
             submitted = time.perf_counter()
             if loaded.inline and rows <= 8:
@@ -161,8 +218,10 @@ class ServerCore:
 
                 result, began = await asyncio.get_running_loop().run_in_executor(
                     self.executor, timed)
-            self.metrics.run(loaded.name, loaded.version, sig.name, began - submitted,
-                             time.perf_counter() - began)
+            ran = time.perf_counter() - began
+            self.metrics.run(loaded.name, loaded.version, sig.name, began - submitted, ran)
+            loaded.statistics.ran(int((began - submitted) * 1e9), int(ran * 1e9))
+            loaded.statistics.execution(rows, int(ran * 1e9))
             return result
         except QueueFull as e:
             raise ServingError(grpc.StatusCode.UNAVAILABLE, str(e)) from None

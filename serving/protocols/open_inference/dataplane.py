@@ -12,30 +12,37 @@ PredictRequest), and only then decoded; the inference then takes the same core p
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple, TypeVar
 
 import grpc
 import numpy as np
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import model_pb2
+from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 
 from serving.core import model_spec as core_model_spec
 from serving.core import validation
 from serving.core.errors import ServingError, invalid
 from serving.core.lifecycle import LoadedVersion
 from serving.core.server_core import ServerCore
+from serving.core.statistics import Duration, VersionStatistics
 from serving.protocols.open_inference import tensors as v2_tensors
 from serving.runtime import backends
 from serving.transports import json_body
 
 SERVER_NAME = "keras-model-zoo"
-EXTENSIONS = ("binary_tensor_data", "model_configuration")
+# Triton's extensions, by the names its server metadata gives them. Not "model_repository":
+# that one requires load and unload too, and only its index is answered here.
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
+State = get_model_status_pb2.ModelVersionStatus.State
 PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "onnx": "onnxruntime_onnx"}
 BACKENDS = {"savedmodel": "tensorflow", "onnx": "onnxruntime"}  # Triton's backend names
 # Model configuration datatypes (Triton's model_config.proto DataType) that are not "TYPE_" +
 # a v2 datatype name; any other type has none (TYPE_INVALID).
 CONFIG_DATATYPES = {types_pb2.DT_STRING: "TYPE_STRING", types_pb2.DT_BFLOAT16: "TYPE_BF16"}
+
+
+T = TypeVar("T")
 
 
 class WireInput(NamedTuple):
@@ -45,6 +52,13 @@ class WireInput(NamedTuple):
     datatype: str
     shape: tuple[int, ...]
     decode: Callable[[], np.ndarray]
+
+
+# TF Serving's version states (what the core reports) -> Triton's model repository states
+REPOSITORY_STATES = {State.UNKNOWN: "UNKNOWN", State.START: "LOADING", State.LOADING: "LOADING",
+                     State.AVAILABLE: "READY", State.UNLOADING: "UNLOADING",
+                     State.END: "UNAVAILABLE"}
+PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 
 
 class InferResult(NamedTuple):
@@ -131,14 +145,48 @@ class DataPlane:
                 "preferred_batch_size": list(batching.allowed_batch_sizes)}
         return config
 
+    def model_statistics(self, name: str, version: str) -> dict:
+        """Triton's statistics extension: every loaded version of every model (no name), of
+        one model (no version), or one version; the numbers are the core's
+        (serving/core/statistics.py)."""
+        if version or name:
+            loaded = self._resolve(name, version)  # NOT_FOUND, naming what is not served
+            versions = self.core.statistics(loaded.name)
+            if version:
+                versions = {loaded.version: versions.get(loaded.version, VersionStatistics())}
+            found = [(loaded.name, versions)]
+        else:
+            found = [(n, self.core.statistics(n)) for n in self.core.model_names()]
+        return {"model_stats": [_model_stat(n, v, st) for n, versions in found
+                                for v, st in versions.items()]}
+
+    def repository_index(self, ready: bool = False) -> list[dict]:
+        """Triton's repository index: each version the server knows of each model, with its
+        state (READY, LOADING, UNLOADING, UNAVAILABLE) and the reason; `ready`: only READY."""
+        index = []
+        for name in self.core.model_names():
+            status = self.core.status(name) or {}
+            if not status and not ready:
+                index.append({"name": name, "version": "", "state": "UNAVAILABLE",
+                              "reason": "no version has been found or loaded yet"})
+            for v, (state, message) in sorted(status.items()):
+                entry = {"name": name, "version": str(v),
+                         "state": REPOSITORY_STATES.get(state, "UNKNOWN"), "reason": message}
+                if entry["state"] == "UNAVAILABLE" and not message:
+                    entry["reason"] = "unloaded"
+                if not ready or entry["state"] == "READY":
+                    index.append(entry)
+        return index
+
     # ------------------------------------------------------------------ inference
     async def infer(self, name: str, version: str, inputs: list[WireInput],
-                    requested: list[str], decode_off_loop: int = 0) -> InferResult:
-        """Check the inputs against the model, decode them, run. `decode_off_loop`: bytes the
-        decoding involves (big ones are decoded in a thread: json_body.off_the_loop)."""
-        spec = model_spec(name, version)
-        loaded = self.core.resolve(spec)
-        try:
+                    requested: list[str], encode: Callable[[InferResult], Awaitable[T]],
+                    decode_off_loop: int = 0) -> T:
+        """Check the inputs against the model, decode them, run, and answer what `encode`
+        makes of the result (inside the request: the core times it as compute_output).
+        `decode_off_loop`: bytes the decoding involves (big ones are decoded in a thread:
+        json_body.off_the_loop)."""
+        with self.core.serve(model_spec(name, version)) as loaded:
             sig = self._signature(loaded)
             self._check(loaded, sig, inputs)
             outputs = self._outputs(loaded, sig, requested)
@@ -147,10 +195,9 @@ class DataPlane:
             else:
                 arrays = _decode_all(inputs)
             result = await self.core.run(loaded, sig, arrays, outputs or None)
-        finally:
-            loaded.release()
-        order = outputs or list(sig.outputs)
-        return InferResult(loaded.name, loaded.version, {k: result[k] for k in order})
+            order = outputs or list(sig.outputs)
+            return await encode(
+                InferResult(loaded.name, loaded.version, {k: result[k] for k in order}))
 
     def _resolve(self, name: str, version: str) -> LoadedVersion:
         loaded = self.core.resolve(model_spec(name, version))
@@ -205,6 +252,25 @@ class DataPlane:
         if len(set(requested)) != len(requested):
             raise invalid("an output is requested more than once")
         return list(requested)
+
+
+def _duration(d: Duration) -> dict:
+    return {"count": d.count, "ns": d.ns}
+
+
+def _model_stat(name: str, version: int, s: VersionStatistics) -> dict:
+    """One version's $model_stat, as extension_statistics.md lays it out (no response cache:
+    its hits and misses stay 0; no decoupled models: no response_stats)."""
+    zero = {"count": 0, "ns": 0}
+    return {"name": name, "version": str(version), "last_inference": s.last_inference_ms,
+            "inference_count": s.inference_count, "execution_count": s.execution_count,
+            "inference_stats": {**{k: _duration(getattr(s, k)) for k in PHASES},
+                                "cache_hit": zero, "cache_miss": zero},
+            "response_stats": {},
+            "batch_stats": [{"batch_size": size, "compute_input": zero,
+                             "compute_infer": _duration(d), "compute_output": zero}
+                            for size, d in sorted(s.batches.items())],
+            "memory_usage": []}
 
 
 def _config_datatype(spec: backends.TensorSpec) -> str:

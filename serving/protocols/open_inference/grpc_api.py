@@ -4,8 +4,8 @@ server and port as TF Serving's services (docs/ARCHITECTURE.md, "Open Inference 
 The proto is the one tritonclient ships (`tritonclient.grpc.service_pb2`, built from Triton's
 grpc_service.proto: KServe's grpc_predict_v2.proto plus Triton's extensions). Implemented:
 ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer and Triton's
-ModelConfig (what perf_analyzer's triton kind asks first); every other RPC
-of the service answers UNIMPLEMENTED, naming the ones that are.
+ModelConfig (what perf_analyzer's triton kind asks first), ModelStatistics and RepositoryIndex;
+every other RPC of the service answers UNIMPLEMENTED, naming the ones that are.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from serving.protocols.open_inference.dataplane import DataPlane, WireInput
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-               "ModelInfer", "ModelConfig")
+               "ModelInfer", "ModelConfig", "ModelStatistics", "RepositoryIndex")
 
 
 def _unimplemented(method: str):
@@ -68,19 +68,38 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(
             config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
-    async def ModelInfer(self, request, context):
+    async def ModelStatistics(self, request, context):
         try:
-            with self.metrics.track(request.model_name, "ModelInfer", "GRPC"):
-                result = await self.plane.infer(request.model_name, request.model_version,
-                                                wire_inputs(request), requested(request))
+            stats = self.plane.model_statistics(request.name, request.version)
         except ServingError as e:
             await context.abort(e.code, e.message)
-        outputs = result.outputs.items()
-        return pb.ModelInferResponse(
-            model_name=result.model, model_version=str(result.version), id=request.id,
-            outputs=[pb.ModelInferResponse.InferOutputTensor(
-                name=k, datatype=v2_tensors.OF_NUMPY[a.dtype], shape=a.shape) for k, a in outputs],
-            raw_output_contents=[a.tobytes() for _, a in outputs])
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request, context):
+        if request.repository_name:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no repository named \"{request.repository_name}\": this "
+                                "server has one, unnamed (give no repository_name)")
+        return pb.RepositoryIndexResponse(models=[
+            pb.RepositoryIndexResponse.ModelIndex(**m)
+            for m in self.plane.repository_index(request.ready)])
+
+    async def ModelInfer(self, request, context):
+        async def encode(result) -> pb.ModelInferResponse:
+            outputs = result.outputs.items()
+            return pb.ModelInferResponse(
+                model_name=result.model, model_version=str(result.version), id=request.id,
+                outputs=[pb.ModelInferResponse.InferOutputTensor(
+                    name=k, datatype=v2_tensors.OF_NUMPY[a.dtype], shape=a.shape)
+                    for k, a in outputs],
+                raw_output_contents=[a.tobytes() for _, a in outputs])
+
+        try:
+            with self.metrics.track(request.model_name, "ModelInfer", "GRPC"):
+                return await self.plane.infer(request.model_name, request.model_version,
+                                              wire_inputs(request), requested(request), encode)
+        except ServingError as e:
+            await context.abort(e.code, e.message)
 
 
 for _method in SERVICE.methods_by_name:

@@ -6,6 +6,9 @@
     GET  /v2/models/NAME[/versions/V]              model metadata
     GET  /v2/models/NAME[/versions/V]/ready        200 when ready, else 400
     POST /v2/models/NAME[/versions/V]/infer        inference
+    GET  /v2/models/NAME[/versions/V]/config       Triton's model configuration extension
+    GET  /v2/models[/NAME[/versions/V]]/stats      Triton's statistics extension
+    POST /v2/repository/index                      Triton's repository index (body optional)
 
 An inference body is JSON, or, with an `Inference-Header-Content-Length` header, that many bytes
 of JSON followed by the binary tensors of Triton's binary tensor extension: an input whose
@@ -33,11 +36,15 @@ ROUTES: list[Route] = [
     Route("GET", "/v2", OWNER, "server_metadata"),
     Route("GET", "/v2/health/live", OWNER, "live"),
     Route("GET", "/v2/health/ready", OWNER, "ready"),
+    Route("GET", "/v2/models/stats", OWNER, "model_statistics"),  # before /v2/models/{name}
     *[Route(method, f"/v2/models/{{name}}{middle}{tail}", OWNER, handler)
       for middle in ("", "/versions/{version}")
       for method, tail, handler in (("GET", "", "model_metadata"),
                                     ("GET", "/ready", "model_ready"),
-                                    ("POST", "/infer", "post_infer"))],
+                                    ("POST", "/infer", "post_infer"),
+                                    ("GET", "/config", "model_config"),
+                                    ("GET", "/stats", "model_statistics"))],
+    Route("POST", "/v2/repository/index", OWNER, "repository_index"),
 ]
 
 
@@ -64,6 +71,20 @@ class V2Rest:
         ready = self.plane.model_ready(params["name"], params.get("version") or "")
         return (200 if ready else 400), {"name": params["name"], "ready": ready}
 
+    async def model_config(self, params, headers, body):
+        return 200, self.plane.model_config(params["name"], params.get("version") or "")
+
+    async def model_statistics(self, params, headers, body):
+        return 200, self.plane.model_statistics(params.get("name") or "",
+                                                params.get("version") or "")
+
+    async def repository_index(self, params, headers, body):
+        doc = json_body.parse(body, headers.get("Content-Type", "")) if body.strip() else {}
+        if not isinstance(doc, dict):
+            raise invalid("the index request body must be a JSON object, e.g. {\"ready\": true}")
+        return 200, self.plane.repository_index(_field(doc, "ready", bool, "index request",
+                                                       False))
+
     async def post_infer(self, params, headers, body):
         name = params["name"]
         with self.plane.core.metrics.track(name, "infer", "REST", "INTERNAL"):
@@ -81,11 +102,14 @@ class V2Rest:
         doc = await json_body.off_the_loop(len(body), json_body.parse, body,
                                       headers.get("Content-Type", ""))
         inputs, requested, binary_out = parse_request(doc, binary)
-        result = await self.plane.infer(name, version, inputs, list(requested),
-                                        decode_off_loop=len(body))  # binary: frombuffer
-        size = sum(a.nbytes for a in result.outputs.values())
-        return await json_body.off_the_loop(size, encode_response, doc, result, requested,
-                                       binary_out)
+
+        async def encode(result) -> web.Response:
+            size = sum(a.nbytes for a in result.outputs.values())
+            return await json_body.off_the_loop(size, encode_response, doc, result, requested,
+                                                binary_out)
+
+        return await self.plane.infer(name, version, inputs, list(requested), encode,
+                                      decode_off_loop=len(body))  # binary: frombuffer
 
 
 def _field(obj: dict, key: str, kind, what: str, default=None):

@@ -21,19 +21,16 @@ async def predict(core: ServerCore, request: predict_pb2.PredictRequest, api: st
                   ) -> tuple[predict_pb2.PredictResponse | None, dict, LoadedVersion | None]:
     """Run a PredictRequest. Returns (response proto, output arrays, version).
     The request is counted in the metrics by its API (gRPC or REST), not here."""
-    loaded = core.resolve(request.model_spec)
-    try:
+    with core.serve(request.model_spec) as loaded:
         sig, inputs, outputs = core.check(loaded, request, arrays)
         result = await core.run(loaded, sig, inputs, outputs)
-    finally:
-        loaded.release()
-    response = predict_pb2.PredictResponse()
-    response.model_spec.name = request.model_spec.name
-    response.model_spec.version.value = loaded.version
-    response.model_spec.signature_name = sig.name
-    if api == "grpc":
-        for k, v in result.items():
-            tensors.to_proto(v, response.outputs[k])
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = loaded.version
+        response.model_spec.signature_name = sig.name
+        if api == "grpc":
+            for k, v in result.items():
+                tensors.to_proto(v, response.outputs[k])
     return response, result, loaded
 
 
