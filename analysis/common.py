@@ -115,6 +115,9 @@ def build_parser(name: str, description: str, default_model: str | None = None,
     o.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"report root; this study writes OUT/{name}/ (default: %(default)s)")
     o.add_argument("--data-dir", type=Path, help=f"where datasets are (also ${data.ENV_DATA_DIR})")
+    g.add_argument("--models-from", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module or .py file registering models of your own; "
+                        "repeatable (as python -m training.train --models-from)")
     return p
 
 
@@ -132,11 +135,12 @@ def run(main: Callable[[argparse.Namespace], dict], parser: argparse.ArgumentPar
 
         # Studies build many models on purpose; TF's "retracing" advice is noise here.
         tf.get_logger().setLevel("ERROR")
+        zoo.load_plugins(args.models_from)
         result = main(args)
         print(f"report: {result['json']}")
         return 0
     # Only errors that explain themselves; any other exception is a bug and keeps its traceback.
-    except (UsageError, DivergedError, ConfigError, zoo.UnknownModelError,
+    except (UsageError, DivergedError, ConfigError, zoo.UnknownModelError, zoo.PluginError,
             data.DataSourceError, precision.PrecisionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -41,6 +41,9 @@ class TrainConfig:
     # The cluster shape: worker processes sharing each batch of `batch_size` (the global batch;
     # 1 is a single-process model.fit run, docs/ARCHITECTURE.md, "Multi-worker training").
     workers: int = 1
+    # The plugin the model came from (zoo/plugins.py's record; None: the zoo's own), loaded
+    # again by --resume and by python -m training.export.
+    plugin: dict | None = None
 
     @property
     def total_steps(self) -> int:
@@ -150,6 +153,7 @@ def resolve_config(
         test_limit=test_limit,
         steps=steps,
         workers=workers,
+        plugin=zoo.origin(model),
     )
 
 

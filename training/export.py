@@ -263,6 +263,8 @@ def build_metadata(config: TrainConfig, spec, dataset: data.Dataset, summary: di
         "format": certificate.FORMAT,
         "name": export_name(config),
         "zoo_model": config.model,
+        # Where the model's code came from (None: the zoo); serving never needs it.
+        "plugin": config.plugin,
         "task": spec.task,
         "description": spec.description,
         "parameters": int(inference.count_params()),
@@ -345,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = TrainConfig.read(args.run_dir / "config.json")
+        zoo.plugins.load_recorded(config.plugin)
         summary_path = args.run_dir / "summary.json"
         if not (args.run_dir / "model.keras").exists():
             raise FileNotFoundError(f"{args.run_dir} has no model.keras: the run has not finished "
@@ -354,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         precision.apply(config.precision)
         model = keras.models.load_model(args.run_dir / "model.keras")
         path = export_model(model, config, dataset, summary, args.export_dir)
-    except (FileNotFoundError, ExportError, data.DataSourceError, ValueError, OSError) as e:
+    except (FileNotFoundError, ExportError, data.DataSourceError, zoo.PluginError, ValueError,
+            OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(path)

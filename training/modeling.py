@@ -31,6 +31,16 @@ def compile_model(config: TrainConfig, model=None):
     return model
 
 
+def build_model(config: TrainConfig, dataset: data.Dataset):
+    """A fresh model for this run; a plugin's is checked against what the data needs (its
+    input, and one probability per class or the target's shape; zoo/plugins.py)."""
+    if config.task == "classification":
+        output = (dataset.num_classes,)
+    else:
+        output = tuple(dataset.y_train.shape[1:])
+    return zoo.checked_model(config.model, output_shape=output)
+
+
 def make_optimizer(config: TrainConfig):
     """The recipe's optimizer with its learning-rate schedule (not yet built)."""
     import keras

@@ -4,6 +4,7 @@
     python -m training.train softmax_regression
     python -m training.train deep_cnn --epochs 2 --precision float32 --seed 7 --batch-size 256
     python -m training.train deep_cnn --resume runs/deep_cnn/20261122-101500-s0
+    python -m training.train my_net --models-from my_models.py   # a model of your own
     python -m training.train deep_cnn --workers 2       # two local workers (tf.distribute)
     TF_CONFIG='{...}' python -m training.train deep_cnn  # one worker of a cluster (e.g. TFJob)
 """
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     quiet.add_verbose_flag(p)
     p.add_argument("model", nargs="?", help="registered model name (see --list)")
     p.add_argument("--list", action="store_true", help="list every registered model and exit")
+    p.add_argument("--models-from", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module (dotted name) or .py file that registers models with "
+                        f"zoo.register; repeatable (also ${zoo.plugins.ENV_MODELS}; installed "
+                        f"packages' entry points {zoo.plugins.ENTRY_POINT_GROUP} are loaded too)")
 
     r = p.add_argument_group("recipe overrides (default: the model's recipe)")
     r.add_argument("--epochs", type=int, help="number of epochs")
@@ -93,16 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_models_table() -> str:
-    rows = [("name", "task", "params", "dataset", "reference", "provenance")]
+    rows = [("name", "task", "params", "dataset", "origin", "reference", "provenance")]
     for name in zoo.list_models():
         spec = zoo.get_spec(name)
         ref = spec.reference
         target = f"{ref.metric} {'>=' if ref.metric == 'accuracy' else '<='} {ref.target:g}"
-        rows.append((name, spec.task, f"{zoo.parameter_count(name):,}", "/".join(spec.datasets),
-                     target, ref.provenance))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        params = zoo.checked_model(name).count_params()
+        rows.append((name, spec.task, f"{params:,}", "/".join(spec.datasets),
+                     zoo.describe_origin(zoo.origin(name)), target, ref.provenance))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows
+        "  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6] for r in rows
     )
 
 
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     worker = None
     try:
+        zoo.load_plugins(args.models_from)
         if args.list:
             print(list_models_table())
             return 0
@@ -124,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             run_dir, chosen = prepare_launch(args, args.workers)
             return launcher.launch(args, sys.argv[1:] if argv is None else argv, run_dir, chosen)
         summary = run_from_args(args, worker)
-    except (UsageError, zoo.UnknownModelError, data.DataSourceError, ConfigError, ExportError,
-            precision.PrecisionError, checkpoints.DivergedError, checkpoints.DamagedRunError,
-            run_folder.RunBusyError, FileNotFoundError, FileExistsError) as e:
+    except (UsageError, zoo.UnknownModelError, zoo.PluginError, data.DataSourceError,
+            ConfigError, ExportError, precision.PrecisionError, checkpoints.DivergedError,
+            checkpoints.DamagedRunError, run_folder.RunBusyError, FileNotFoundError,
+            FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (multiworker.ClusterError, launcher.IsolationError) as e:  # the cluster, not the user
@@ -260,6 +268,7 @@ def run_from_args(args: argparse.Namespace, worker: multiworker.Worker | None = 
     seed = 0 if args.seed is None else args.seed
     dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir, seed=seed)
     config = resolve_from_args(args, dataset, worker[0].size if worker else 1)
+    model = None if worker else modeling.build_model(config, dataset)  # a plugin's is checked
     if not writes:  # a worker other than the chief: its checkpoints go to a temporary folder
         return train(config, None, dataset, export_dir=None, worker=worker)
     if args.run_dir:
@@ -267,7 +276,7 @@ def run_from_args(args: argparse.Namespace, worker: multiworker.Worker | None = 
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = run_folder.new_run_dir(config.model, config.seed)
-    return train(config, run_dir, dataset, export_dir=export_dir, worker=worker)
+    return train(config, run_dir, dataset, export_dir=export_dir, worker=worker, model=model)
 
 
 def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None,
@@ -277,6 +286,7 @@ def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None,
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
     config = TrainConfig.read(config_path)
+    zoo.plugins.load_recorded(config.plugin)
     if model and model != config.model:
         raise UsageError(f"{run_dir} is a run of {config.model}, not {model}")
     dataset = data.load_dataset(config.dataset, data_dir, seed=config.seed)
@@ -286,8 +296,9 @@ def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None,
 
 def train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
           export_dir: Path | None = DEFAULT_EXPORTS, resuming: bool = False,
-          worker=None) -> dict | None:
+          worker=None, model=None) -> dict | None:
     """Train (or continue) one run and return its summary. The library entry point.
+    `model`: a fresh model to start from (default: modeling.build_model's).
 
     `worker`: (multiworker.Worker, strategy) to train as one worker of a cluster; only the
     chief writes `run_dir` and returns the summary (the others: None; their run_dir, read when
@@ -362,7 +373,7 @@ def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
         model = checkpoints.load_checkpoint(run_dir, state)
         initial_epoch, history = state["epoch"], state["history"]
     else:
-        model = modeling.compile_model(config)
+        model = modeling.compile_model(config, model or modeling.build_model(config, dataset))
 
     fit_model(model, config, dataset, run_dir, history, initial_epoch)
     state = checkpoints.read_state(run_dir)

@@ -1,6 +1,7 @@
 """The Keras model zoo: what each model is. Pure Keras: no I/O, no training."""
 
 from zoo import function_approximators, mnist_classifiers  # noqa: F401  (registers the models)
+from zoo.plugins import PluginError, checked_model, load_plugins
 from zoo.registry import (
     InputSignature,
     ModelSpec,
@@ -8,8 +9,10 @@ from zoo.registry import (
     Reference,
     UnknownModelError,
     create_model,
+    describe_origin,
     get_spec,
     list_models,
+    origin,
     parameter_count,
     register,
 )
@@ -19,10 +22,15 @@ __all__ = [
     "ModelSpec",
     "Recipe",
     "Reference",
+    "PluginError",
     "UnknownModelError",
+    "checked_model",
     "create_model",
+    "describe_origin",
     "get_spec",
     "list_models",
+    "load_plugins",
+    "origin",
     "parameter_count",
     "register",
 ]

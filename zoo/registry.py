@@ -6,10 +6,11 @@ stored: `parameter_count(name)` builds the model and counts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import keras
@@ -75,6 +76,10 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+# Where each model came from: None for the zoo's own, else the plugin record (zoo/plugins.py)
+# that was being loaded when it registered.
+_ORIGINS: dict[str, dict | None] = {}
+_LOADING: list[dict] = []  # the plugin being imported now (innermost last)
 
 
 class UnknownModelError(KeyError):
@@ -108,9 +113,48 @@ def register(spec: ModelSpec | None = None, /, **fields):
     if fields:
         raise TypeError("register(spec) takes no other arguments")
     if spec.name in _REGISTRY:
-        raise ValueError(f"model {spec.name!r} is already registered")
+        raise ValueError(f"model {spec.name!r} is already registered "
+                         f"(by {describe_origin(_ORIGINS.get(spec.name))})")
     _REGISTRY[spec.name] = spec
+    _ORIGINS[spec.name] = _LOADING[-1] if _LOADING else None
     return spec
+
+
+@contextlib.contextmanager
+def registering_for(plugin: dict) -> Iterator[list[str]]:
+    """Models registered inside are the plugin's; if the block raises, every one of them is
+    removed again, so that a broken plugin leaves no half of itself in the registry. Yields the
+    names registered so far."""
+    before = set(_REGISTRY)
+    added: list[str] = []
+    _LOADING.append(plugin)
+    try:
+        yield added
+        added.extend(n for n in _REGISTRY if n not in before)
+    except BaseException:
+        for name in set(_REGISTRY) - before:
+            del _REGISTRY[name]
+            del _ORIGINS[name]
+        raise
+    finally:
+        _LOADING.pop()
+
+
+def origin(name: str) -> dict | None:
+    """The plugin record a model came from (zoo/plugins.py), None for the zoo's own."""
+    get_spec(name)
+    return _ORIGINS.get(name)
+
+
+def describe_origin(plugin: dict | None) -> str:
+    """One phrase: "the zoo", "module my_models", "file /x/my_net.py", "distribution d 1.0"."""
+    if plugin is None:
+        return "the zoo"
+    if "distribution" in plugin:
+        return f"distribution {plugin['distribution']} {plugin.get('version', '')}".rstrip()
+    if "file" in plugin:
+        return f"file {plugin['file']}"
+    return f"module {plugin['module']}"
 
 
 def get_spec(name: str) -> ModelSpec:
