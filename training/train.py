@@ -314,7 +314,7 @@ def train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
         if resuming and (swept := run_folder.sweep_temporaries(run_dir)):
             print(f"[resume] removed what an interrupted write left: {', '.join(swept)}",
                   file=sys.stderr)
-        return _train(config, run_dir, dataset, export_dir, resuming, worker)
+        return _train(config, run_dir, dataset, export_dir, resuming, worker, model)
     except BaseException as e:
         committed = (run_dir / run_folder.STATE).exists()
         if not committed and not resuming:  # nothing to continue from: leave no half-made run
@@ -339,7 +339,7 @@ def interrupted_message(stopped: interrupts.Interrupted, run_dir: Path, committe
 
 
 def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
-           export_dir: Path | None, resuming: bool, worker) -> dict | None:
+           export_dir: Path | None, resuming: bool, worker, model=None) -> dict | None:
     import keras
 
     writes = worker is None or worker[0].is_chief
