@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import zoo
-from training import data
+from training import data, data_paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,16 @@ class TrainConfig:
     # The plugin the model came from (zoo/plugins.py's record; None: the zoo's own), loaded
     # again by --resume and by python -m training.export.
     plugin: dict | None = None
+    # A classifier's class count when the data has its own (training/data_paths.py; None:
+    # the builder's default), and how a --dataset PATH is read again by --resume and evaluate.
+    num_classes: int | None = None
+    test_fraction: float | None = None
+    skip_unreadable: bool = False
+    # --init-from: the parent version or run (training/finetune.py's record), and which of
+    # its layers train.
+    init_from: dict | None = None
+    freeze_backbone: bool = False
+    trainable_from: str | None = None
 
     @property
     def total_steps(self) -> int:
@@ -95,17 +105,35 @@ def resolve_config(
     train_limit: int | None = None,
     test_limit: int | None = None,
     workers: int = 1,
+    num_classes: int | None = None,
+    test_fraction: float | None = None,
+    skip_unreadable: bool = False,
+    init_from: dict | None = None,
+    freeze_backbone: bool = False,
+    trainable_from: str | None = None,
 ) -> TrainConfig:
     """Recipe defaults, then overrides (None means "not given"; 0 is refused, not ignored).
     `steps` is the exact total: split into the fewest epochs of at most one pass each."""
     spec = zoo.get_spec(model)
     r = spec.recipe
     dataset = dataset or spec.dataset
-    if dataset not in spec.datasets:
+    from_path = data_paths.is_path(dataset)
+    if from_path:  # read again by --resume and evaluate from anywhere
+        dataset = str(Path(dataset).resolve())
+    elif test_fraction is not None or skip_unreadable:
+        raise ConfigError("--test-fraction and --skip-unreadable are for --dataset PATH")
+    if not from_path and dataset not in spec.datasets:
         raise ConfigError(
             f"{model} trains on {', '.join(spec.datasets)}, not {dataset!r}"
             + ("" if dataset in data.DATASETS else f" (known datasets: {', '.join(data.DATASETS)})")
         )
+    if init_from is not None and init_from["model"] != model:
+        raise ConfigError(f"--init-from {init_from['path']} is a {init_from['model']}; it can "
+                          f"start a {init_from['model']}, not a {model}")
+    if (freeze_backbone or trainable_from) and init_from is None:
+        raise ConfigError("--freeze-backbone and --trainable-from need --init-from")
+    if init_from is not None and workers > 1:
+        raise ConfigError("--init-from trains in one process; drop --workers")
     given = {"epochs": epochs, "steps": steps, "steps per epoch": steps_per_epoch,
              "batch size": batch_size, "train limit": train_limit, "test limit": test_limit}
     for label, value in given.items():
@@ -154,6 +182,13 @@ def resolve_config(
         steps=steps,
         workers=workers,
         plugin=zoo.origin(model),
+        # The zoo's datasets keep the builder's default; a path's classes are its own.
+        num_classes=num_classes if from_path and spec.task == "classification" else None,
+        test_fraction=test_fraction,
+        skip_unreadable=skip_unreadable,
+        init_from=init_from,
+        freeze_backbone=freeze_backbone,
+        trainable_from=trainable_from,
     )
 
 

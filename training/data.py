@@ -77,6 +77,9 @@ class Dataset:
     source: str
     # A classification set's class names, label i is class_names[i] (empty: a regression set).
     class_names: tuple[str, ...] = ()
+    # What a source from a path adds to the record (training/data_paths.py): files_sha256,
+    # counts per class, the unreadable images skipped.
+    details: dict = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -103,6 +106,7 @@ def cache_dir() -> Path:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -> Dataset:
+    """A zoo dataset by name (a path: training/data_paths.py's load_dataset)."""
     loaders: dict[str, Callable[..., Dataset]] = {
         "mnist": load_mnist,
         "fashion_mnist": load_fashion_mnist,
@@ -213,10 +217,10 @@ def _from_explicit(explicit: tuple[Path, str], load: Callable[[Path], Dataset | 
         raise DataSourceError(f"{flag} {directory}: {e}; expected there: {expected}") from None
     if ds is None:
         raise DataSourceError(f"{flag} {directory} does not hold {expected}")
-    return _announce(ds)
+    return announce(ds)
 
 
-def _announce(ds: Dataset) -> Dataset:
+def announce(ds: Dataset) -> Dataset:
     print(f"[data] {ds.describe()}", file=sys.stderr)
     return ds
 
@@ -233,7 +237,7 @@ def _first_source(name: str, sources, help_text: str) -> Dataset:
             tried.append(f"  - {label}: {e}")
             continue
         if ds is not None:
-            return _announce(ds)
+            return announce(ds)
         tried.append(f"  - {label}: not found")
     raise DataSourceError(
         f"could not load {name}. Tried, in order:\n" + "\n".join(tried) + "\n" + help_text

@@ -16,7 +16,7 @@ import numpy as np
 
 from serving import quiet
 from serving.repository import certificate
-from training import cli_types, data
+from training import cli_types, data, data_paths
 from training.export import run_onnx, run_savedmodel
 
 RUNNERS = {"savedmodel": run_savedmodel, "onnx": run_onnx}
@@ -33,8 +33,17 @@ def evaluate_export(version_dir: Path, runtime: str = "savedmodel", limit: int |
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
     meta = certificate.verify(version_dir)
-    dataset = data.load_dataset(meta["data"]["dataset"], data_dir,
-                                seed=meta["training"]["config"]["seed"])
+    config = meta["training"]["config"]
+    (inputs,) = meta["signature"]["inputs"].values()
+    dataset = data_paths.load_dataset(meta["data"]["dataset"], data_dir, seed=config["seed"],
+                                task=meta["task"], input_shape=tuple(inputs["shape"][1:]),
+                                test_fraction=config.get("test_fraction"),
+                                skip_unreadable=config.get("skip_unreadable", False))
+    if dataset.details and dataset.sha256 != meta["data"]["sha256"]:
+        # Data from a path may have changed since export: measuring it would certify nothing.
+        raise data.DataSourceError(
+            f"{meta['data']['dataset']} is not the data this version was certified on "
+            f"(sha256 {dataset.sha256[:12]}, certificate {meta['data']['sha256'][:12]})")
     x, y = data.as_float_inputs(dataset.x_test[:limit]), dataset.y_test[:limit]
     target = version_dir / "model.onnx" if runtime == "onnx" else version_dir
     start = time.perf_counter()

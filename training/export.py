@@ -18,6 +18,7 @@ import datetime as dt
 import fcntl
 import importlib.metadata
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import zoo
 from serving import quiet
 from serving.repository import certificate, versions
-from training import data, modeling, precision
+from training import data, data_paths, modeling, precision
 from training.config import TrainConfig
 
 ONNX_OPSET = 17
@@ -47,7 +48,11 @@ def export_name(config: TrainConfig) -> str:
     """A model trained on another dataset than its spec's is another servable: it must never
     become the next version of the spec's own name (a server would switch to it silently)."""
     spec = zoo.get_spec(config.model)
-    return config.model if config.dataset == spec.dataset else f"{config.model}_{config.dataset}"
+    if config.dataset == spec.dataset:
+        return config.model
+    # A path's last part, in the characters a model name may hold.
+    tail = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(config.dataset).stem) or "data"
+    return f"{config.model}_{tail}"
 
 
 def output_names(task: str) -> tuple[str, ...]:
@@ -255,7 +260,7 @@ def check_export(version_dir: Path, inference, trained, spec, x: np.ndarray,
 def build_metadata(config: TrainConfig, spec, dataset: data.Dataset, summary: dict, inference,
                    agreement: dict, test_metrics: dict) -> dict:
     outputs = {
-        "probabilities": {"dtype": "float32", "shape": [-1, 10]},
+        "probabilities": {"dtype": "float32", "shape": [-1, dataset.num_classes]},
         "classes": {"dtype": "int64", "shape": [-1]},
     } if spec.task == "classification" else {"y": {"dtype": "float32", "shape": [-1, 1]}}
     test_examples = min(len(dataset.x_test), config.test_limit or len(dataset.x_test))
@@ -265,6 +270,8 @@ def build_metadata(config: TrainConfig, spec, dataset: data.Dataset, summary: di
         "zoo_model": config.model,
         # Where the model's code came from (None: the zoo); serving never needs it.
         "plugin": config.plugin,
+        # The version or run it was fine-tuned from (training/finetune.py), None: from scratch.
+        "parent": config.init_from,
         "task": spec.task,
         "description": spec.description,
         "parameters": int(inference.count_params()),
@@ -280,7 +287,9 @@ def build_metadata(config: TrainConfig, spec, dataset: data.Dataset, summary: di
             "train_seconds": summary.get("train_seconds"),
             "run_dir": summary.get("run_dir"),
         },
-        "data": {"dataset": config.dataset, "source": dataset.source, "sha256": dataset.sha256},
+        "data": {"dataset": config.dataset, "source": dataset.source, "sha256": dataset.sha256,
+                 **({"class_names": list(dataset.class_names)} if dataset.class_names else {}),
+                 **dataset.details},
         "test_metrics": {**test_metrics, "examples": test_examples},
         "reference": {
             "metric": spec.reference.metric,
@@ -353,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"{args.run_dir} has no model.keras: the run has not finished "
                                     f"(resume it with python -m training.train --resume)")
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        dataset = data.load_dataset(config.dataset, args.data_dir, seed=config.seed)
+        spec = zoo.get_spec(config.model)
+        dataset = data_paths.load_dataset(config.dataset, args.data_dir, seed=config.seed,
+                                    task=spec.task, input_shape=spec.inputs.shape,
+                                    test_fraction=config.test_fraction,
+                                    skip_unreadable=config.skip_unreadable)
         precision.apply(config.precision)
         model = keras.models.load_model(args.run_dir / "model.keras")
         path = export_model(model, config, dataset, summary, args.export_dir)

@@ -23,7 +23,7 @@ MEASUREMENT_DTYPE = "float32"
 def compile_model(config: TrainConfig, model=None):
     """Compile `model` (default: a fresh zoo.create_model(config.model)) with the recipe."""
 
-    model = zoo.create_model(config.model) if model is None else model
+    model = fresh_model(config) if model is None else model
     optimizer = make_optimizer(config)
     # Several steps per tf.function call: small models are otherwise bound by Python overhead.
     model.compile(optimizer=optimizer, loss=config.loss, metrics=metric_names(config.task),
@@ -31,14 +31,33 @@ def compile_model(config: TrainConfig, model=None):
     return model
 
 
+def class_overrides(config: TrainConfig) -> dict:
+    """{"num_classes": N} when the run's data has its own class count and the builder takes
+    it (the zoo's classifiers do; a plugin's may), else nothing."""
+    if config.num_classes is None or not zoo.registry.takes_num_classes(config.model):
+        return {}
+    return {"num_classes": config.num_classes}
+
+
+def fresh_model(config: TrainConfig):
+    """A new, uncompiled model of the run (its class count given to the builder)."""
+    return zoo.create_model(config.model, **class_overrides(config))
+
+
 def build_model(config: TrainConfig, dataset: data.Dataset):
-    """A fresh model for this run; a plugin's is checked against what the data needs (its
-    input, and one probability per class or the target's shape; zoo/plugins.py)."""
+    """fresh_model, checked: the output must be one probability per class of the data (or the
+    target's shape), the input the spec's; a plugin's that is not is a PluginError naming it,
+    a zoo model's a ConfigError (zoo/plugins.py)."""
     if config.task == "classification":
         output = (dataset.num_classes,)
     else:
         output = tuple(dataset.y_train.shape[1:])
-    return zoo.checked_model(config.model, output_shape=output)
+    model = zoo.checked_model(config.model, output_shape=output, **class_overrides(config))
+    if config.init_from is not None:
+        from training import finetune
+
+        finetune.start_from(model, config)
+    return model
 
 
 def make_optimizer(config: TrainConfig):

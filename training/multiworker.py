@@ -189,11 +189,9 @@ class Trainer:
         import keras
         import tensorflow as tf
 
-        import zoo
-
         self.strategy, self.worker, self.config = strategy, worker, config
         with strategy.scope():
-            self.model = zoo.create_model(config.model)
+            self.model = modeling.fresh_model(config)
             optimizer = modeling.make_optimizer(config)
             if config.precision == "mixed_float16":  # what compile() adds for fit
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -361,9 +359,7 @@ def leave(code: int = 0) -> None:
 
 def local_copy(model, config: TrainConfig):
     """The same model and weights outside the strategy (the policy stays as trained)."""
-    import zoo
-
-    copy = zoo.create_model(config.model)
+    copy = modeling.fresh_model(config)
     copy.set_weights([np.asarray(w) for w in model.get_weights()])
     return copy
 

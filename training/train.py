@@ -23,6 +23,8 @@ from training import (
     checkpoints,
     cli_types,
     data,
+    data_paths,
+    finetune,
     interrupts,
     launcher,
     modeling,
@@ -38,7 +40,8 @@ from training.summary import finish
 DEFAULT_EXPORTS = Path("exported_models")
 # Flags a resumed run cannot honour (its config.json decides): given with --resume, refused.
 RECIPE_FLAGS = ("epochs", "steps", "steps_per_epoch", "batch_size", "learning_rate", "dataset",
-                "precision", "seed", "run_dir", "train_limit", "test_limit")
+                "precision", "seed", "run_dir", "train_limit", "test_limit", "test_fraction",
+                "skip_unreadable", "init_from", "freeze_backbone", "trainable_from")
 # Local workers a machine may start: each is a whole TensorFlow process, and more than two a
 # CPU only share it (a cluster of more machines is TF_CONFIG's, e.g. a TFJob).
 WORKERS_PER_CPU = 2
@@ -65,7 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default: one pass)")
     r.add_argument("--batch-size", type=int)
     r.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
-    r.add_argument("--dataset", choices=data.DATASETS, help="default: the model's own dataset")
+    r.add_argument("--dataset", metavar="NAME_OR_PATH",
+                   help=f"{', '.join(data.DATASETS)}, or a path: a folder of class subfolders "
+                        "of images, or an .npz of x_train, y_train, x_test, y_test "
+                        "(default: the model's own dataset)")
+    r.add_argument("--test-fraction", type=float,
+                   help="an image folder without train/ and test/: the share of each class "
+                        "held out for test (default: 0.2)")
+    r.add_argument("--skip-unreadable", action="store_true", default=None,
+                   help="an image folder: train without the images that cannot be decoded "
+                        "(the certificate lists them)")
+    r.add_argument("--init-from", type=Path, metavar="VERSION_OR_RUN",
+                   help="start from the weights of an exported version (its certificate "
+                        "verified) or a finished run; a new head if the data has another "
+                        "number of classes")
+    r.add_argument("--freeze-backbone", action="store_true", default=None,
+                   help="with --init-from: train only the new head (or the last layer)")
+    r.add_argument("--trainable-from", metavar="LAYER",
+                   help="with --init-from: train LAYER and the layers after it only")
     r.add_argument("--precision", choices=precision.CHOICES, default=None,
                    help="dtype policy; auto picks by hardware (default: auto)")
     r.add_argument("--seed", type=cli_types.seed_value,
@@ -133,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_from_args(args, worker)
     except (UsageError, zoo.UnknownModelError, zoo.PluginError, data.DataSourceError,
             ConfigError, ExportError, precision.PrecisionError, checkpoints.DivergedError,
-            checkpoints.DamagedRunError, run_folder.RunBusyError, FileNotFoundError,
-            FileExistsError) as e:
+            checkpoints.DamagedRunError, run_folder.RunBusyError, finetune.InitError,
+            FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (multiworker.ClusterError, launcher.IsolationError) as e:  # the cluster, not the user
@@ -192,7 +212,8 @@ def check_request(args: argparse.Namespace, workers: int, writes: bool) -> None:
     if not args.model:
         raise UsageError("name a model to train (python -m training.train --list shows them)")
     spec = zoo.get_spec(args.model)
-    if args.dataset and args.dataset not in spec.datasets:  # before any loading or download
+    if (args.dataset and args.dataset not in spec.datasets  # before any loading or download
+            and not data_paths.is_path(args.dataset)):
         raise UsageError(f"{args.model} trains on {', '.join(spec.datasets)}, not {args.dataset}")
     batch = args.batch_size or spec.recipe.batch_size
     if batch % workers:
@@ -206,6 +227,15 @@ def check_request(args: argparse.Namespace, workers: int, writes: bool) -> None:
                              + (f"continue it with --resume {args.run_dir}, or "
                                 if (args.run_dir / run_folder.STATE).exists() else "")
                              + "choose another --run-dir")
+
+
+def load_data(name: str, data_dir: Path | None, seed: int, given) -> data.Dataset:
+    """A zoo dataset, or the data at a path read for the model (`given`: the arguments or a
+    run's config, for the model, --test-fraction and --skip-unreadable)."""
+    spec = zoo.get_spec(given.model)
+    return data_paths.load_dataset(name, data_dir, seed=seed, task=spec.task,
+                             input_shape=spec.inputs.shape, test_fraction=given.test_fraction,
+                             skip_unreadable=bool(given.skip_unreadable))
 
 
 def resolve_from_args(args: argparse.Namespace, dataset: data.Dataset,
@@ -227,6 +257,12 @@ def resolve_from_args(args: argparse.Namespace, dataset: data.Dataset,
         train_limit=args.train_limit,
         test_limit=args.test_limit,
         workers=workers,
+        num_classes=dataset.num_classes or None,
+        test_fraction=args.test_fraction,
+        skip_unreadable=bool(args.skip_unreadable),
+        init_from=finetune.describe_parent(args.init_from) if args.init_from else None,
+        freeze_backbone=bool(args.freeze_backbone),
+        trainable_from=args.trainable_from,
     )
 
 
@@ -238,11 +274,11 @@ def prepare_launch(args: argparse.Namespace, n: int) -> tuple[Path, Path | None]
     if args.resume:
         config = TrainConfig.read(Path(args.resume) / "config.json")
         # Found (and fetched into the cache if need be) here: the workers' network has no way out.
-        data.load_dataset(config.dataset, args.data_dir, seed=config.seed)
+        load_data(config.dataset, args.data_dir, config.seed, config)
         return Path(args.resume), None
     spec = zoo.get_spec(args.model)
-    dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir,
-                                seed=0 if args.seed is None else args.seed)
+    dataset = load_data(args.dataset or spec.dataset, args.data_dir,
+                        0 if args.seed is None else args.seed, args)
     resolve_from_args(args, dataset, n)  # the recipe's own checks (ConfigError)
     if args.run_dir:
         args.run_dir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +302,7 @@ def run_from_args(args: argparse.Namespace, worker: multiworker.Worker | None = 
                       model=args.model, worker=worker)
     spec = zoo.get_spec(args.model)
     seed = 0 if args.seed is None else args.seed
-    dataset = data.load_dataset(args.dataset or spec.dataset, args.data_dir, seed=seed)
+    dataset = load_data(args.dataset or spec.dataset, args.data_dir, seed, args)
     config = resolve_from_args(args, dataset, worker[0].size if worker else 1)
     model = None if worker else modeling.build_model(config, dataset)  # a plugin's is checked
     if not writes:  # a worker other than the chief: its checkpoints go to a temporary folder
@@ -289,7 +325,7 @@ def resume(run_dir: Path, export_dir: Path | None, data_dir: Path | None = None,
     zoo.plugins.load_recorded(config.plugin)
     if model and model != config.model:
         raise UsageError(f"{run_dir} is a run of {config.model}, not {model}")
-    dataset = data.load_dataset(config.dataset, data_dir, seed=config.seed)
+    dataset = load_data(config.dataset, data_dir, config.seed, config)
     return train(config, Path(run_dir), dataset, export_dir=export_dir, resuming=True,
                  worker=worker)
 

@@ -1,6 +1,7 @@
 """MNIST classifiers of the two reports.
 
-Every classifier takes raw 28x28 pixel intensities (0-255, float32) and carries its normalisation
+Every classifier takes `num_classes` (default 10: the digits; another number for other data, with
+a new head) and raw 28x28 pixel intensities (0-255, float32) and carries its normalisation
 inside the graph, so an export needs no preprocessing contract beyond "send the pixels". The last
 activation is pinned to float32 so mixed-precision training keeps a numerically safe softmax.
 """
@@ -24,8 +25,8 @@ def _pixels_in() -> tuple[keras.KerasTensor, keras.KerasTensor]:
     return inputs, layers.Rescaling(1.0 / 255.0, name="normalise")(inputs)
 
 
-def _softmax_out(x, name: str = "probabilities"):
-    x = layers.Dense(10, name="logits")(x)
+def _softmax_out(x, num_classes: int = 10, name: str = "probabilities"):
+    x = layers.Dense(num_classes, name="logits")(x)
     return layers.Activation("softmax", dtype="float32", name=name)(x)
 
 
@@ -46,10 +47,11 @@ MNIST = {"task": "classification", "dataset": "mnist", "alt_datasets": ("fashion
         provenance=f"{REPORT_2}: 91.86% after 1,000 steps of batch 100, 92.23% after 10,000",
     ),
 )
-def softmax_regression() -> keras.Model:
+def softmax_regression(num_classes: int = 10) -> keras.Model:
     inputs, x = _pixels_in()
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(10, kernel_initializer="zeros", bias_initializer="zeros", name="logits")(x)
+    x = layers.Dense(num_classes, kernel_initializer="zeros", bias_initializer="zeros",
+                     name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="softmax_regression")
 
@@ -66,7 +68,7 @@ def softmax_regression() -> keras.Model:
         provenance=f"{REPORT_2}: 99.27% after 20,000 iterations",
     ),
 )
-def deep_cnn(dropout: float = 0.4) -> keras.Model:
+def deep_cnn(dropout: float = 0.4, num_classes: int = 10) -> keras.Model:
     inputs, x = _pixels_in()
     x = layers.Reshape((28, 28, 1), name="add_channel")(x)
     x = layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1")(x)
@@ -76,15 +78,16 @@ def deep_cnn(dropout: float = 0.4) -> keras.Model:
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(1024, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    return keras.Model(inputs, _softmax_out(x), name="deep_cnn")
+    return keras.Model(inputs, _softmax_out(x, num_classes), name="deep_cnn")
 
 
-def mlp(hidden: tuple[int, ...], name: str, activation: str = "relu") -> keras.Model:
+def mlp(hidden: tuple[int, ...], name: str, activation: str = "relu",
+        num_classes: int = 10) -> keras.Model:
     inputs, x = _pixels_in()
     x = layers.Flatten(name="flatten")(x)
     for i, width in enumerate(hidden, start=1):
         x = layers.Dense(width, activation=activation, name=f"hidden{i}")(x)
-    return keras.Model(inputs, _softmax_out(x), name=name)
+    return keras.Model(inputs, _softmax_out(x, num_classes), name=name)
 
 
 _MLPS = {
@@ -96,7 +99,8 @@ _MLPS = {
 for _name, (_hidden, _description) in _MLPS.items():
     register(ModelSpec(
         name=_name,
-        builder=lambda hidden=_hidden, name=_name: mlp(hidden, name),
+        builder=lambda num_classes=10, hidden=_hidden, name=_name: mlp(
+            hidden, name, num_classes=num_classes),
         description=_description,
         **MNIST,
         recipe=Recipe(optimizer="adam", learning_rate=2e-3, batch_size=128, epochs=10,

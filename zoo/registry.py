@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -178,6 +179,14 @@ def create_model(name: str, **overrides) -> keras.Model:
     spec = get_spec(name)
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     return spec.builder(**kwargs)
+
+
+def takes_num_classes(name: str) -> bool:
+    """Whether the model's builder takes `num_classes` (the zoo's classifiers do)."""
+    try:
+        return "num_classes" in inspect.signature(get_spec(name).builder).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def parameter_count(name: str) -> int:

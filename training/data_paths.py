@@ -1,0 +1,231 @@
+"""Data from a path the user gives as `--dataset PATH` (docs/ARCHITECTURE.md, "Data from a path").
+
+- A folder of images, one subfolder per class, laid out as
+  `keras.utils.image_dataset_from_directory` reads it (PNG, JPEG, BMP, GIF; class names are the
+  sorted folder names). With `train/` and `test/` (or `val/`) subfolders those are the split;
+  otherwise a seeded split stratified by class (`test_fraction` of each class). Each image is
+  decoded by Pillow (in threads), converted to the model's channels and resized to its input.
+- An `.npz` of `x_train`, `y_train`, `x_test`, `y_test` (Keras' datasets layout), optionally
+  `class_names`.
+
+Both are checked before training, each refusal one line saying what was expected. The folder's
+`files_sha256` covers the file list and every file's bytes; `training.evaluate` re-reads the
+source and compares the arrays' sha256 with the certificate's.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from training import data
+from training.data import Dataset, DataSourceError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # image_dataset_from_directory's
+DEFAULT_TEST_FRACTION = 0.2
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0, *,
+                 task: str | None = None, input_shape: tuple[int, ...] | None = None,
+                 test_fraction: float | None = None, skip_unreadable: bool = False) -> Dataset:
+    """The data at a path, read for a model of `task` and `input_shape`; any other name is a
+    zoo dataset (data.load_dataset)."""
+    if input_shape is not None and is_path(name):
+        return data.announce(load_path(name, task=task, input_shape=tuple(input_shape),
+                                       seed=seed, test_fraction=test_fraction,
+                                       skip_unreadable=skip_unreadable))
+    return data.load_dataset(name, data_dir, seed)
+
+
+def is_path(name: str) -> bool:
+    """A --dataset value that names a file or folder rather than a zoo dataset."""
+    return os.sep in name or name.endswith(".npz") or Path(name).exists()
+
+
+def load_path(path: str | Path, *, task: str, input_shape: tuple[int, ...], seed: int = 0,
+              test_fraction: float | None = None, skip_unreadable: bool = False) -> Dataset:
+    path = Path(path)
+    if not path.exists():
+        raise DataSourceError(f"--dataset {path} does not exist; expected a folder of class "
+                              "subfolders of images, or an .npz of x_train, y_train, x_test, "
+                              "y_test")
+    if path.is_dir():
+        if task != "classification":
+            raise DataSourceError(f"--dataset {path} is an image folder, for classifiers; this "
+                                  f"model is a {task} model (give an .npz)")
+        return load_folder(path, input_shape, seed, test_fraction, skip_unreadable)
+    return load_npz(path, task, input_shape)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def image_geometry(input_shape: tuple[int, ...], where: Path) -> tuple[tuple[int, int], str]:
+    """((height, width), Pillow mode) for a model input of shape (H, W), (H, W, 1) or (H, W, 3)."""
+    if len(input_shape) == 2 or (len(input_shape) == 3 and input_shape[2] == 1):
+        return (input_shape[0], input_shape[1]), "L"
+    if len(input_shape) == 3 and input_shape[2] == 3:
+        return (input_shape[0], input_shape[1]), "RGB"
+    raise DataSourceError(f"--dataset {where} holds images, but this model takes inputs of "
+                          f"shape {tuple(input_shape)}; images fit (H, W), (H, W, 1) or (H, W, 3)")
+
+
+def _class_files(root: Path) -> dict[str, list[Path]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = {c: sorted(p for p in (root / c).rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+             for c in classes}
+    if not files:
+        raise DataSourceError(f"--dataset {root} holds no class folders; expected one subfolder "
+                              "of images per class (as keras.utils.image_dataset_from_directory)")
+    for c, found in files.items():
+        if not found:
+            raise DataSourceError(f"class folder {root / c} holds no images; expected "
+                                  f"{', '.join(e[1:].upper() for e in IMAGE_EXTENSIONS)} files")
+    if len(files) < 2:
+        raise DataSourceError(f"--dataset {root} holds a single class ({classes[0]}); a "
+                              "classifier needs two class folders or more")
+    return files
+
+
+def _decode(path: Path, size: tuple[int, int], mode: str) -> np.ndarray | str:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a damaged file
+        return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+
+
+def load_folder(root: Path, input_shape: tuple[int, ...], seed: int = 0,
+                test_fraction: float | None = None, skip_unreadable: bool = False) -> Dataset:
+    size, mode = image_geometry(input_shape, root)
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    split_given = (root / "train").is_dir() and test_dir is not None
+    if split_given:
+        if test_fraction is not None:
+            raise DataSourceError(f"--dataset {root} has its own train/ and {test_dir.name}/ "
+                                  "split; drop --test-fraction")
+        parts = {"train": _class_files(root / "train"), "test": _class_files(test_dir)}
+        if list(parts["train"]) != list(parts["test"]):
+            raise DataSourceError(f"{root / 'train'} and {test_dir} hold different classes: "
+                                  f"{', '.join(parts['train'])} vs {', '.join(parts['test'])}")
+        classes = list(parts["train"])
+    else:
+        parts = {"all": _class_files(root)}
+        classes = list(parts["all"])
+    listed = [(part, label, p) for part, files in parts.items()
+              for label, c in enumerate(classes) for p in files[c]]
+    digest = hashlib.sha256()
+    for _, _, p in listed:  # the file list and every file's bytes
+        digest.update(str(p.relative_to(root)).encode() + b"\0")
+        digest.update(p.read_bytes())
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(lambda item: _decode(item[2], size, mode), listed))
+    bad = [(item[2], why) for item, why in zip(listed, decoded) if isinstance(why, str)]
+    if bad and not skip_unreadable:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataSourceError(f"{bad[0][0]} cannot be read as an image ({bad[0][1]}){more}; "
+                              "remove it, or pass --skip-unreadable to train without them")
+    good = [(item, x) for item, x in zip(listed, decoded) if not isinstance(x, str)]
+    x_all = np.stack([x for _, x in good]).reshape(-1, *input_shape)
+    y_all = np.array([item[1] for item, _ in good], dtype=np.int64)
+    part_of = np.array([item[0] for item, _ in good])
+    if split_given:
+        train, test = part_of == "train", part_of == "test"
+    else:
+        train, test = _stratified_split(y_all, len(classes), seed,
+                                        DEFAULT_TEST_FRACTION if test_fraction is None
+                                        else test_fraction, root, classes)
+    for name, mask in (("train", train), ("test", test)):
+        missing = [classes[k] for k in range(len(classes)) if not np.any(y_all[mask] == k)]
+        if missing:
+            raise DataSourceError(f"--dataset {root}: the {name} split has no image of "
+                                  f"{', '.join(missing)}; every class needs images in both")
+    counts = {name: {classes[k]: int(np.sum(y_all[mask] == k)) for k in range(len(classes))}
+              for name, mask in (("train", train), ("test", test))}
+    how = "its train/test folders" if split_given else "a seeded stratified split"
+    return Dataset(
+        str(root.resolve()), x_all[train], y_all[train], x_all[test], y_all[test],
+        source=(f"image folder {root.resolve()}: {len(good)} images of {len(classes)} classes, "
+                f"{how}" + (f", {len(bad)} unreadable skipped" if bad else "")),
+        class_names=tuple(classes),
+        details={"files_sha256": digest.hexdigest(), "counts": counts,
+                 "unreadable_skipped": [str(p.relative_to(root)) for p, _ in bad]},
+    )
+
+
+def _stratified_split(y: np.ndarray, k: int, seed: int, fraction: float, root: Path,
+                      classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The same `fraction` of every class in test, chosen by a generator seeded with `seed`."""
+    if not 0 < fraction < 1:
+        raise DataSourceError(f"--test-fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(y), dtype=bool)
+    for c in range(k):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < 2:
+            raise DataSourceError(f"class folder {root / classes[c]} holds {len(idx)} readable "
+                                  "image; a train/test split needs two per class or more")
+        n_test = min(len(idx) - 1, max(1, round(len(idx) * fraction)))
+        test[rng.permutation(idx)[:n_test]] = True
+    return ~test, test
+
+
+# ----------------------------------------------------------------------------- .npz arrays
+
+
+def load_npz(path: Path, task: str, input_shape: tuple[int, ...]) -> Dataset:
+    expected = (f"an .npz with x_train, y_train, x_test, y_test: x of shape (N, "
+                f"{', '.join(map(str, input_shape))})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in NPZ_KEYS if k not in z.files]
+            if missing:
+                raise DataSourceError(f"--dataset {path} lacks {', '.join(missing)}; expected "
+                                      f"{expected}")
+            arrays = {k: z[k] for k in NPZ_KEYS}
+            names = tuple(str(n) for n in z["class_names"]) if "class_names" in z.files else ()
+    except DataSourceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - np.load's many ways to fail on a foreign file
+        raise DataSourceError(f"--dataset {path} is not a readable .npz "
+                              f"({type(e).__name__}: {e}); expected {expected}") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if tuple(x.shape[1:]) != tuple(input_shape):
+            raise DataSourceError(f"--dataset {path}: x_{split} has shape {x.shape}; this model "
+                                  f"takes (N, {', '.join(map(str, input_shape))})")
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise DataSourceError(f"--dataset {path}: x_{split} is {x.dtype}; expected numbers")
+        if len(x) != len(y) or len(x) == 0:
+            raise DataSourceError(f"--dataset {path}: x_{split} holds {len(x)} examples and "
+                                  f"y_{split} {len(y)}; expected the same number, at least 1")
+        if task == "classification" and (y.ndim != 1 or not np.issubdtype(y.dtype, np.integer)):
+            raise DataSourceError(f"--dataset {path}: y_{split} is {y.dtype} of shape {y.shape}; "
+                                  "a classifier expects one integer label per example")
+    if task != "classification":
+        return Dataset(str(path.resolve()), arrays["x_train"],
+                       arrays["y_train"].astype(np.float32), arrays["x_test"],
+                       arrays["y_test"].astype(np.float32), source=f"arrays {path.resolve()}")
+    y_train, y_test = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)
+    k = int(max(y_train.max(), y_test.max())) + 1
+    if min(y_train.min(), y_test.min()) < 0 or k < 2:
+        raise DataSourceError(f"--dataset {path}: labels run {min(y_train.min(), y_test.min())}"
+                              f"..{k - 1}; expected classes 0..K-1 with K >= 2")
+    if names and len(names) != k:
+        raise DataSourceError(f"--dataset {path}: class_names has {len(names)} names for {k} "
+                              "classes")
+    names = names or tuple(map(str, range(k)))
+    counts = {s: {names[c]: int(n) for c, n in enumerate(np.bincount(y, minlength=k))}
+              for s, y in (("train", y_train), ("test", y_test))}
+    return Dataset(str(path.resolve()), arrays["x_train"], y_train, arrays["x_test"], y_test,
+                   source=f"arrays {path.resolve()}", class_names=names,
+                   details={"counts": counts})

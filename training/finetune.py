@@ -1,0 +1,114 @@
+"""Start a run from a trained version (docs/ARCHITECTURE.md, "Fine-tuning").
+
+`--init-from PATH`: an exported version (verified against its certificate first; its weights
+are the SavedModel's variables, which the export tracks in the model's own order) or a run folder
+(its `model.keras`). The new model is built for the new data; every layer whose weights have the
+parent's shapes takes them, and the others (a classifier's head when the class count differs)
+keep their fresh initialisation. `--freeze-backbone` trains only the layers that were not
+copied (or, with no new head, the last layer with weights); `--trainable-from LAYER` trains
+that layer and every one after it. The run's config and the certificate record the parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from serving.repository import certificate
+
+
+class InitError(ValueError):
+    """--init-from names nothing usable, or weights that do not fit: one line."""
+
+
+def describe_parent(path: Path) -> dict:
+    """The parent's record: {"path", "kind", "model", "version", "certificate_sha256"}."""
+    path = Path(path).resolve()
+    if (path / certificate.FILENAME).is_file():
+        try:
+            meta = certificate.verify(path)
+        except certificate.CertificateError as e:
+            raise InitError(f"--init-from {path}: {e}") from None
+        digest = hashlib.sha256((path / certificate.FILENAME).read_bytes()).hexdigest()
+        outputs = meta["signature"]["outputs"]
+        classes = outputs["probabilities"]["shape"][-1] if "probabilities" in outputs else None
+        return {"path": str(path), "kind": "export", "model": meta["zoo_model"],
+                "name": meta["name"], "version": meta["version"], "certificate_sha256": digest,
+                "num_classes": classes}
+    if (path / "model.keras").is_file() and (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text())
+        return {"path": str(path), "kind": "run", "model": config["model"],
+                "num_classes": config.get("num_classes"),
+                "model_sha256": hashlib.sha256((path / "model.keras").read_bytes()).hexdigest()}
+    raise InitError(f"--init-from {path} is neither an exported version (NAME/VERSION with "
+                    "metadata.json) nor a finished run folder (with model.keras)")
+
+
+def parent_weights(parent: dict) -> list[np.ndarray]:
+    """The parent's variables, in its model's order."""
+    path = Path(parent["path"])
+    if parent["kind"] == "export":
+        import tensorflow as tf
+
+        return [v.numpy() for v in tf.saved_model.load(str(path)).variables]
+    import keras
+
+    return [np.asarray(v) for v in keras.models.load_model(path / "model.keras").variables]
+
+
+def start_from(model, config) -> None:
+    """Initialise a fresh model of the run `config` from its parent, as the config says."""
+    import zoo
+
+    parent = config.init_from
+    k = parent.get("num_classes")
+    takes = zoo.registry.takes_num_classes(parent["model"])
+    parent_model = zoo.create_model(parent["model"], **({"num_classes": k} if k and takes
+                                                        else {}))
+    fresh = initialise(model, parent, parent_model, config.freeze_backbone,
+                       config.trainable_from)
+    trained = [la.name for la in model.layers if la.trainable and la.weights]
+    print(f"[init] {config.model} from {parent['path']}; new: {', '.join(fresh) or 'none'}; "
+          f"trained: {', '.join(trained)}", file=sys.stderr)
+
+
+def initialise(model, parent: dict, parent_model, freeze_backbone: bool = False,
+               trainable_from: str | None = None) -> list[str]:
+    """Copy the parent's weights into `model` layer by layer (`parent_model`: a model of the
+    parent's architecture to read them by layer); return the names of the layers left fresh."""
+    weights = parent_weights(parent)
+    if len(weights) != len(parent_model.variables):
+        raise InitError(f"--init-from {parent['path']} holds {len(weights)} variables, a "
+                        f"{parent['model']} has {len(parent_model.variables)}")
+    for v, w in zip(parent_model.variables, weights):
+        if tuple(v.shape) != w.shape:
+            raise InitError(f"--init-from {parent['path']}: {v.path} has shape {w.shape}, "
+                            f"a {parent['model']} {tuple(v.shape)}")
+        v.assign(w)
+    sources = {layer.name: layer for layer in parent_model.layers}
+    fresh = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        src = sources.get(layer.name)
+        if src is not None and [w.shape for w in src.weights] == [w.shape for w in layer.weights]:
+            layer.set_weights(src.get_weights())
+        else:
+            fresh.append(layer.name)
+    names = [layer.name for layer in model.layers]
+    if trainable_from is not None:
+        if trainable_from not in names:
+            raise InitError(f"--trainable-from {trainable_from}: no such layer; the model has "
+                            f"{', '.join(n for n in names if model.get_layer(n).weights)}")
+        first = names.index(trainable_from)
+        for i, layer in enumerate(model.layers):
+            layer.trainable = i >= first
+    elif freeze_backbone:
+        head = set(fresh) or {next(la.name for la in reversed(model.layers) if la.weights)}
+        for layer in model.layers:
+            layer.trainable = layer.name in head
+    return fresh
