@@ -387,6 +387,19 @@ def test_pipelines_feed_raw_float_pixels(mnist):
     assert sum(len(b[1]) for b in batches) == 100
 
 
+
+@pytest.mark.parametrize("shard", [None, (1, 2)], ids=["one", "worker-1-of-2"])
+def test_a_pipeline_started_at_step_k_gives_the_uninterrupted_batches_from_k(mnist, shard):
+    """What makes a resumed run the uninterrupted one: passes are permuted by their absolute
+    index, and the start step skips into a pass (13 = one pass of 10 batches and 3)."""
+    def labels(start_step, n):
+        it = iter(data.train_pipeline(mnist, 64, seed=5, limit=640, shard=shard,
+                                      start_step=start_step))
+        return [next(it)[1].numpy() for _ in range(n)]
+
+    whole = labels(0, 25)
+    assert not np.array_equal(whole[0], whole[10])  # the second pass is shuffled anew
+    assert all(np.array_equal(a, b) for a, b in zip(labels(13, 12), whole[13:], strict=True))
 @pytest.mark.slow
 def test_training_runs_from_keras_cache_when_the_project_cache_is_damaged(tmp_path, mnist):
     """The CLI, end to end and offline: a truncated project cache is moved aside and the run

@@ -198,29 +198,34 @@ def test_two_workers_train_the_weights_of_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_stops_the_run_and_resume_finishes_it(tmp_path):
+def test_a_killed_worker_stops_the_run_and_resume_finishes_it_with_the_uninterrupted_weights(
+        tmp_path):
     """kill -9 of worker 1 after the first committed epoch: worker 0 fails on its own within
-    the peer timeout, naming the loss (no hang); `--resume --workers 2` finishes the run."""
-    run = tmp_path / "run"
+    the peer timeout, naming the loss (no hang); `--resume --workers 2` finishes the run with
+    the weights (the same sha256) of an uninterrupted 2-worker run."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    # Long epochs (1,875 steps of 32) so that the kill lands well inside the run.
-    args = ["softmax_regression", "--epochs", "3", "--batch-size", "32", "--precision",
-            "float32", "--test-limit", "256", "--run-dir", str(run), "--no-export",
-            "--peer-timeout", PEER_TIMEOUT]
+    # Epochs of 20 steps over passes of 32: the resume lands inside a pass.
+    args = ["softmax_regression", "--epochs", "3", "--steps-per-epoch", "20", *SMALL,
+            "--no-export", "--peer-timeout", PEER_TIMEOUT]
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
     procs = []
     try:
         for i in range(2):
             with open(logs[i], "w") as log:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "training.train", *args], cwd=ROOT,
-                    env=worker_env(addresses, i), stdout=log, stderr=subprocess.STDOUT))
+                    [sys.executable, "-m", "training.train", *args, "--run-dir", str(run)],
+                    cwd=ROOT, env=worker_env(addresses, i), stdout=log,
+                    stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 600
         while not (run / "state.json").exists():
             assert all(p.poll() is None for p in procs), [p.poll() for p in procs]
             assert time.monotonic() < deadline, "no epoch committed"
             time.sleep(0.05)
+        for p in procs:  # frozen, so that the kill lands before the run's end on any CPU
+            p.send_signal(signal.SIGSTOP)
         procs[1].send_signal(signal.SIGKILL)
+        procs[0].send_signal(signal.SIGCONT)
         procs[0].wait(timeout=EXIT_BOUND)
     finally:
         for p in procs:
@@ -240,7 +245,15 @@ def test_a_killed_worker_stops_the_run_and_resume_finishes_it(tmp_path):
     assert f"[resume] {run} from epoch {state['epoch']}/3" in resumed.stderr
     final = json.loads((run / "state.json").read_text())
     assert final["epoch"] == 3 and [r["epoch"] for r in final["history"]] == [1, 2, 3]
+    assert final["resumed"] == [state["epoch"]]
     assert (run / "model.keras").is_file() and (run / "loss.png").is_file()
+
+    uninterrupted = train_cli(*args, "--workers", "2", "--run-dir", str(whole))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    hashes = [dict((w, (h, n)) for w, h, n in FINGERPRINT.findall(done.stderr))
+              for done in (resumed, uninterrupted)]
+    assert hashes[0]["worker 0"] == hashes[1]["worker 0"] == (hashes[1]["worker 0"][0], "60")
+    assert json.loads((whole / "summary.json").read_text())["resumed_at_epochs"] == []
 
 
 @pytest.mark.slow

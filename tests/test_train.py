@@ -351,6 +351,43 @@ def test_a_live_run_has_one_writer_and_sigterm_leaves_it_resumable(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(tmp_path):
+    """kill -9 after a committed epoch and --resume: bitwise the same weights and metrics as
+    one run without a stop (epochs of 30 steps over passes of 64: a resume lands inside a
+    pass); the summary and the certificate say where it was resumed."""
+    import keras
+
+    args = ["mlp_128", "--epochs", "4", "--steps-per-epoch", "30", "--batch-size", "32",
+            "--train-limit", "2048", "--test-limit", "256", "--seed", "5", "--precision",
+            "float32"]
+    whole, cut, exports = tmp_path / "whole", tmp_path / "cut", tmp_path / "exports"
+    done = run_cli(*args, "--run-dir", str(whole), "--no-export")
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "stderr", "w") as err:
+        proc = _start([*args, "--run-dir", str(cut), "--no-export"], err)
+        try:
+            _wait_until(lambda: (cut / "state.json").exists(), proc, "committed epoch")
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            _stopped(proc, tmp_path / "stderr")
+    epoch = checkpoints.read_state(cut)["epoch"]
+    assert 1 <= epoch < 4
+    done = run_cli("--resume", str(cut), "--export-dir", str(exports))
+    assert done.returncode == 0, done.stderr
+    assert f", resumed at epoch {epoch}" in done.stdout, done.stdout
+
+    def final(run):
+        return [np.asarray(w) for w in keras.models.load_model(run / "model.keras").weights]
+
+    assert all(np.array_equal(a, b) for a, b in zip(final(whole), final(cut), strict=True))
+    same = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    assert ([{k: r[k] for k in same} for r in checkpoints.read_state(cut)["history"]]
+            == [{k: r[k] for k in same} for r in checkpoints.read_state(whole)["history"]])
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (whole, cut)]
+    assert [s["resumed_at_epochs"] for s in summaries] == [[], [epoch]]
+    meta = json.loads((exports / "mlp_128" / "1" / "metadata.json").read_text())
+    assert meta["training"]["resumed_at_epochs"] == [epoch]
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_epoch_ends_leaves_no_run_folder(tmp_path):
     run, log = tmp_path / "run", tmp_path / "stderr"
     # An epoch far longer than the test waits: ^C comes before it ends, whatever the CPU.

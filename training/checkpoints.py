@@ -48,6 +48,13 @@ def committed_state(run_dir: Path) -> dict:
     return state
 
 
+def resumed_at(state: dict | None) -> list[int]:
+    """The epochs a run was resumed at, this resume included (kept in state.json from its next
+    committed epoch on, and in the certificate): a resumed run trains the weights of the
+    uninterrupted one, and says where it was resumed."""
+    return [] if state is None else [*state.get("resumed", []), state["epoch"]]
+
+
 def load_checkpoint(run_dir: Path, state: dict) -> keras.Model:
     """The model (and optimizer state) of a single-process run's committed checkpoint."""
     path = Path(run_dir) / state["checkpoint"]
@@ -91,9 +98,12 @@ class FiniteGuard(keras.callbacks.Callback):
 class EpochCheckpoint(keras.callbacks.Callback):
     """Writes the checkpoint, state and metrics after each epoch; times training vs evaluation."""
 
-    def __init__(self, run_dir: Path, history: list[dict] | None = None, evaluate=None):
-        """`evaluate(model) -> {"loss": .., "accuracy": ..}`: the test metrics of each epoch."""
+    def __init__(self, run_dir: Path, history: list[dict] | None = None, evaluate=None,
+                 resumed: list[int] | None = None):
+        """`evaluate(model) -> {"loss": .., "accuracy": ..}`: the test metrics of each epoch;
+        `resumed`: the epochs this run was resumed at, kept in state.json."""
         super().__init__()
+        self.resumed = list(resumed or [])
         self.evaluate = evaluate
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -132,7 +142,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         write_metrics(self.run_dir, self.history)
         write_json_atomic(
             self.run_dir / STATE,
-            {"epoch": epoch + 1, "checkpoint": f"checkpoints/{name}", "history": self.history},
+            {"epoch": epoch + 1, "checkpoint": f"checkpoints/{name}", "history": self.history,
+             "resumed": self.resumed},
         )
         for old in self.ckpt_dir.glob("epoch-*.keras"):
             if old.name != name:

@@ -63,6 +63,10 @@ class TrainConfig:
         """Steps of epoch `epoch` (0-based): steps_per_epoch, except a shorter last one."""
         return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
 
+    def first_step(self, epoch: int) -> int:
+        """The global step epoch `epoch` (0-based) starts at (only the last epoch is shorter)."""
+        return epoch * self.steps_per_epoch
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -194,8 +198,10 @@ def resolve_config(
 
 def epoch_groups(config: TrainConfig, initial_epoch: int):
     """(first, end, steps) for each run of epochs of equal length from `initial_epoch` on: the
-    whole epochs, then a shorter last one. Each group trains on one pipeline seeded with
-    seed + first (the multi-worker path follows the same rule, so both see the same batches)."""
+    whole epochs, then a shorter last one. Each group trains on one pipeline of the run's seed
+    started at its first global step (`first_step(first)`): the batches of an uninterrupted
+    run, whatever epoch a resume starts from; the multi-worker path follows the same rule, so
+    both see the same batches."""
     epoch = initial_epoch
     while epoch < config.epochs:
         steps = config.epoch_steps(epoch)

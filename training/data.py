@@ -511,8 +511,12 @@ def as_float_inputs(x: np.ndarray) -> np.ndarray:
 
 
 def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = None,
-                   shard: tuple[int, int] | None = None):
+                   shard: tuple[int, int] | None = None, start_step: int = 0):
     """Shuffled each epoch, batched, prefetched; repeats forever (the caller sets steps).
+
+    `start_step`: the global step of the first batch. Pass p over the data is permuted by
+    (seed, p) whatever step the pipeline starts at, so a run resumed at step k trains on the
+    batches k, k+1, ... of the uninterrupted run (docs/ARCHITECTURE.md, "Training runs").
 
     `shard=(i, n)`: worker i of n gets the i-th of n equal slices of every global batch, so that
     n workers together see exactly the batches of one process (docs/ARCHITECTURE.md,
@@ -540,9 +544,11 @@ def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = 
             order = order[:, shard[0] * width:(shard[0] + 1) * width]
         return tf.data.Dataset.from_tensor_slices(order)
 
+    first_pass, offset = divmod(start_step, per_epoch)
     return (
-        tf.data.Dataset.range(2**62)
+        tf.data.Dataset.range(first_pass, 2**62)
         .flat_map(epoch_batches)
+        .skip(offset)  # indices only: the images of the skipped batches are never gathered
         .map(lambda idx: (tf.cast(tf.gather(xt, idx), tf.float32), tf.gather(yt, idx)),
              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)

@@ -284,6 +284,8 @@ def build_metadata(config: TrainConfig, spec, dataset: data.Dataset, summary: di
         "training": {
             "config": config.to_json(),
             "epochs_completed": summary.get("epochs_completed"),
+            # Where it was stopped and resumed; its weights are the uninterrupted run's.
+            "resumed_at_epochs": summary.get("resumed_at_epochs", []),
             "train_seconds": summary.get("train_seconds"),
             "run_dir": summary.get("run_dir"),
         },

@@ -235,7 +235,7 @@ class Trainer:
             totals += self.strategy.reduce("SUM", per_replica, axis=None)
         return totals
 
-    def dataset(self, dataset: data.Dataset, seed: int):
+    def dataset(self, dataset: data.Dataset, seed: int, start_step: int):
         """This worker's slice of the global batches one process would train on. From a
         function: experimental_distribute_dataset would take each slice for a global batch
         and split it again."""
@@ -248,7 +248,7 @@ class Trainer:
                                    f"{context.num_input_pipelines} workers")
             shard = (context.input_pipeline_id, context.num_input_pipelines)
             return data.train_pipeline(dataset, config.batch_size, seed, config.train_limit,
-                                       shard=shard)
+                                       shard=shard, start_step=start_step)
 
         return iter(self.strategy.distribute_datasets_from_function(per_worker))
 
@@ -281,6 +281,7 @@ def train(worker: Worker, strategy, config: TrainConfig, run_dir: Path | None,
     trainer = Trainer(strategy, worker, config)
     history: list[dict] = []
     initial_epoch = 0
+    resumed = checkpoints.resumed_at(state)
     if state is not None:
         initial_epoch, history = state["epoch"], state["history"]
         restore(trainer, run_dir / state["checkpoint"])
@@ -294,7 +295,7 @@ def train(worker: Worker, strategy, config: TrainConfig, run_dir: Path | None,
         epoch = initial_epoch
         for first, last, steps in epoch_groups(config, initial_epoch):
             # One pipeline per group, seeded as fit_model seeds its own: the same batches.
-            iterator = trainer.dataset(dataset, config.seed + first)
+            iterator = trainer.dataset(dataset, config.seed, config.first_step(first))
             for epoch in range(first, last):
                 start = time.perf_counter()
                 try:
@@ -325,7 +326,7 @@ def train(worker: Worker, strategy, config: TrainConfig, run_dir: Path | None,
                     and not k.endswith("seconds")), file=sys.stderr, flush=True)
                 if worker.is_chief:
                     history.append(record)
-                    commit(run_dir, history, epoch + 1,
+                    commit(run_dir, history, epoch + 1, resumed,
                            Path(path).resolve().relative_to(run_dir.resolve()))
                     with writer.as_default(step=epoch + 1):
                         for k, v in record.items():
@@ -342,7 +343,8 @@ def train(worker: Worker, strategy, config: TrainConfig, run_dir: Path | None,
         # strategy's model would be distributed (collectives with workers that are done).
         model = local_copy(trainer.model, config)
         checkpoints.save_model_atomic(model, run_dir / "model.keras")
-        summary = finish(model, config, dataset, run_dir, history, export_dir)
+        summary = finish(model, config, dataset, run_dir, history, export_dir,
+                         (checkpoints.read_state(run_dir) or {}).get("resumed", []))
     finished_together(strategy, worker)
     return summary
 
@@ -389,13 +391,15 @@ def fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def commit(run_dir: Path, history: list[dict], epoch: int, checkpoint: Path) -> None:
+def commit(run_dir: Path, history: list[dict], epoch: int, resumed: list[int],
+           checkpoint: Path) -> None:
     """Metrics first, state.json last: the commit point of a single-process run
     (training/checkpoints.py). CheckpointManager keeps the previous checkpoint until the next
     save, so a kill before this line leaves state.json pointing at a whole checkpoint."""
     checkpoints.write_metrics(run_dir, history)
     write_json_atomic(run_dir / run_folder.STATE,
-                      {"epoch": epoch, "checkpoint": str(checkpoint), "history": history})
+                      {"epoch": epoch, "checkpoint": str(checkpoint), "history": history,
+                       "resumed": resumed})
 
 
 def restore(trainer: Trainer, path: Path) -> None:

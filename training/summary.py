@@ -12,7 +12,9 @@ from training.config import TrainConfig, write_json_atomic
 
 
 def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
-           history: list[dict], export_dir: Path | None) -> dict:
+           history: list[dict], export_dir: Path | None, resumed: list[int]) -> dict:
+    """`resumed`: the epochs the run was resumed at (state.json's), recorded in the summary
+    and the certificate."""
     from training.plots import plot_curves
 
     try:  # a run exported before and resumed with --no-export keeps its export
@@ -31,6 +33,7 @@ def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
         "parameters": int(model.count_params()),
         "data": {"source": dataset.source, "sha256": dataset.sha256},
         "epochs_completed": last["epoch"],
+        "resumed_at_epochs": list(resumed),
         "train_seconds": sum(r["train_seconds"] for r in history),
         "test": {k[5:]: v for k, v in last.items() if k.startswith("test_")},
         "reference": {

@@ -411,15 +411,18 @@ def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
     else:
         model = modeling.compile_model(config, model or modeling.build_model(config, dataset))
 
-    fit_model(model, config, dataset, run_dir, history, initial_epoch)
+    fit_model(model, config, dataset, run_dir, history, initial_epoch,
+              checkpoints.resumed_at(state))
     state = checkpoints.read_state(run_dir)
     history = state["history"] if state else history
     checkpoints.save_model_atomic(model, run_dir / "model.keras")
-    return finish(model, config, dataset, run_dir, history, export_dir)
+    return finish(model, config, dataset, run_dir, history, export_dir,
+                  (state or {}).get("resumed", []))
+
 
 
 def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
-              history: list[dict], initial_epoch: int) -> None:
+              history: list[dict], initial_epoch: int, resumed: list[int]) -> None:
     """model.fit over the remaining epochs: the whole ones in one call, then a shorter last
     epoch (--steps N not a multiple of an epoch) in a second call, so exactly N steps run."""
     import keras
@@ -427,15 +430,17 @@ def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
     callbacks = [
         checkpoints.FiniteGuard(config.model),  # first: no NaN reaches a checkpoint or export
         # Test metrics in float32 whatever the policy (fit's validation would use the policy).
-        checkpoints.EpochCheckpoint(run_dir, history, modeling.TestEvaluator(config, dataset)),
+        checkpoints.EpochCheckpoint(run_dir, history, modeling.TestEvaluator(config, dataset),
+                                    resumed),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), profile_batch=0),
     ]
     for epoch, last, steps in epoch_groups(config, initial_epoch):
         modeling.set_epoch_steps(model, steps)
         model.fit(
-            # A resumed run must not replay the shuffle order of epoch 1: offset the seed.
-            data.train_pipeline(dataset, config.batch_size, config.seed + epoch,
-                                config.train_limit),
+            # From this group's first global step: a resumed run trains on the batches the
+            # uninterrupted one would (not epoch 1's again).
+            data.train_pipeline(dataset, config.batch_size, config.seed, config.train_limit,
+                                start_step=config.first_step(epoch)),
             epochs=last,
             initial_epoch=epoch,
             steps_per_epoch=steps,
@@ -454,7 +459,8 @@ def format_summary(s: dict) -> str:
         f"{s['config']['precision']})",
         f"trained      {TrainConfig.from_json(s['config']).total_steps} steps of "
         f"{s['config']['batch_size']} in {s['epochs_completed']} epochs, "
-        f"{s['train_seconds']:.1f} s",
+        f"{s['train_seconds']:.1f} s" + "".join(
+            f", resumed at epoch {e}" for e in s.get("resumed_at_epochs", [])),
         "test         " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(s["test"].items())),
         f"reference    {ref['metric']} {ref['value']:.4f} vs target {ref['target']:g}: {verdict}",
         f"run dir      {s['run_dir']}",
