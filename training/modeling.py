@@ -47,7 +47,11 @@ def fresh_model(config: TrainConfig):
 def build_model(config: TrainConfig, dataset: data.Dataset):
     """fresh_model, checked: the output must be one probability per class of the data (or the
     target's shape), the input the spec's; a plugin's that is not is a PluginError naming it,
-    a zoo model's a ConfigError (zoo/plugins.py)."""
+    a zoo model's a ConfigError (zoo/plugins.py). Seeded here: its initial weights are the
+    run's seed's wherever it is built (the CLI builds it before the run folder, to check it)."""
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
     if config.task == "classification":
         output = (dataset.num_classes,)
     else:
