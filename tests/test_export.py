@@ -192,6 +192,34 @@ def test_evaluate_refuses_a_limit_below_one(softmax_run, limit):
     assert "Traceback" not in done.stderr
 
 
+def test_evaluate_refuses_other_data_than_the_certificates_unless_allowed(softmax_run, mnist,
+                                                                          tmp_path):
+    """Test pixels inverted: one line naming both hashes, exit 2; --allow-other-data measures
+    them and prints both hashes in full."""
+    from tests.data_fixtures import write_npz
+
+    other = tmp_path / "other"
+    write_npz(other, {"x_train": mnist.x_train, "y_train": mnist.y_train,
+                      "x_test": 255 - mnist.x_test, "y_test": mnist.y_test})
+    version = softmax_run / "exports" / "softmax_regression" / "1"
+    certified = json.loads((version / "metadata.json").read_text())["data"]["sha256"]
+    command = [sys.executable, "-m", "training.evaluate", str(version), "--limit", "100",
+               "--data-dir", str(other)]
+    done = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = [ln for ln in done.stderr.strip().splitlines() if not ln.startswith("[data]")]
+    assert len(lines) == 1 and lines[0].startswith("error: mnist is not the data this version "
+                                                   "was certified on"), done.stderr
+    assert f"certificate {certified[:12]}): give those data" in lines[0] and done.stdout == ""
+    allowed = subprocess.run([*command, "--allow-other-data"], cwd=ROOT, env=subprocess_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "warning: measuring on other data" in allowed.stderr, allowed.stderr
+    assert f"certificate {certified}" in allowed.stderr
+    assert "accuracy" in allowed.stdout and "on 100 test examples" in allowed.stdout
+
+
 def test_evaluate_says_how_many_examples_the_certificate_measured(softmax_run):
     version = softmax_run / "exports" / "softmax_regression" / "1"
     done = subprocess.run([sys.executable, "-m", "training.evaluate", str(version), "--limit",
