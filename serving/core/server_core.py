@@ -42,10 +42,11 @@ from serving.observability.metrics import Metrics
 class _Request:
     """The clock points of the inference request in progress (one per asyncio task)."""
 
-    __slots__ = ("start", "ran", "rows")
+    __slots__ = ("start", "run_asked", "ran", "rows", "queue_ns", "infer_ns")
 
     def __init__(self, start: int):
-        self.start, self.ran, self.rows = start, 0, 0
+        self.start, self.run_asked, self.ran, self.rows = start, 0, 0, 0
+        self.queue_ns = self.infer_ns = 0
 
 
 _REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
@@ -165,8 +166,12 @@ class ServerCore:
             _REQUEST.reset(token)
             loaded.release()
             end = time.perf_counter_ns()
+            # Every phase is added at the request's end, together: a reader between two
+            # requests' phases would see unequal counts (perf_analyzer refuses them).
             stats = loaded.statistics
             if request.ran:
+                stats.compute_input.add(request.run_asked - request.start)
+                stats.ran(request.queue_ns, request.infer_ns)
                 stats.compute_output.add(end - request.ran)
             stats.request(ok, end - request.start, request.rows)
 
@@ -184,7 +189,7 @@ class ServerCore:
         access_log.note(model=loaded.name, version=loaded.version, rows=rows)
         request = _REQUEST.get()
         if request is not None:
-            loaded.statistics.compute_input.add(time.perf_counter_ns() - request.start)
+            request.run_asked = time.perf_counter_ns()
         result = await self._run(loaded, sig, inputs, outputs, rows)
         if request is not None:
             request.ran, request.rows = time.perf_counter_ns(), rows
@@ -204,8 +209,8 @@ class ServerCore:
                 submitted = time.monotonic()
                 result = await batcher.submit(inputs, times)
                 began = min(b for b, _ in times)
-                loaded.statistics.ran(int((began - submitted) * 1e9),
-                                      int((max(e for _, e in times) - began) * 1e9))
+                self._ran(loaded, int((began - submitted) * 1e9),
+                          int((max(e for _, e in times) - began) * 1e9))
                 return {k: result[k] for k in (outputs or result)}
             submitted = time.perf_counter()
             if loaded.inline and rows <= 8:
@@ -220,7 +225,7 @@ class ServerCore:
                     self.executor, timed)
             ran = time.perf_counter() - began
             self.metrics.run(loaded.name, loaded.version, sig.name, began - submitted, ran)
-            loaded.statistics.ran(int((began - submitted) * 1e9), int(ran * 1e9))
+            self._ran(loaded, int((began - submitted) * 1e9), int(ran * 1e9))
             loaded.statistics.execution(rows, int(ran * 1e9))
             return result
         except QueueFull as e:
@@ -234,6 +239,16 @@ class ServerCore:
             if "InvalidArgument" in type(e).__name__ or "INVALID_ARGUMENT" in str(e):
                 raise invalid(msg) from None
             raise ServingError(grpc.StatusCode.INTERNAL, msg) from None
+
+    @staticmethod
+    def _ran(loaded: LoadedVersion, queue_ns: int, infer_ns: int) -> None:
+        """A run's queue and infer time: kept for the end of the request `serve` times, or
+        counted now for a run outside one."""
+        request = _REQUEST.get()
+        if request is not None:
+            request.queue_ns, request.infer_ns = queue_ns, infer_ns
+        else:
+            loaded.statistics.ran(queue_ns, infer_ns)
 
     # ---------------------------------------------------------------- the lifecycle
     async def load(self, config: model_server_config_pb2.ModelServerConfig | None) -> None:
