@@ -285,8 +285,9 @@ class Server:
             guard = auth.Guard.from_args(args)
         except ValueError as e:
             raise protos.ConfigError(str(e)) from None
-        interceptors = [i for i in (access and access.grpc_interceptor(),
-                                    guard.grpc_interceptor()) if i is not None]
+        interceptors = [i for i in (access and access.grpc_interceptor(),  # outermost
+                                    guard.grpc_interceptor(),  # refuses before any parse
+                                    grpc_server.RequestDecoding()) if i is not None]
         server = self._grpc = grpc.aio.server(options=grpc_options, interceptors=interceptors)
         tf_grpc.add_to_server(core, server, peers)
         self._v2 = v2_dataplane.DataPlane(core)

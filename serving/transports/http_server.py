@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import grpc
 from aiohttp import web, web_protocol
-from aiohttp.http_exceptions import LineTooLong
+from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 
 from serving.core import limits
 from serving.core.errors import ServingError
@@ -53,6 +53,9 @@ HTTP_CODES = {  # TF Serving's ToHTTPStatusCode
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LINGER_SECONDS = 2.0             # after an answer that closes, how long the client's rest is read
 FD_RESERVE = 256                 # open files kept for everything but REST connections
+# Request bodies aiohttp decompresses as it reads them (br through the Brotli package); the
+# size limit counts the decompressed bytes.
+CONTENT_ENCODINGS = ("identity", "gzip", "deflate", "br")
 
 
 # ---------------------------------------------------------------------------- options (flags)
@@ -187,7 +190,7 @@ class _Connection(web_protocol.RequestHandler):
 
     def __init__(self, server: _Server, **kwargs):
         super().__init__(server, **kwargs)
-        self.options = server.options
+        self.options, self.access = server.options, server.access
         self.busy = False  # a request's head is complete; our handler has it
         self.lost = asyncio.get_running_loop().create_future()
         self._deadline: asyncio.TimerHandle | None = None
@@ -237,11 +240,19 @@ class _Connection(web_protocol.RequestHandler):
                 f"Request header too large: at most {o.rest_api_max_header_count} lines of at "
                 f"most {o.rest_api_max_header_bytes} bytes each (--rest_api_max_header_count, "
                 "--rest_api_max_header_bytes)")
+        elif isinstance(exc, ContentEncodingError):  # one aiohttp has no decoder for
+            status, message = 415, (f"Content-Encoding is not accepted ({exc.message}): send "
+                                    f"one of {', '.join(CONTENT_ENCODINGS)}")
         elif status >= 500:
             log.error("REST %s %s failed", request.method, request.path, exc_info=exc)
             message = f"Internal error: {type(exc).__name__}: {exc}"
         else:
             message = f"Malformed HTTP request: {message or exc}"
+        access = self.access
+        if access is not None:  # a request that never reached RestServer.handle
+            method, path = getattr(request, "method", "?"), getattr(request, "path", "?")
+            access.end(access.begin(access_log.rest_protocol(path), f"{method} {path}",
+                                    getattr(request, "remote", None)), status)
         self.close()  # whatever the client sends from now on is dropped
         return _AnswerThenClose(self, status, message)
 
@@ -249,7 +260,8 @@ class _Connection(web_protocol.RequestHandler):
 class _Server(web.Server):
     """aiohttp's low-level server making _Connection protocols, with the connection cap."""
 
-    def __init__(self, handler, options: RestOptions, max_connections: int):
+    def __init__(self, handler, options: RestOptions, max_connections: int,
+                 access: access_log.AccessLog | None = None):
         kwargs = dict(access_log=None, max_headers=options.rest_api_max_header_count,
                       max_line_size=options.rest_api_max_header_bytes,
                       max_field_size=options.rest_api_max_header_bytes,
@@ -257,7 +269,7 @@ class _Server(web.Server):
                       lingering_time=LINGER_SECONDS)
         super().__init__(handler, **kwargs)
         self.protocol_kwargs = {**kwargs, "loop": asyncio.get_running_loop()}
-        self.options, self.max_connections = options, max_connections
+        self.options, self.max_connections, self.access = options, max_connections, access
         body = json.dumps({"error": f"Too many connections: this server takes at most "
                                     f"{max_connections} (--rest_api_max_connections)"})
         self.refusal = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -331,7 +343,7 @@ class RestServer:
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         budget = connection_budget(self.options.rest_api_max_connections)
-        self._runner = web.ServerRunner(_Server(self.handle, self.options, budget))
+        self._runner = web.ServerRunner(_Server(self.handle, self.options, budget, self.access))
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None,
                            backlog=min(budget, 4096))
@@ -439,16 +451,25 @@ class RestServer:
                 request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in CONTENT_ENCODINGS:
+            raise HttpError(415, f"Content-Encoding {encoding!r} is not accepted: send one of "
+                                 f"{', '.join(CONTENT_ENCODINGS)}")
         content, chunks, size = request.content, [], 0
         while not content.at_eof():
-            chunk = content.read_nowait()  # what has arrived; else wait, within the timeout
-            if not chunk:
-                try:
+            try:
+                chunk = content.read_nowait()  # what has arrived; else wait, within the timeout
+                if not chunk:
                     async with asyncio.timeout(timeout):
                         chunk = await content.readany()
-                except TimeoutError:
-                    raise HttpError(408, f"Request body paused for more than {timeout:g} s "
-                                         "(--rest_api_read_timeout_seconds)") from None
+            except TimeoutError:
+                raise HttpError(408, f"Request body paused for more than {timeout:g} s "
+                                     "(--rest_api_read_timeout_seconds)") from None
+            except Exception as e:  # noqa: BLE001 - aiohttp decompresses as it reads
+                if encoding == "identity":
+                    raise
+                raise HttpError(400, f"Request body does not decode as its Content-Encoding "
+                                     f"{encoding!r} ({type(e).__name__})") from None
             size += len(chunk)
             if size > limit:
                 raise too_big

@@ -102,7 +102,8 @@ def json_data(array: np.ndarray) -> list:
 def split_binary(body: bytes, header_length: str) -> tuple[bytes, memoryview]:
     """(JSON header, binary sections) of a body sent with Inference-Header-Content-Length."""
     if not header_length.isascii() or not header_length.isdigit() or \
-            int(header_length) > len(body):
+            len(header_length.lstrip("0")) > len(str(len(body))) or \
+            int(header_length) > len(body):  # int() of 4,301 digits or more raises
         raise invalid(f"{INFERENCE_HEADER} {header_length!r} is not a length within the "
                       f"{len(body)}-byte body")
     n = int(header_length)

@@ -1,0 +1,132 @@
+"""Bad input over REST and gRPC (issue 25): each answered 4xx / INVALID_ARGUMENT naming what is
+wrong, never a 500 or UNKNOWN, and each request has its access-log line. The whole server in
+this process (tests/test_serving_rest.py's Stack, tiny ONNX identity models)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+import zlib
+
+import grpc
+import pytest
+
+from tests import test_serving_rest as rest
+from tests.test_serving_rest import ROW, exchange, post
+
+models, serve = rest.models, rest.serve  # the fixtures
+
+PREDICT = "/v1/models/identity:predict"
+INFER = "/v2/models/identity/infer"
+
+
+def v2_body(data) -> bytes:
+    return json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                   "data": data}]}).encode()
+
+
+@pytest.mark.parametrize("path,body", [
+    (PREDICT, b'{"instances": [[1.0, null, 3.0, 4.0]]}'),
+    (PREDICT, b'{"instances": [[1.0, true, 3.0, 4.0]]}'),
+    (PREDICT, b'{"inputs": {"x": [[false, 2, 3, 4]]}}'),
+    (INFER, v2_body([1.0, None, 3.0, 4.0])),
+    (INFER, v2_body([[1.0, 2.0, 3.0, True]])),
+], ids=["tfs-null", "tfs-true", "tfs-columnar-false", "v2-null", "v2-true"])
+def test_json_null_and_booleans_in_a_float_tensor_are_400(serve, path, body):
+    status, _, answer = exchange(serve().port, post(path, body))
+    assert status == 400, answer
+    error = json.loads(answer)["error"]
+    assert '"x"' in error and ("null" in error or "boolean" in error), error
+
+
+def test_json_booleans_fill_a_bool_tensor_and_numbers_stay_fine(serve):
+    status, _, answer = exchange(serve().port, post(PREDICT, ROW))
+    assert status == 200, answer
+
+
+@pytest.mark.parametrize("request_bytes", [
+    post("/v1/models/identity/versions/" + "7" * 5000 + ":predict", ROW),
+    post("/v2/models/identity/versions/" + "7" * 5000 + "/infer", v2_body([1, 2, 3, 4])),
+    post(INFER, v2_body([1, 2, 3, 4]), "Inference-Header-Content-Length: " + "1" * 5000),
+    post(INFER, b'{"inputs": [{"name": "x", "shape": [' + b"9" * 5000
+         + b', 4], "datatype": "FP32", "data": [1]}]}'),
+], ids=["tfs-version", "v2-version", "header-length", "v2-shape"])
+def test_numbers_of_any_length_are_400(serve, request_bytes):
+    status, _, answer = exchange(serve().port, request_bytes)
+    assert status in (400, 404), answer
+    assert "Traceback" not in answer.decode() and json.loads(answer)["error"]
+
+
+def read_access_log(path, n: int) -> list[dict]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        if len(lines) >= n:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"{path} holds fewer than {n} lines: {path.read_text()!r}")
+
+
+@pytest.mark.parametrize("method", ["/tensorflow.serving.PredictionService/Predict",
+                                    "/inference.GRPCInferenceService/ModelInfer",
+                                    "/tensorflow.serving.ModelService/GetModelStatus"])
+@pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff", b"\x0a\x80", b"\x0a\x05ab"],
+                         ids=["raw", "bad-varint", "truncated"])
+def test_malformed_protobufs_are_invalid_argument_and_logged(serve, tmp_path, method, garbage):
+    log = tmp_path / "access.jsonl"
+    stack = serve(access_log=log, access_log_flush_seconds=0)
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        call = channel.unary_unary(method)  # bytes as they are
+        with pytest.raises(grpc.RpcError) as e:
+            call(garbage, timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert "class" not in e.value.details() and "malformed" in e.value.details().lower()
+    [line] = read_access_log(log, 1)
+    assert (line["method"], line["status"]) == (method, "INVALID_ARGUMENT")
+
+
+def test_a_5000_digit_v2_version_over_grpc_is_invalid_argument(serve):
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    stack = serve()
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for call, request in (
+                (stub.ModelMetadata, service_pb2.ModelMetadataRequest(name="identity",
+                                                                      version="7" * 5000)),
+                (stub.ModelInfer, service_pb2.ModelInferRequest(model_name="identity",
+                                                                model_version="7" * 5000))):
+            with pytest.raises(grpc.RpcError) as e:
+                call(request, timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+
+
+@pytest.mark.parametrize("encoding,body,status", [
+    ("gzip", gzip.compress(ROW), 200),
+    ("deflate", zlib.compress(ROW), 200),
+    ("gzip", b"not gzip at all", 400),
+    ("deflate", b"not deflate", 400),
+    ("br", b"not brotli", 400),
+    ("zstd", ROW, 415),
+    ("gzip, gzip", gzip.compress(gzip.compress(ROW)), 415),
+])
+def test_content_encoding(serve, tmp_path, encoding, body, status):
+    log = tmp_path / "access.jsonl"
+    stack = serve(access_log=log, access_log_flush_seconds=0)
+    got, _, answer = exchange(stack.port, post(PREDICT, body, f"Content-Encoding: {encoding}"))
+    assert got == status, answer
+    if status != 200:
+        assert "Content-Encoding" in json.loads(answer)["error"]
+    [line] = read_access_log(log, 1)
+    assert line["status"] == status
+
+
+def test_a_request_aiohttp_cannot_parse_has_its_access_log_line(serve, tmp_path):
+    log = tmp_path / "access.jsonl"
+    stack = serve(access_log=log, access_log_flush_seconds=0)
+    got, _, _ = exchange(stack.port, b"GET /v1/models/identity HTTP/1.1\r\nHost: t\r\n"
+                                     b"Content-Length: 1_0\r\n\r\n")
+    assert got == 400
+    [line] = read_access_log(log, 1)
+    assert line["status"] == 400
