@@ -130,3 +130,50 @@ def test_a_request_aiohttp_cannot_parse_has_its_access_log_line(serve, tmp_path)
     assert got == 400
     [line] = read_access_log(log, 1)
     assert line["status"] == 400
+
+
+# ------------------------------------------------------------------------------ duplicates
+@pytest.mark.parametrize("path,body", [
+    (PREDICT, b'{"instances": [[1, 2, 3, 4]], "instances": [[5, 6, 7, 8]]}'),
+    (PREDICT, b'{"inputs": {"x": [[1, 2, 3, 4]], "x": [[5, 6, 7, 8]]}}'),
+    (INFER, b'{"inputs": [{"name": "x", "name": "y", "shape": [1, 4], "datatype": "FP32", '
+            b'"data": [1, 2, 3, 4]}]}'),
+    (PREDICT, json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]] * 20_000}).encode()[:-1]
+     + b', "instances": [[0, 0, 0, 0]]}'),
+], ids=["tfs-top", "tfs-inputs", "v2-tensor", "big-body"])
+def test_duplicate_json_keys_are_400(serve, path, body):
+    status, _, answer = exchange(serve().port, post(path, body))
+    assert status == 400, answer
+    assert "duplicate key" in json.loads(answer)["error"]
+
+
+def test_two_inference_header_lengths_are_400(serve):
+    body = v2_body([1, 2, 3, 4])
+    status, _, answer = exchange(serve().port, post(
+        INFER, body, f"Inference-Header-Content-Length: {len(body)}",
+        f"Inference-Header-Content-Length: {len(body)}"))
+    assert status == 400 and "Inference-Header-Content-Length" in json.loads(answer)["error"]
+
+
+@pytest.mark.parametrize("first_good", [True, False], ids=["valid-then-wrong", "wrong-then-valid"])
+def test_two_authorization_values_are_refused_on_rest_and_grpc(serve, tmp_path, first_good):
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    stack = serve(auth_token_file=token)
+    values = ["Bearer s3cret", "Bearer wrong"][::1 if first_good else -1]
+    status, _, answer = exchange(stack.port, (
+        f"GET /v1/models/identity HTTP/1.1\r\nHost: t\r\nAuthorization: {values[0]}\r\n"
+        f"Authorization: {values[1]}\r\n\r\n").encode())
+    assert status == 401 and "more than one Authorization" in json.loads(answer)["error"]
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "identity"
+        stub.GetModelStatus(request, timeout=10, metadata=[("authorization", "Bearer s3cret")])
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetModelStatus(request, timeout=10,
+                                metadata=[("authorization", v) for v in values])
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "more than one Authorization" in e.value.details()

@@ -6,6 +6,7 @@ One server per backend x batching combination (module fixture)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import urllib.error
 import urllib.request
@@ -314,7 +315,10 @@ def test_bad_requests_through_tritonclient_and_rest(server, digits):  # noqa: F8
                                  "data": [0] * 784}]}).encode(), {}, 400,
          ['input "images"', "INT64", "FP32 [-1,28,28]"]),
         (b"{", {}, 400, ["JSON"]),
-        (b"\x1f\x8b", {"Content-Encoding": "gzip"}, 400, ["Content-Encoding gzip"]),
+        (b"\x1f\x8b", {"Content-Encoding": "gzip"}, 400, ["Content-Encoding 'gzip'"]),
+        (gzip.compress(json.dumps({"inputs": [{"name": "images", "datatype": "FP32",
+                                               "shape": [1, 28, 28], "data": [0.0] * 784}]
+                                   }).encode()), {"Content-Encoding": "gzip"}, 200, []),
     ]:
         answer = rest_call(server, "POST", "/v2/models/softmax_regression/infer", body, headers)
         assert answer[0] == status and all(w in answer[1]["error"] for w in words), answer

@@ -60,6 +60,11 @@ def read_token(path: str, flag: str = "--auth_token_file") -> str:
     return token
 
 
+# Two values are refused, whichever comes first, on both transports: a proxy that checks one of
+# them and this server must never see different credentials.
+DUPLICATE_AUTHORIZATION = "more than one Authorization value: send exactly one bearer token"
+
+
 def bearer(token: str) -> str:
     return f"Bearer {token}"
 
@@ -125,7 +130,11 @@ class Guard:
         if self._token is None or method == "OPTIONS" or path in PUBLIC_PATHS or \
                 path.startswith(PUBLIC_PREFIXES):
             return None
-        given = headers.get("Authorization")
+        given = headers.getall("Authorization", [])
+        if len(given) > 1:
+            return 401, DUPLICATE_AUTHORIZATION, {"WWW-Authenticate": 'Bearer realm="zoo", '
+                                                                     'error="invalid_request"'}
+        given = given[0] if given else None
         if self.authorized(given):
             return None
         if given is None:
@@ -145,7 +154,10 @@ class Guard:
             return None
         if is_peer_call(metadata, self._peer_token):
             return None
-        given = next((v for k, v in metadata or () if k == AUTH_HEADER), None)
+        given = [v for k, v in metadata or () if k == AUTH_HEADER]
+        if len(given) > 1:
+            return grpc.StatusCode.UNAUTHENTICATED, DUPLICATE_AUTHORIZATION
+        given = given[0] if given else None
         if self.authorized(given):
             return None
         if given is None:

@@ -26,7 +26,19 @@ SLICE_ELEMENTS = 1 << 13         # numbers converted or encoded by one C call, a
 WALK_DEPTH = 4                   # JSON levels walked in Python when slicing a big body
 
 
-_DECODER = json.JSONDecoder()
+def _unique(pairs: list) -> dict:
+    """A JSON object; ValueError if it names a key twice (which of the two would count differs
+    between parsers: rapidjson, TF Serving's, takes the first, json the last)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {twice!r} in a JSON object")
+    return out
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique)
+_loads = _DECODER.decode
 _SPACE = re.compile(r"[ \t\n\r]*")
 
 
@@ -60,7 +72,7 @@ def loads_sliced(text: str):
     first WALK_DEPTH levels are walked here and runs of their elements parsed at once, so that
     the thread running this lets others take the GIL between runs."""
     if len(text) <= SLICE_CHARS:
-        return json.loads(text)
+        return _loads(text)
     with _no_gc():
         value, end = _value(text, _skip(text, 0), WALK_DEPTH)
     if _skip(text, end) != len(text):
@@ -90,7 +102,7 @@ def _array(s: str, i: int, depth: int):
             if m is not None:  # the elements up to that comma in one call
                 j = m.end() - 1
                 try:
-                    out.extend(json.loads("[" + s[i:j] + "]"))
+                    out.extend(_loads("[" + s[i:j] + "]"))
                     i = _skip(s, j + 1)
                     continue
                 except (ValueError, RecursionError):
@@ -125,6 +137,8 @@ def _object(s: str, i: int, depth: int):
         i = _skip(s, i)
         if not s.startswith(":", i):
             raise json.JSONDecodeError("Expecting ':' delimiter", s, i)
+        if key in out:
+            raise ValueError(f"duplicate key {key!r} in a JSON object")
         out[key], i = _value(s, _skip(s, i + 1), depth)
         i = _skip(s, i)
         if s.startswith(",", i):

@@ -91,11 +91,11 @@ class V2Rest:
             return 200, await self.infer(name, params.get("version") or "", headers, body)
 
     async def infer(self, name: str, version: str, headers, body: bytes) -> web.Response:
-        encoding = headers.get("Content-Encoding", "identity").lower()
-        if encoding != "identity":  # tritonclient compresses only when asked to
-            raise invalid(f"Content-Encoding {encoding} is not supported; send the body "
-                          "uncompressed")
-        header_length = headers.get(v2_tensors.INFERENCE_HEADER)
+        header_length = headers.getall(v2_tensors.INFERENCE_HEADER, [None])
+        if len(header_length) > 1:
+            raise invalid(f"{v2_tensors.INFERENCE_HEADER} was sent {len(header_length)} "
+                          "times: send it once")
+        header_length = header_length[0]
         binary = memoryview(b"")
         if header_length is not None:
             body, binary = v2_tensors.split_binary(body, header_length)
