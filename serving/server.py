@@ -121,6 +121,10 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between polls for new and removed versions; 0 polls once")
     g.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
                    help="replay assets.extra/tf_serving_warmup_requests before serving")
+    g.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?",
+                   const=True, default=False,
+                   help="let version_labels name versions that are not (yet) available "
+                        "(default false: such a config is refused at start and at reload)")
     g.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                    help="threads one op may use (both backends); 0 = one per core. 1 serves "
                         "small requests from many clients with less CPU (see README)")
@@ -274,7 +278,8 @@ class Server:
             inter_op_threads=args.tensorflow_inter_op_parallelism,
             require_certificates=args.require_certificates,
             max_request_elements=args.max_request_elements or args.max_request_bytes,
-            warmup=args.enable_model_warmup)
+            warmup=args.enable_model_warmup,
+            allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models)
         try:
             await core.load(config)
         except ServingError as e:

@@ -108,16 +108,21 @@ def test_a_5000_digit_v2_version_over_grpc_is_invalid_argument(serve):
     ("gzip", b"not gzip at all", 400),
     ("deflate", b"not deflate", 400),
     ("br", b"not brotli", 400),
+    ("gzip", gzip.compress(ROW)[:-6], 400),
+    ("br", __import__("brotli").compress(ROW), 200),
+    ("gzip", gzip.compress(b'{"instances": [' + b"[1, 2, 3, 4], " * 400_000 + b"[1, 2, 3, 4]]}"),
+     413),
     ("zstd", ROW, 415),
     ("gzip, gzip", gzip.compress(gzip.compress(ROW)), 415),
 ])
 def test_content_encoding(serve, tmp_path, encoding, body, status):
-    log = tmp_path / "access.jsonl"
-    stack = serve(access_log=log, access_log_flush_seconds=0)
+    log = tmp_path / "access.jsonl"  # 1 MiB: the limit counts decompressed bytes
+    stack = serve(access_log=log, access_log_flush_seconds=0, max_request_bytes=1 << 20)
     got, _, answer = exchange(stack.port, post(PREDICT, body, f"Content-Encoding: {encoding}"))
     assert got == status, answer
     if status != 200:
-        assert "Content-Encoding" in json.loads(answer)["error"]
+        assert ("--max_request_bytes" if status == 413 else "Content-Encoding") in \
+            json.loads(answer)["error"]
     [line] = read_access_log(log, 1)
     assert line["status"] == status
 
@@ -177,3 +182,62 @@ def test_two_authorization_values_are_refused_on_rest_and_grpc(serve, tmp_path, 
                                 metadata=[("authorization", v) for v in values])
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "more than one Authorization" in e.value.details()
+
+
+# ------------------------------------------------------------------------------ config
+def reload(stack, config_text: str):
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    from tensorflow_serving.config import model_server_config_pb2
+
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.CopyFrom(text_format.Parse(config_text,
+                                              model_server_config_pb2.ModelServerConfig()))
+    """(gRPC code, message) of HandleReloadConfigRequest."""
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        try:
+            answer = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                request, timeout=30)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+    return grpc.StatusCode.OK, answer.status.error_message
+
+
+def config_text(name: str, base, labels: dict[str, int]) -> str:
+    labelled = " ".join(f'version_labels {{ key: "{k}" value: {v} }}' for k, v in labels.items())
+    return (f'model_config_list {{ config {{ name: "{name}" base_path: "{base}" '
+            f'model_platform: "tensorflow" {labelled} }} }}')
+
+
+def test_labels_must_name_available_versions_unless_allowed(serve, models, tmp_path):
+    from serving.repository import protos
+
+    path = tmp_path / "models.config"
+    path.write_text(config_text("identity", models / "identity", {"next": 2}))
+    with pytest.raises(protos.ConfigError, match=r"label 'next' names version 2.*available"):
+        serve(model_config_file=path)
+    allowed = serve(model_config_file=path, allow_version_labels_for_unavailable_models="true")
+    assert allowed.core.labels("identity") == {"next": 2}
+    path.write_text(config_text("identity", models / "identity", {"stable": 1}))
+    stack = serve(model_config_file=path)
+    code, message = reload(stack, config_text("identity", models / "identity",
+                                              {"stable": 1, "x": 9}))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'x' names version 9" in message
+    assert stack.core.labels("identity") == {"stable": 1}  # unchanged
+    code, _ = reload(stack, config_text("identity", models / "identity", {"good": 1}))
+    assert code == grpc.StatusCode.OK and stack.core.labels("identity") == {"good": 1}
+
+
+def test_model_names_rest_cannot_address_are_refused(serve, models, tmp_path):
+    from serving.repository import protos
+
+    path = tmp_path / "models.config"
+    path.write_text(config_text("a/b", models / "identity", {}))
+    with pytest.raises(protos.ConfigError, match=r"'a/b' cannot be addressed over REST"):
+        serve(model_config_file=path)
+    path.write_text(config_text("identity", models / "identity", {}))
+    stack = serve(model_config_file=path)
+    for name in ("a/b", "m:predict"):
+        code, message = reload(stack, config_text(name, models / "identity", {}))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "addressed over REST" in message
+    assert stack.core.model_names() == ["identity"]

@@ -84,6 +84,10 @@ class ModelState:
         self.listing_error: str | None = None  # why the last listing of base_path failed
 
 
+# Characters a model name may not hold: REST's /v1/models/NAME[:verb] could not address it.
+UNADDRESSABLE = ("/", ":")
+
+
 def fingerprint(path: Path) -> tuple:
     try:
         return tuple(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
@@ -101,8 +105,10 @@ class Lifecycle:
                  intra_op_threads: int = 0, inter_op_threads: int = 0,
                  require_certificates: bool = False,
                  max_request_elements: int = limits.DEFAULT_MAX_REQUEST_ELEMENTS,
-                 warmup: bool = True):
+                 warmup: bool = True, allow_labels_for_unavailable: bool = False):
         self.backend_kind = backend
+        # --allow_version_labels_for_unavailable_models (TF Serving's flag, default false)
+        self.allow_labels_for_unavailable = allow_labels_for_unavailable
         self.warmup = warmup  # False: --enable_model_warmup=false, the warmup file is ignored
         self.max_request_elements = max_request_elements
         self.require_certificates = require_certificates
@@ -134,6 +140,9 @@ class Lifecycle:
         for m in config.model_config_list.config:
             if not m.name:
                 raise invalid("a model config has no name")
+            if any(c in m.name for c in UNADDRESSABLE):
+                raise invalid(f"model name {m.name!r} cannot be addressed over REST "
+                              "(/v1/models/NAME:predict): a name may not hold '/' or ':'")
             if m.name in seen:
                 raise invalid(f"Illegal to list model {m.name} multiple times in config list")
             seen.add(m.name)
@@ -153,12 +162,37 @@ class Lifecycle:
                     state = self.models.pop(name)
                     for v in list(state.available):
                         self._unload(state, v)
+            old_labels = {}
             for name, m in wanted.items():
                 if name in self.models:
+                    old_labels[name] = dict(self.models[name].config.version_labels)
                     self.models[name].config = m
                 else:
                     self.models[name] = ModelState(m)
         await self.poll()
+        self._check_labels(wanted, old_labels)
+
+    def _check_labels(self, wanted: dict, old_labels: dict[str, dict[str, int]]) -> None:
+        """As TF Serving's ServerCore, once the versions the config asks for have loaded: a
+        label must name an available version (unless allow_labels_for_unavailable). If one
+        does not, the models keep their previous labels and the config is refused."""
+        if self.allow_labels_for_unavailable:
+            return
+        wrong = [(name, label, v) for name, m in wanted.items()
+                 for label, v in sorted(m.version_labels.items())
+                 if v not in self.models[name].available]
+        if not wrong:
+            return
+        for name in {n for n, _, _ in wrong}:
+            config = model_server_config_pb2.ModelConfig()
+            config.CopyFrom(self.models[name].config)
+            config.ClearField("version_labels")
+            config.version_labels.update(old_labels.get(name, {}))
+            self.models[name].config = config
+        name, label, v = wrong[0]
+        raise invalid(f"model {name}: version label {label!r} names version {v}, which is not "
+                      "available; labels may name only available versions (TF Serving's "
+                      "--allow_version_labels_for_unavailable_models lifts this)")
 
     async def poll(self) -> None:
         if self.discover_root is not None:

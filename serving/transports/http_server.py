@@ -31,12 +31,12 @@ from collections.abc import Callable
 
 import grpc
 from aiohttp import web, web_protocol
-from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
+from aiohttp.http_exceptions import LineTooLong
 
 from serving.core import limits
 from serving.core.errors import ServingError
 from serving.observability import access_log
-from serving.transports import auth
+from serving.transports import auth, content_encoding
 
 log = logging.getLogger("serving.rest")  # the name operators filter on
 
@@ -53,9 +53,6 @@ HTTP_CODES = {  # TF Serving's ToHTTPStatusCode
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LINGER_SECONDS = 2.0             # after an answer that closes, how long the client's rest is read
 FD_RESERVE = 256                 # open files kept for everything but REST connections
-# Request bodies aiohttp decompresses as it reads them (br through the Brotli package); the
-# size limit counts the decompressed bytes.
-CONTENT_ENCODINGS = ("identity", "gzip", "deflate", "br")
 
 
 # ---------------------------------------------------------------------------- options (flags)
@@ -240,9 +237,6 @@ class _Connection(web_protocol.RequestHandler):
                 f"Request header too large: at most {o.rest_api_max_header_count} lines of at "
                 f"most {o.rest_api_max_header_bytes} bytes each (--rest_api_max_header_count, "
                 "--rest_api_max_header_bytes)")
-        elif isinstance(exc, ContentEncodingError):  # one aiohttp has no decoder for
-            status, message = 415, (f"Content-Encoding is not accepted ({exc.message}): send "
-                                    f"one of {', '.join(CONTENT_ENCODINGS)}")
         elif status >= 500:
             log.error("REST %s %s failed", request.method, request.path, exc_info=exc)
             message = f"Internal error: {type(exc).__name__}: {exc}"
@@ -266,7 +260,8 @@ class _Server(web.Server):
                       max_line_size=options.rest_api_max_header_bytes,
                       max_field_size=options.rest_api_max_header_bytes,
                       keepalive_timeout=options.rest_api_keepalive_timeout_seconds,
-                      lingering_time=LINGER_SECONDS)
+                      lingering_time=LINGER_SECONDS,
+                      auto_decompress=False)  # serving/transports/content_encoding.py does
         super().__init__(handler, **kwargs)
         self.protocol_kwargs = {**kwargs, "loop": asyncio.get_running_loop()}
         self.options, self.max_connections, self.access = options, max_connections, access
@@ -452,28 +447,28 @@ class RestServer:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in CONTENT_ENCODINGS:
+        if encoding not in content_encoding.ACCEPTED:
             raise HttpError(415, f"Content-Encoding {encoding!r} is not accepted: send one of "
-                                 f"{', '.join(CONTENT_ENCODINGS)}")
-        content, chunks, size = request.content, [], 0
-        while not content.at_eof():
-            try:
+                                 f"{', '.join(content_encoding.ACCEPTED)}")
+        decoder = content_encoding.Decoder(encoding, limit)
+        content, chunks = request.content, []
+        try:
+            while not content.at_eof():
                 chunk = content.read_nowait()  # what has arrived; else wait, within the timeout
                 if not chunk:
-                    async with asyncio.timeout(timeout):
-                        chunk = await content.readany()
-            except TimeoutError:
-                raise HttpError(408, f"Request body paused for more than {timeout:g} s "
-                                     "(--rest_api_read_timeout_seconds)") from None
-            except Exception as e:  # noqa: BLE001 - aiohttp decompresses as it reads
-                if encoding == "identity":
-                    raise
-                raise HttpError(400, f"Request body does not decode as its Content-Encoding "
-                                     f"{encoding!r} ({type(e).__name__})") from None
-            size += len(chunk)
-            if size > limit:
-                raise too_big
-            chunks.append(chunk)
+                    try:
+                        async with asyncio.timeout(timeout):
+                            chunk = await content.readany()
+                    except TimeoutError:
+                        raise HttpError(408, f"Request body paused for more than {timeout:g} "
+                                             "s (--rest_api_read_timeout_seconds)") from None
+                chunks.append(decoder.feed(chunk))
+            chunks.append(decoder.finish())
+        except content_encoding.TooBig:
+            raise too_big from None
+        except content_encoding.Undecodable as e:
+            raise HttpError(400, f"Request body does not decode as its Content-Encoding "
+                                 f"{encoding!r}: {e}") from None
         return b"".join(chunks)
 
     # ------------------------------------------------------------------ routes
