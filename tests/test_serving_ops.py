@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from multidict import CIMultiDict
 
 from serving import server as composition
 from serving.observability import access_log
@@ -95,14 +96,14 @@ def test_guard_compares_bearer_tokens():
                   f"Bearer {TOKEN[:-1]}"):
         assert not g.authorized(wrong), wrong
     assert auth.Guard().authorized(None)  # no token configured: everything passes
-    headers = {"Authorization": "Bearer nope"}
+    headers = CIMultiDict({"Authorization": "Bearer nope"})  # as aiohttp hands them over
     status, message, extra = g.check_http("GET", "/v1/models", headers)
     assert (status, extra["WWW-Authenticate"]) == (401, 'Bearer realm="zoo", '
                                                         'error="invalid_token"')
     for public in ("/v2/health/live", "/v2/health/ready", "/openapi.json", "/",
                    "/web/app.js"):
-        assert g.check_http("GET", public, {}) is None
-    assert g.check_http("OPTIONS", "/v1/models/m:predict", {}) is None  # CORS preflight
+        assert g.check_http("GET", public, CIMultiDict()) is None
+    assert g.check_http("OPTIONS", "/v1/models/m:predict", CIMultiDict()) is None  # CORS preflight
 
 
 def test_token_file_errors_name_the_flag(tmp_path):
