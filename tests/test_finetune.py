@@ -93,3 +93,18 @@ def test_refusals_are_one_line_before_training(parent, tmp_path):
     (tampered / "model.onnx").write_bytes(b"changed")
     done = cli("mlp_128", "--init-from", str(tampered), "--steps", "2", "--no-export", *SMALL)
     assert done.returncode == 2 and "does not match its certificate" in done.stderr
+
+
+@pytest.mark.slow
+def test_trained_model_gives_the_version_as_keras_for_a_path_or_a_name(parent, mnist):
+    from training.export import run_savedmodel
+    from training.finetune import InitError, trained_model
+
+    base, version, run = parent
+    x = mnist.x_test[:64].astype(np.float32)
+    served = run_savedmodel(version, x, 64)["probabilities"]
+    for model in (trained_model(version), trained_model("mlp_128", export_dir=base)):
+        np.testing.assert_allclose(model.predict(x, verbose=0), served, atol=1e-5)
+    assert trained_model(run).count_params() == trained_model(version).count_params()
+    with pytest.raises(InitError, match="no exported version, run folder, or model"):
+        trained_model("no_such_model", export_dir=base)

@@ -38,11 +38,11 @@ def describe_parent(path: Path) -> dict:
         classes = outputs["probabilities"]["shape"][-1] if "probabilities" in outputs else None
         return {"path": str(path), "kind": "export", "model": meta["zoo_model"],
                 "name": meta["name"], "version": meta["version"], "certificate_sha256": digest,
-                "num_classes": classes}
+                "num_classes": classes, "plugin": meta.get("plugin")}
     if (path / "model.keras").is_file() and (path / "config.json").is_file():
         config = json.loads((path / "config.json").read_text())
         return {"path": str(path), "kind": "run", "model": config["model"],
-                "num_classes": config.get("num_classes"),
+                "num_classes": config.get("num_classes"), "plugin": config.get("plugin"),
                 "model_sha256": hashlib.sha256((path / "model.keras").read_bytes()).hexdigest()}
     raise InitError(f"--init-from {path} is neither an exported version (NAME/VERSION with "
                     "metadata.json) nor a finished run folder (with model.keras)")
@@ -60,35 +60,71 @@ def parent_weights(parent: dict) -> list[np.ndarray]:
     return [np.asarray(v) for v in keras.models.load_model(path / "model.keras").variables]
 
 
-def start_from(model, config) -> None:
-    """Initialise a fresh model of the run `config` from its parent, as the config says."""
+def trained_model(source: str | Path, export_dir: str | Path = "exported_models"):
+    """A trained Keras model, for notebooks and scripts:
+
+        from training.finetune import trained_model
+        model = trained_model("exported_models/deep_cnn/3")   # a version, certificate verified
+        model = trained_model("deep_cnn")                     # its newest version in export_dir
+        model = trained_model("runs/deep_cnn/20261207-1200-s0")  # a finished run folder
+
+    The model is the zoo's (or the recorded plugin's) architecture with the version's weights;
+    it takes the same raw inputs as the served signature."""
+    path = Path(source)
+    if not path.exists():
+        base = Path(export_dir) / str(source)
+        numbers = sorted(int(p.name) for p in base.iterdir()
+                         if p.name.isdigit()) if base.is_dir() else []
+        if not numbers:
+            raise InitError(f"{source} is no exported version, run folder, or model with a "
+                            f"version under {export_dir}")
+        path = base / str(numbers[-1])
+    parent = describe_parent(path)
+    if parent["kind"] == "run":
+        import zoo
+
+        config = json.loads((path / "config.json").read_text())
+        zoo.plugins.load_recorded(config.get("plugin"))
+        import keras
+
+        return keras.models.load_model(path / "model.keras")
+    return parent_model(parent)
+
+
+def parent_model(parent: dict):
+    """A model of the parent's architecture and class count holding the parent's weights."""
     import zoo
 
-    parent = config.init_from
+    zoo.plugins.load_recorded(parent.get("plugin"))
     k = parent.get("num_classes")
     takes = zoo.registry.takes_num_classes(parent["model"])
-    parent_model = zoo.create_model(parent["model"], **({"num_classes": k} if k and takes
-                                                        else {}))
-    fresh = initialise(model, parent, parent_model, config.freeze_backbone,
+    model = zoo.create_model(parent["model"], **({"num_classes": k} if k and takes else {}))
+    weights = parent_weights(parent)
+    if len(weights) != len(model.variables):
+        raise InitError(f"--init-from {parent['path']} holds {len(weights)} variables, a "
+                        f"{parent['model']} has {len(model.variables)}")
+    for v, w in zip(model.variables, weights):
+        if tuple(v.shape) != w.shape:
+            raise InitError(f"--init-from {parent['path']}: {v.path} has shape {w.shape}, "
+                            f"a {parent['model']} {tuple(v.shape)}")
+        v.assign(w)
+    return model
+
+
+def start_from(model, config) -> None:
+    """Initialise a fresh model of the run `config` from its parent, as the config says."""
+    parent = config.init_from
+    fresh = initialise(model, parent_model(parent), config.freeze_backbone,
                        config.trainable_from)
     trained = [la.name for la in model.layers if la.trainable and la.weights]
     print(f"[init] {config.model} from {parent['path']}; new: {', '.join(fresh) or 'none'}; "
           f"trained: {', '.join(trained)}", file=sys.stderr)
 
 
-def initialise(model, parent: dict, parent_model, freeze_backbone: bool = False,
+def initialise(model, parent_model, freeze_backbone: bool = False,
                trainable_from: str | None = None) -> list[str]:
-    """Copy the parent's weights into `model` layer by layer (`parent_model`: a model of the
-    parent's architecture to read them by layer); return the names of the layers left fresh."""
-    weights = parent_weights(parent)
-    if len(weights) != len(parent_model.variables):
-        raise InitError(f"--init-from {parent['path']} holds {len(weights)} variables, a "
-                        f"{parent['model']} has {len(parent_model.variables)}")
-    for v, w in zip(parent_model.variables, weights):
-        if tuple(v.shape) != w.shape:
-            raise InitError(f"--init-from {parent['path']}: {v.path} has shape {w.shape}, "
-                            f"a {parent['model']} {tuple(v.shape)}")
-        v.assign(w)
+    """Copy `parent_model`'s weights into `model` layer by layer where the shapes agree;
+    return the names of the layers left fresh."""
     sources = {layer.name: layer for layer in parent_model.layers}
     fresh = []
     for layer in model.layers:
