@@ -142,7 +142,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max_request_elements", type=int, default=0,
                    help="most tensor elements one request may ask for, refused with "
                         "INVALID_ARGUMENT before anything is allocated (one float_val fills a "
-                        "whole tensor); default 0: as many as --max_request_bytes")
+                        "whole tensor); default 0: as many float32 as --max_request_bytes "
+                        "carries (16,777,216 at 64 MiB)")
     g.add_argument("--inference_threads", type=int, default=4,
                    help="threads running unbatched requests (default 4)")
     g.add_argument("--workers", type=int, default=1,
@@ -277,7 +278,8 @@ class Server:
             intra_op_threads=args.tensorflow_intra_op_parallelism,
             inter_op_threads=args.tensorflow_inter_op_parallelism,
             require_certificates=args.require_certificates,
-            max_request_elements=args.max_request_elements or args.max_request_bytes,
+            max_request_elements=(args.max_request_elements or
+                                  limits.default_max_request_elements(args.max_request_bytes)),
             warmup=args.enable_model_warmup,
             allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models)
         try:

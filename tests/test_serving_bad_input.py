@@ -241,3 +241,25 @@ def test_model_names_rest_cannot_address_are_refused(serve, models, tmp_path):
         code, message = reload(stack, config_text(name, models / "identity", {}))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "addressed over REST" in message
     assert stack.core.model_names() == ["identity"]
+
+
+# ------------------------------------------------------------------------------ limits
+def test_the_default_element_limit_counts_a_fill_and_is_what_64_mib_carries(serve):
+    """One float_val fills a whole tensor: [4,200,000, 4] from a few bytes is 16.8M float32,
+    more than a 64 MiB message can carry explicitly (16,777,216), so it is refused."""
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stack = serve()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "identity"
+    x = request.inputs["x"]
+    x.dtype = 1  # DT_FLOAT
+    x.tensor_shape.dim.add(size=4_200_000)
+    x.tensor_shape.dim.add(size=4)
+    x.float_val.append(1.0)
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request,
+                                                                               timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "16777216" in e.value.details().replace(",", ""), e.value.details()

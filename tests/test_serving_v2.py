@@ -144,8 +144,11 @@ def test_model_config_through_tritonclient(server):
     assert (config["platform"], config["backend"]) in (
         ("tensorflow_savedmodel", "tensorflow"), ("onnxruntime_onnx", "onnxruntime"))
     batching = "--enable_batching" in server.proc.args
-    # 64 MiB of elements (--max_request_elements' default) over a row of 784, or one batch.
-    assert int(config["max_batch_size"]) == (16 if batching else (64 << 20) // 784)
+    # --max_request_elements' default over a row of 784, or one batch.
+    from serving.core import limits
+
+    assert int(config["max_batch_size"]) == (
+        16 if batching else limits.DEFAULT_MAX_REQUEST_ELEMENTS // 784)
     assert ("dynamic_batching" in config) == batching
     if batching:
         assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 2000

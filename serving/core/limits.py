@@ -4,6 +4,11 @@ them from here."""
 # --max_request_bytes: the largest gRPC message or REST body a server takes, and the largest
 # message a client sends or accepts.
 MAX_REQUEST_BYTES = 64 << 20
-# --max_request_elements' default is --max_request_bytes: a request may describe as many elements
-# as the bytes it may carry (a uint8 tensor at the byte limit still fits).
-DEFAULT_MAX_REQUEST_ELEMENTS = MAX_REQUEST_BYTES
+# --max_request_elements' default: as many float32 as --max_request_bytes can carry explicitly
+# (16,777,216 at 64 MiB). It counts what a fill expands to (one float_val fills a whole tensor),
+# so a few bytes can no longer ask for 64M elements (251 MB for a 67-byte Predict).
+def default_max_request_elements(max_request_bytes: int) -> int:
+    return max_request_bytes // 4
+
+
+DEFAULT_MAX_REQUEST_ELEMENTS = default_max_request_elements(MAX_REQUEST_BYTES)
