@@ -414,6 +414,15 @@ def test_resuming_a_finished_exported_run_does_nothing_and_a_lost_export_is_redo
     assert first.returncode == 0, first.stderr
     versions = exports / "softmax_regression"
     assert sorted(p.name for p in versions.iterdir()) == ["1"]
+    # A limited run says plainly that it becomes the newest version, and meets no reference.
+    assert ("[export] note: this run is limited (--steps 40, --test-limit 256), yet it becomes "
+            f"the newest version under {versions}, which a server") in first.stderr, first.stderr
+    why = "measured on 256 of the 10000 test examples (--test-limit)"
+    reference = json.loads((run / "summary.json").read_text())["reference"]
+    assert reference["met"] is None and reference["not_measured"].startswith(why)
+    assert f"not judged: {why}" in first.stdout, first.stdout
+    meta = json.loads((versions / "1" / "metadata.json").read_text())
+    assert meta["reference"]["met"] is None and meta["reference"]["not_measured"].startswith(why)
 
     again = run_cli("--resume", str(run), "--export-dir", str(exports))
     assert again.returncode == 0, again.stderr
@@ -507,6 +516,32 @@ def test_a_damaged_run_is_refused_with_one_line_and_nothing_is_deleted(finished_
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+
+
+@pytest.mark.parametrize("where", ["model.keras", "checkpoint"])
+def test_another_models_weights_in_a_run_are_refused_by_export_and_resume(finished_run, tmp_path,
+                                                                         where):
+    """mlp_128's model in a softmax_regression run: `training.export RUN` and `--resume` each
+    refuse it in one line naming what differs, and nothing is exported."""
+    run = _copy_run(finished_run, tmp_path)
+    exports = tmp_path / "exports"
+    other = zoo.create_model("mlp_128")
+    if where == "model.keras":
+        other.save(run / "model.keras")
+        done = subprocess.run([sys.executable, "-m", "training.export", str(run), "--export-dir",
+                               str(exports)], cwd=ROOT, env=subprocess_env(),
+                              capture_output=True, text=True, timeout=300)
+    else:
+        other.save(run / checkpoints.read_state(run)["checkpoint"])
+        done = run_cli("--resume", str(run), "--export-dir", str(exports))
+    assert done.returncode == 2, done.stderr
+    lines = [ln for ln in done.stderr.strip().splitlines() if not ln.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    assert "is not a softmax_regression model (architecture mlp_128, the spec's " \
+           "softmax_regression; " in lines[0], lines[0]
+    assert "parameters 101770, the spec's 7850" in lines[0], lines[0]
+    assert not exports.exists()
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):

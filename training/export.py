@@ -85,6 +85,7 @@ def export_model(model, config: TrainConfig, dataset: data.Dataset, summary: dic
                  tolerance: float = TOLERANCE, check_examples: int = CHECK_EXAMPLES) -> Path:
     """Write, check and publish the next version of `export_base/NAME`; return its path."""
     spec = zoo.get_spec(config.model)
+    modeling.check_against_spec(model, config, f"the model of run {summary.get('run_dir')}")
     model_dir = Path(export_base) / export_name(config)
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(model_dir)
@@ -297,9 +298,9 @@ def build_metadata(config: TrainConfig, spec, dataset: data.Dataset, summary: di
             "metric": spec.reference.metric,
             "target": spec.reference.target,
             "provenance": spec.reference.provenance,
-            "met": spec.reference.met_by(
-                test_metrics["accuracy"] if spec.reference.metric == "accuracy"
-                else test_metrics["loss"]) if config.dataset == spec.dataset else None,
+            **dict(zip(("met", "not_measured"), modeling.reference_verdict(
+                spec, config, dataset, test_metrics["accuracy"]
+                if spec.reference.metric == "accuracy" else test_metrics["loss"]), strict=True)),
         },
         "onnx": {"file": "model.onnx", "opset": ONNX_OPSET},
         "agreement": agreement,

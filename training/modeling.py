@@ -20,6 +20,40 @@ STEPS_PER_EXECUTION = 50
 MEASUREMENT_DTYPE = "float32"
 
 
+class SpecMismatchError(ValueError):
+    """A model (a checkpoint, a run's model.keras) is not the one its config names."""
+
+
+def check_against_spec(model, config: TrainConfig, what) -> None:
+    """Refuse a model that is not `config.model`'s architecture: its name, input and output
+    shapes and parameter count are compared with a fresh build of the spec (the certificate
+    vouches for them, and a resume would train the wrong model)."""
+    expected = fresh_model(config)
+    found = []
+    for label, mine, theirs in (
+            ("architecture", model.name, expected.name),
+            ("input shape", model.input_shape, expected.input_shape),
+            ("output shape", model.output_shape, expected.output_shape),
+            ("parameters", model.count_params(), expected.count_params())):
+        if mine != theirs:
+            found.append(f"{label} {mine}, the spec's {theirs}")
+    if found:
+        raise SpecMismatchError(f"{what} is not a {config.model} model ({'; '.join(found)}); "
+                                "it was replaced or belongs to another run: refused")
+
+
+def reference_verdict(spec, config: TrainConfig, dataset: data.Dataset,
+                      value: float) -> tuple[bool | None, str | None]:
+    """(met, why not measured): the reference is met or not only on the whole test set of the
+    spec's own dataset; otherwise None, and why."""
+    if config.dataset != spec.dataset:
+        return None, f"the reference is for {spec.dataset}, not {config.dataset}"
+    if config.test_limit and config.test_limit < len(dataset.x_test):
+        return None, (f"measured on {config.test_limit} of the {len(dataset.x_test)} test "
+                      "examples (--test-limit); the reference needs them all")
+    return spec.reference.met_by(value), None
+
+
 def compile_model(config: TrainConfig, model=None):
     """Compile `model` (default: a fresh zoo.create_model(config.model)) with the recipe."""
 

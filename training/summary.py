@@ -4,10 +4,11 @@ and the export; the same for a single-process and a multi-worker run."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import zoo
-from training import data
+from training import data, modeling
 from training.config import TrainConfig, write_json_atomic
 
 
@@ -40,8 +41,9 @@ def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
             "metric": metric,
             "target": spec.reference.target,
             "value": value,
-            # The reference is for the spec's own dataset; elsewhere there is none to meet.
-            "met": spec.reference.met_by(value) if config.dataset == spec.dataset else None,
+            # Met or not only on the whole test set of the spec's own dataset.
+            **dict(zip(("met", "not_measured"), modeling.reference_verdict(
+                spec, config, dataset, value), strict=True)),
             "provenance": spec.reference.provenance,
         },
         "plots": [p.name for p in plot_curves(history, run_dir, config.model)],
@@ -50,9 +52,23 @@ def finish(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
     # Written before the export too: a refused or killed export must not lose the run's result.
     write_json_atomic(run_dir / "summary.json", summary)
     if export_dir is not None:
-        from training.export import export_model
+        from training.export import export_model, export_name
 
+        if limited := limits(config):
+            print(f"[export] note: this run is limited ({limited}), yet it becomes the newest "
+                  f"version under {Path(export_dir) / export_name(config)}, which a server of that "
+                  "folder serves next; --no-export or another --export-dir keeps it apart",
+                  file=sys.stderr)
         version_dir = export_model(model, config, dataset, summary, export_dir)
         summary["export"] = str(version_dir)
         write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def limits(config: TrainConfig) -> str:
+    """The small-run flags a run was made with ("" for none): --steps, --train-limit,
+    --test-limit."""
+    given = [(f"--steps {config.steps}", config.steps),
+             (f"--train-limit {config.train_limit}", config.train_limit),
+             (f"--test-limit {config.test_limit}", config.test_limit)]
+    return ", ".join(flag for flag, value in given if value is not None)

@@ -407,6 +407,11 @@ def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
     initial_epoch = 0
     if state is not None:
         model = checkpoints.load_checkpoint(run_dir, state)
+        try:  # another model's checkpoint is not resumed
+            modeling.check_against_spec(model, config,
+                                        f"checkpoint {run_dir / state['checkpoint']}")
+        except modeling.SpecMismatchError as e:
+            raise checkpoints.DamagedRunError(str(e)) from None
         initial_epoch, history = state["epoch"], state["history"]
     else:
         model = modeling.compile_model(config, model or modeling.build_model(config, dataset))
@@ -453,7 +458,8 @@ def fit_model(model, config: TrainConfig, dataset: data.Dataset, run_dir: Path,
 
 def format_summary(s: dict) -> str:
     ref = s["reference"]
-    verdict = {True: "met", False: "NOT met", None: "not applicable on this dataset"}[ref["met"]]
+    verdict = {True: "met", False: "NOT met"}.get(
+        ref["met"], f"not judged: {ref.get('not_measured') or 'not applicable'}")
     lines = [
         f"model        {s['model']} ({s['parameters']:,} parameters, "
         f"{s['config']['precision']})",
