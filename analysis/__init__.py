@@ -1,7 +1,10 @@
 """Analysis studies: one module per study, `python -m analysis.NAME` -> reports/NAME/ (PNG + JSON).
 
-Shared code: `analysis.common` (CLI, report writing, progress, training helpers) and
-`analysis.hvp` (Hessian-vector products, Lanczos, Hutchinson, stochastic Lanczos quadrature).
+Shared code, in layers (docs/ARCHITECTURE.md, "Analysis: what imports what"): `analysis.cli`
+(the studies' flags, `run`), `analysis.training_runs` (train_config, fit), `analysis.study_files`
+(a study's report directory, progress, its JSON), `analysis.measures` (float32 evaluation, PCA,
+correlation), `analysis.plotting` (the mean-and-spread band) and `analysis.hvp` (Hessian-vector
+products, Lanczos, Hutchinson, stochastic Lanczos quadrature).
 """
 
 from serving.quiet import import_tensorflow

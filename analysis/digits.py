@@ -12,41 +12,42 @@ import sys
 
 import numpy as np
 
-from analysis import common
+from analysis import cli, measures, study_files, training_runs
+from training import cli_types
 
 NAME = "digits"
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="softmax_regression",
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0], default_model="softmax_regression",
                             model_help="a classifier whose first layer is a dense 784 -> 10")
     g = p.add_argument_group("study")
     g.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist")
-    g.add_argument("--steps", type=common.positive_int, default=1000,
+    g.add_argument("--steps", type=cli_types.positive_int, default=1000,
                    help="training steps of batch 100 (default: the report's %(default)s)")
-    g.add_argument("--samples", type=common.positive_int, default=32,
+    g.add_argument("--samples", type=cli_types.positive_int, default=32,
                    help="digits in the grid (default: %(default)s)")
     return p
 
 
 def main(args) -> dict:
-    common.check_model(args.model, task="classification", dataset=args.dataset)
+    cli.check_model(args.model, task="classification", dataset=args.dataset)
     if args.quick:
         args.steps = min(args.steps, 60)
-    study = common.Study(NAME, args)
-    ds = common.load(args.dataset, args)
+    study = study_files.Study(NAME, args)
+    ds = training_runs.load(args.dataset, args)
     if args.samples > len(ds.x_train):
-        raise common.UsageError(f"--samples {args.samples}: there are {len(ds.x_train)} "
+        raise cli_types.UsageError(f"--samples {args.samples}: there are {len(ds.x_train)} "
                                 "training images")
     rng = np.random.default_rng(args.seed)
     idx = np.sort(rng.choice(len(ds.x_train), args.samples, replace=False))
-    config = common.train_config(args.model, args, dataset=args.dataset, steps=args.steps,
+    config = training_runs.train_config(args.model, args, dataset=args.dataset, steps=args.steps,
                                  batch_size=100)
-    model, records = common.fit(config, ds, study=study, label=args.model)
-    test = common.evaluate(model, ds.x_test, ds.y_test, "classification")
+    model, records = training_runs.fit(config, ds, study=study, label=args.model)
+    test = measures.evaluate(model, ds.x_test, ds.y_test, "classification")
     dense = [v for v in model.trainable_variables if tuple(v.shape) == (784, 10)]
     if not dense:
-        raise common.UsageError(f"{args.model} has no 784 x 10 weight matrix to draw")
+        raise cli_types.UsageError(f"{args.model} has no 784 x 10 weight matrix to draw")
     w = np.asarray(dense[0].numpy(), np.float64).T.reshape(10, 28, 28)
     pixel = int(idx[0])
     _plots(study, ds, idx, pixel, w, args)
@@ -108,4 +109,4 @@ def _plots(study, ds, idx, pixel, w, args):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

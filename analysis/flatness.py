@@ -16,8 +16,8 @@ import sys
 import numpy as np
 
 import zoo
-from analysis import common, hvp
-from training import modeling
+from analysis import cli, hvp, measures, plotting, study_files, training_runs
+from training import cli_types, modeling
 
 NAME = "flatness"
 # Inputs are raw intensities 0-255 (the models normalise inside); the Jacobian is reported per
@@ -26,32 +26,32 @@ PIXEL_SCALE = 255.0
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128",
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128",
                             model_help="a zoo classification model")
     g = p.add_argument_group("study")
     g.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist")
-    g.add_argument("--batch-sizes", type=common.positive_int, nargs="+",
+    g.add_argument("--batch-sizes", type=cli_types.positive_int, nargs="+",
                    default=[64, 128, 256, 1024, 4096],
                    help="batch sizes of the sensitivity sweep (default: %(default)s)")
-    g.add_argument("--small-batch", type=common.positive_int, default=64,
+    g.add_argument("--small-batch", type=cli_types.positive_int, default=64,
                    help="interpolation end point a=0 (default: %(default)s)")
-    g.add_argument("--large-batch", type=common.positive_int, default=1024,
+    g.add_argument("--large-batch", type=cli_types.positive_int, default=1024,
                    help="interpolation end point a=1 (default: %(default)s)")
-    g.add_argument("--epochs", type=common.positive_int, default=10,
+    g.add_argument("--epochs", type=cli_types.positive_int, default=10,
                    help="epochs per model, the same for every batch size; the recipe's "
                    "learning rate and schedule (default: %(default)s)")
-    g.add_argument("--seeds", type=common.positive_int, default=2, help="(default: %(default)s)")
-    g.add_argument("--train-limit", type=common.positive_int,
+    g.add_argument("--seeds", type=cli_types.positive_int, default=2, help="(default: %(default)s)")
+    g.add_argument("--train-limit", type=cli_types.positive_int,
                    help="train on the first N images only")
     m = p.add_argument_group("measurements")
-    m.add_argument("--alphas", type=common.positive_int, default=31,
+    m.add_argument("--alphas", type=cli_types.positive_int, default=31,
                    help="points on a in [-1, 2] (default: %(default)s)")
-    m.add_argument("--eval-train", type=common.positive_int, default=10000,
+    m.add_argument("--eval-train", type=cli_types.positive_int, default=10000,
                    help="training images the path's train loss is measured on: the first N "
                    "(default: %(default)s)")
-    m.add_argument("--eval-test", type=common.positive_int, default=10000,
+    m.add_argument("--eval-test", type=cli_types.positive_int, default=10000,
                    help="test images for the path and the test metrics (default: %(default)s)")
-    m.add_argument("--jacobian-images", type=common.positive_int, default=1000,
+    m.add_argument("--jacobian-images", type=cli_types.positive_int, default=1000,
                    help="test images the Jacobian norm is averaged over: the first N "
                    "(default: %(default)s)")
     return p
@@ -68,14 +68,14 @@ def alphas_grid(n: int) -> np.ndarray:
 
 def interpolate(model_a, model_b, alphas, sets: dict, task: str, progress=None) -> dict:
     """Loss (and accuracy) of theta(a) = (1-a) theta_a + a theta_b on each named (x, y) set,
-    measured on a float32 copy (common.evaluate: float64 arithmetic on its outputs)."""
+    measured on a float32 copy (measures.evaluate: float64 arithmetic on its outputs)."""
     wa, wb = hvp.flatten(model_a.trainable_variables), hvp.flatten(model_b.trainable_variables)
     probe = modeling.cast_model(model_a, "float32")  # always a copy: its weights are moved
     out = {name: {"loss": [], "accuracy": []} for name in sets}
     for i, a in enumerate(alphas):
         hvp.assign_flat(probe.trainable_variables, (1.0 - a) * wa + a * wb)
         for name, (x, y) in sets.items():
-            r = common.evaluate(probe, x, y, task)
+            r = measures.evaluate(probe, x, y, task)
             out[name]["loss"].append(r["loss"])
             out[name]["accuracy"].append(r.get("accuracy", float("nan")))
         if progress:
@@ -108,7 +108,7 @@ def jacobian_norms(model, x, batch_size: int = 250) -> np.ndarray:
 
 
 def main(args) -> dict:
-    common.check_model(args.model, task="classification", dataset=args.dataset)
+    cli.check_model(args.model, task="classification", dataset=args.dataset)
     if args.quick:
         args.batch_sizes = [16, 128]
         args.small_batch, args.large_batch = 16, 128
@@ -117,18 +117,18 @@ def main(args) -> dict:
         args.alphas = 7
         args.eval_train, args.eval_test, args.jacobian_images = 500, 500, 100
     if (args.alphas - 1) % 3:
-        raise common.UsageError(f"--alphas {args.alphas}: use 3k+1 points (e.g. 31) so that the "
+        raise cli_types.UsageError(f"--alphas {args.alphas}: use 3k+1 points (e.g. 31) so that the "
                                 "grid on [-1, 2] holds a=0 and a=1 exactly")
     if args.small_batch == args.large_batch:
-        raise common.UsageError("--small-batch and --large-batch must differ")
+        raise cli_types.UsageError("--small-batch and --large-batch must differ")
     sizes = sorted(set(args.batch_sizes) | {args.small_batch, args.large_batch})
-    seeds = common.run_seeds(args, args.seeds)
-    ds = common.load(args.dataset, args)
+    seeds = cli.run_seeds(args, args.seeds)
+    ds = training_runs.load(args.dataset, args)
     n_train = min(len(ds.x_train), args.train_limit or len(ds.x_train))
     if max(sizes) > n_train:
-        raise common.UsageError(f"batch size {max(sizes)} is larger than the {n_train} "
+        raise cli_types.UsageError(f"batch size {max(sizes)} is larger than the {n_train} "
                                 "training images")
-    study = common.Study(
+    study = study_files.Study(
         NAME, args, batch_sizes_trained=sizes,
         path_train_set=f"first {min(args.eval_train, len(ds.x_train))} training images",
         path_test_set=f"first {min(args.eval_test, len(ds.x_test))} test images",
@@ -144,14 +144,14 @@ def main(args) -> dict:
     for seed in seeds:
         models, rows = {}, []
         for bs in sizes:
-            config = common.train_config(args.model, args, seed=seed, dataset=args.dataset,
+            config = training_runs.train_config(args.model, args, seed=seed, dataset=args.dataset,
                                          epochs=args.epochs, batch_size=bs,
                                          train_limit=args.train_limit,
                                          dataset_size=len(ds.x_train))
-            model, records = common.fit(config, ds, study=study, label=f"batch {bs} s{seed}",
+            model, records = training_runs.fit(config, ds, study=study, label=f"batch {bs} s{seed}",
                                         validate=False)
-            probe = common.measured(model)  # float32, whatever policy trained it
-            metrics = {k: common.evaluate(probe, x, y, "classification")
+            probe = measures.measured(model)  # float32, whatever policy trained it
+            metrics = {k: measures.evaluate(probe, x, y, "classification")
                        for k, (x, y) in sets.items()}
             study.count("loss_evaluations", 2)
             jn = jacobian_norms(probe, x_jac)
@@ -205,8 +205,8 @@ def _summary(args, sizes, alphas, per_seed) -> dict:
         "path_curves": paths,
         "endpoint_index": {"small": i0, "large": i1},
         "distance_mean": float(np.mean([r["path"]["distance"] for r in per_seed])),
-        "spearman_jacobian_vs_batch": common.correlation(np.log(sizes), jac.mean(0)),
-        "spearman_test_loss_vs_jacobian": common.correlation(jac.mean(0),
+        "spearman_jacobian_vs_batch": measures.correlation(np.log(sizes), jac.mean(0)),
+        "spearman_test_loss_vs_jacobian": measures.correlation(jac.mean(0),
                                                              sweep["test_loss"].mean(0)),
         # train minus test accuracy and test minus train loss (train = the path's subset)
         "generalisation_gap": {
@@ -256,9 +256,9 @@ def _claims(args, r) -> list[dict]:
         {"report_figure": "none (course question)",
          "claim": "sensitivity (input-Jacobian norm) tracks generalisation across batch sizes",
          "measured": "Spearman(log batch, |J|_F) "
-                     f"{common.format_correlation(r['spearman_jacobian_vs_batch'])}; "
+                     f"{measures.format_correlation(r['spearman_jacobian_vs_batch'])}; "
                      "Spearman(|J|_F, test loss) "
-                     f"{common.format_correlation(r['spearman_test_loss_vs_jacobian'])}; "
+                     f"{measures.format_correlation(r['spearman_test_loss_vs_jacobian'])}; "
                      f"per batch size: {table}"},
     ]
 
@@ -271,8 +271,8 @@ def _plots(study, args, r):
     fig, ax = plt.subplots(figsize=(8, 4.8))
     ax2 = ax.twinx()
     for split, color in (("train", "C0"), ("test", "C1")):
-        common.band(ax, alphas, paths[f"{split}_loss"], f"{split} loss", color=color, log=True)
-        common.band(ax2, alphas, paths[f"{split}_accuracy"], f"{split} accuracy",
+        plotting.band(ax, alphas, paths[f"{split}_loss"], f"{split} loss", color=color, log=True)
+        plotting.band(ax2, alphas, paths[f"{split}_accuracy"], f"{split} accuracy",
                     color=color)
         ax2.lines[-1].set_linestyle("--")
     ax.set_yscale("log")
@@ -298,20 +298,20 @@ def _plots(study, args, r):
     sw = r["sweep"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
-    common.band(ax, sizes, sw["jacobian_norm_mean"], "sensitivity |dp/dx|_F", color="C3")
+    plotting.band(ax, sizes, sw["jacobian_norm_mean"], "sensitivity |dp/dx|_F", color="C3")
     ax.set_xscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("mean Frobenius norm of the input Jacobian", color="C3")
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     axb = ax.twinx()
-    common.band(axb, sizes, sw["test_loss"], "test loss", color="C1", log=True)
+    plotting.band(axb, sizes, sw["test_loss"], "test loss", color="C1", log=True)
     axb.set_ylabel("test loss", color="C1")
     axb.legend(fontsize=8, loc="upper right")
     ax.set_title("sensitivity and test loss against batch size")
     ax = axes[1]
     for split, color in (("train", "C0"), ("test", "C1")):
-        common.band(ax, sizes, sw[f"{split}_accuracy"], f"{split} accuracy", color=color)
+        plotting.band(ax, sizes, sw[f"{split}_accuracy"], f"{split} accuracy", color=color)
     ax.set_xscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("accuracy")
@@ -326,4 +326,4 @@ def _plots(study, args, r):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

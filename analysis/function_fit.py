@@ -14,8 +14,8 @@ import sys
 import numpy as np
 
 import zoo
-from analysis import common, hvp
-from training import data
+from analysis import cli, hvp, measures, plotting, study_files, training_runs
+from training import cli_types, data
 
 NAME = "function_fit"
 DEFAULT_MODELS = ("sinc_shallow_300_tanh", "sinc_deep_50_10_4_tanh", "sinc_deep_60_8_6_sigmoid")
@@ -24,15 +24,15 @@ SAFE = {"np": np, "sin": np.sin, "cos": np.cos, "exp": np.exp, "pi": np.pi, "abs
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0])
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0])
     g = p.add_argument_group("study")
     g.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
                    help="regression zoo models with input x (default: the report's three)")
     g.add_argument("--function", default=None,
                    help="numpy expression in x (default: the report's sin(5*pi*x)/(5*pi*x))")
-    g.add_argument("--seeds", type=common.positive_int, default=3,
+    g.add_argument("--seeds", type=cli_types.positive_int, default=3,
                    help="runs per model (default: %(default)s)")
-    g.add_argument("--epochs", type=common.positive_int, help="default: the recipe's")
+    g.add_argument("--epochs", type=cli_types.positive_int, help="default: the recipe's")
     return p
 
 
@@ -45,10 +45,10 @@ def dataset(args) -> data.Dataset:
         try:
             y = eval(args.function, {"__builtins__": {}}, {**SAFE, "x": x.astype(np.float64)})
         except Exception as e:  # noqa: BLE001 - a user's expression
-            raise common.UsageError(f"--function {args.function!r} failed: {e}") from None
+            raise cli_types.UsageError(f"--function {args.function!r} failed: {e}") from None
         y = np.broadcast_to(np.asarray(y, dtype=np.float64), x.shape)
         if not np.all(np.isfinite(y)):
-            raise common.UsageError(f"--function {args.function!r} is not finite on [-1, 1]")
+            raise cli_types.UsageError(f"--function {args.function!r} is not finite on [-1, 1]")
         return y.astype(np.float32)
 
     return data.Dataset("function", ds.x_train, f(ds.x_train), ds.x_test, f(ds.x_test),
@@ -57,14 +57,14 @@ def dataset(args) -> data.Dataset:
 
 def main(args) -> dict:
     for m in args.models:
-        spec = common.check_model(m, task="regression")
+        spec = cli.check_model(m, task="regression")
         if spec.inputs.shape != (1,):
-            raise common.UsageError(f"{m} does not take a scalar x")
+            raise cli_types.UsageError(f"{m} does not take a scalar x")
     if args.quick:
         args.seeds = min(args.seeds, 2)
         args.epochs = args.epochs or 3
-    seeds = common.run_seeds(args, args.seeds)
-    study = common.Study(NAME, args, function=args.function or "sin(5*pi*x)/(5*pi*x)")
+    seeds = cli.run_seeds(args, args.seeds)
+    study = study_files.Study(NAME, args, function=args.function or "sin(5*pi*x)/(5*pi*x)")
     ds = dataset(args)
     per_model = {}
     total = len(args.models) * args.seeds
@@ -72,7 +72,7 @@ def main(args) -> dict:
     for name in args.models:
         runs = []
         for seed in seeds:
-            config = common.train_config(name, args, seed=seed, epochs=args.epochs,
+            config = training_runs.train_config(name, args, seed=seed, epochs=args.epochs,
                                          steps_per_epoch=8 if args.quick else None,
                                          dataset_size=len(ds.x_train))
             curve = {"loss": [], "grad_norm": []}
@@ -91,9 +91,9 @@ def main(args) -> dict:
                 curve["loss"].append(loss)
                 curve["grad_norm"].append(float(np.linalg.norm(g)))
 
-            model, records = common.fit(config, ds, on_epoch=on_epoch, validate=False)
+            model, records = training_runs.fit(config, ds, on_epoch=on_epoch, validate=False)
             study.count("gradients", obj_holder["obj"].gradients)
-            probe = common.measured(model)  # float32 whatever policy trained it
+            probe = measures.measured(model)  # float32 whatever policy trained it
             pred = np.asarray(probe(ds.x_test, training=False), np.float64).ravel()
             mse = float(np.mean((pred - ds.y_test.ravel()) ** 2))
             runs.append({"seed": seed, "test_mse": mse, "prediction": pred, **curve,
@@ -139,7 +139,7 @@ def _verdict(per_model, decide: bool) -> dict:
         wins = int(sum(b < w for b in m[better] for w in m[worse]))
         holds = bool(np.mean(m[better]) < np.mean(m[worse]))
         out[key] = holds if decide else None
-        out[f"{key}_verdict"] = ("yes" if holds else "no") if decide else common.SMOKE_VERDICT
+        out[f"{key}_verdict"] = ("yes" if holds else "no") if decide else study_files.SMOKE_VERDICT
         out[f"{key}_text"] = (
             f"mean test MSE {names[0]} {np.mean(m[better]):.3g} vs {names[1]} "
             f"{np.mean(m[worse]):.3g} over {len(m[better])} and {len(m[worse])} seeds "
@@ -155,7 +155,7 @@ def _plots(study, ds, per_model):
     ax.plot(x, ds.y_test.ravel(), "k", lw=2, label="ground truth")
     for name, r in per_model.items():
         preds = np.array([run["prediction"] for run in r["runs"]])
-        common.band(ax, x, preds, f"{name} (MSE {r['test_mse_mean']:.2g})")
+        plotting.band(ax, x, preds, f"{name} (MSE {r['test_mse_mean']:.2g})")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.legend(fontsize=8)
@@ -169,7 +169,7 @@ def _plots(study, ds, per_model):
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, r in per_model.items():
             curves = np.array([run[key] for run in r["runs"]])
-            common.band(ax, np.arange(curves.shape[1]), curves, name, log=True)
+            plotting.band(ax, np.arange(curves.shape[1]), curves, name, log=True)
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
@@ -179,4 +179,4 @@ def _plots(study, ds, per_model):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

@@ -13,20 +13,21 @@ import sys
 
 import numpy as np
 
-from analysis import common
-from training import data
+from analysis import cli, measures, plotting, study_files, training_runs
+from training import cli_types, data
 
 NAME = "grad_norm"
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128")
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128")
     g = p.add_argument_group("study")
-    g.add_argument("--steps", type=common.positive_int, default=1500, help="(default: %(default)s)")
-    g.add_argument("--seeds", type=common.positive_int, default=3, help="(default: %(default)s)")
+    g.add_argument("--steps", type=cli_types.positive_int, default=1500,
+                   help="(default: %(default)s)")
+    g.add_argument("--seeds", type=cli_types.positive_int, default=3, help="(default: %(default)s)")
     g.add_argument("--recipe", action="store_true",
                    help="the model's recipe instead of the report's GD at lr 0.05")
-    g.add_argument("--learning-rate", type=common.positive_float, default=0.05,
+    g.add_argument("--learning-rate", type=cli_types.positive_float, default=0.05,
                    help="(default: %(default)s)")
     return p
 
@@ -44,7 +45,7 @@ def run_steps(config, ds, steps: int, study=None, label=""):
     precision.apply(config.precision)
     keras.utils.set_random_seed(config.seed)
     model = modeling.compile_model(config)
-    probe = common.measured(model)
+    probe = measures.measured(model)
     loss_fn = keras.losses.get(config.loss)
     opt = model.optimizer
     params, probe_params = model.trainable_variables, probe.trainable_variables
@@ -85,16 +86,16 @@ def run_steps(config, ds, steps: int, study=None, label=""):
 
 
 def main(args) -> dict:
-    spec = common.check_model(args.model)
+    spec = cli.check_model(args.model)
     if args.quick:
         args.steps = min(args.steps, 40)
         args.seeds = min(args.seeds, 2)
-    seeds = common.run_seeds(args, args.seeds)
-    study = common.Study(NAME, args)
-    ds = common.load(spec.dataset, args)
+    seeds = cli.run_seeds(args, args.seeds)
+    study = study_files.Study(NAME, args)
+    ds = training_runs.load(spec.dataset, args)
     runs = []
     for seed in seeds:
-        config = common.train_config(args.model, args, seed=seed, steps=args.steps,
+        config = training_runs.train_config(args.model, args, seed=seed, steps=args.steps,
                                      dataset_size=len(ds.x_train))
         if not args.recipe:
             config = dataclasses.replace(config, optimizer="sgd", schedule="constant",
@@ -122,7 +123,7 @@ def _plots(study, args, runs, cfg):
     it = np.arange(1, args.steps + 1)
     fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for ax, key, label in ((axes[0], "grad_norm", "gradient norm"), (axes[1], "loss", "loss")):
-        common.band(ax, it, np.array([r[key] for r in runs]), args.model, log=True)
+        plotting.band(ax, it, np.array([r[key] for r in runs]), args.model, log=True)
         ax.set_yscale("log")
         ax.set_ylabel(f"mini-batch {label}")
         ax.grid(alpha=0.3)
@@ -134,4 +135,4 @@ def _plots(study, args, runs, cfg):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

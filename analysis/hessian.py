@@ -13,42 +13,43 @@ import sys
 
 import numpy as np
 
-from analysis import common, hvp
+from analysis import cli, hvp, study_files, training_runs
+from training import cli_types
 
 NAME = "hessian"
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="sinc_deep_50_10_4_tanh")
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0], default_model="sinc_deep_50_10_4_tanh")
     g = p.add_argument_group("training before the measurement")
-    g.add_argument("--epochs", type=common.positive_int,
+    g.add_argument("--epochs", type=cli_types.positive_int,
                    help="training epochs (default: the recipe's)")
-    g.add_argument("--steps-per-epoch", type=common.positive_int)
-    g.add_argument("--train-limit", type=common.positive_int,
+    g.add_argument("--steps-per-epoch", type=cli_types.positive_int)
+    g.add_argument("--train-limit", type=cli_types.positive_int,
                    help="train on the first N examples only")
     h = p.add_argument_group("curvature")
-    h.add_argument("--examples", type=common.positive_int, default=1000,
+    h.add_argument("--examples", type=cli_types.positive_int, default=1000,
                    help="training examples the loss is measured on (default: %(default)s)")
-    h.add_argument("--batch-size", type=common.positive_int, default=1000,
+    h.add_argument("--batch-size", type=cli_types.positive_int, default=1000,
                    help="examples per HVP batch (memory) (default: %(default)s)")
     h.add_argument("--dtype", choices=("float32", "float64"),
                    help="curvature arithmetic (default: float64 up to 200k parameters)")
     h.add_argument("--method", choices=hvp.METHODS, default="double_backprop",
                    help="HVP method (CPU: double backprop 2.0x a gradient, fwd-over-rev 2.9x)")
-    h.add_argument("--top-k", type=common.positive_int, default=5)
-    h.add_argument("--lanczos-steps", type=common.positive_int, default=40)
-    h.add_argument("--trace-samples", type=common.integer(2), default=100,
+    h.add_argument("--top-k", type=cli_types.positive_int, default=5)
+    h.add_argument("--lanczos-steps", type=cli_types.positive_int, default=40)
+    h.add_argument("--trace-samples", type=cli_types.integer(2), default=100,
                    help="Rademacher samples, at least 2 for a standard error "
                    "(default: %(default)s)")
-    h.add_argument("--slq-runs", type=common.positive_int, default=5)
-    h.add_argument("--slq-steps", type=common.positive_int, default=60)
-    h.add_argument("--exact-max", type=common.non_negative_int, default=3000,
+    h.add_argument("--slq-runs", type=cli_types.positive_int, default=5)
+    h.add_argument("--slq-steps", type=cli_types.positive_int, default=60)
+    h.add_argument("--exact-max", type=cli_types.non_negative_int, default=3000,
                    help="compute the exact spectrum up to this many parameters")
     return p
 
 
 def main(args) -> dict:
-    spec = common.check_model(args.model)
+    spec = cli.check_model(args.model)
     if args.quick:
         args.examples = min(args.examples, 256)
         args.trace_samples = min(args.trace_samples, 12)
@@ -58,13 +59,13 @@ def main(args) -> dict:
         args.epochs = args.epochs or 1
         args.steps_per_epoch = args.steps_per_epoch or 30
         args.train_limit = args.train_limit or 2048
-    study = common.Study(NAME, args)
-    ds = common.load(spec.dataset, args)
-    config = common.train_config(args.model, args, epochs=args.epochs,
+    study = study_files.Study(NAME, args)
+    ds = training_runs.load(spec.dataset, args)
+    config = training_runs.train_config(args.model, args, epochs=args.epochs,
                                  steps_per_epoch=args.steps_per_epoch,
                                  train_limit=args.train_limit, test_limit=1000)
     study.log(f"training {args.model}: {config.epochs} epochs x {config.steps_per_epoch} steps")
-    model, records = common.fit(config, ds, study=study, label=args.model)
+    model, records = training_runs.fit(config, ds, study=study, label=args.model)
     n_params = int(model.count_params())
     dtype = args.dtype or ("float64" if n_params <= 200_000 else "float32")
     study.precision["measurement"] = dtype
@@ -176,4 +177,4 @@ def _plots(study, args, top, trace, grid, dgrid, exact, n, dtype):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

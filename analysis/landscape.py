@@ -14,29 +14,29 @@ import sys
 
 import numpy as np
 
-from analysis import common, hvp
-from training import modeling
+from analysis import cli, hvp, measures, study_files, training_runs
+from training import cli_types, modeling
 
 NAME = "landscape"
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128")
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128")
     g = p.add_argument_group("study")
-    g.add_argument("--epochs", type=common.positive_int, default=10,
+    g.add_argument("--epochs", type=cli_types.positive_int, default=10,
                    help="training epochs (default: %(default)s)")
-    g.add_argument("--train-limit", type=common.positive_int, default=10000,
+    g.add_argument("--train-limit", type=cli_types.positive_int, default=10000,
                    help="(default: %(default)s)")
-    g.add_argument("--eval-images", type=common.positive_int, default=2000,
+    g.add_argument("--eval-images", type=cli_types.positive_int, default=2000,
                    help="the loss is the mean over the first N training examples "
                    "(default: %(default)s)")
-    g.add_argument("--grid", type=common.integer(3), default=21, help="2-D grid points per axis "
+    g.add_argument("--grid", type=cli_types.integer(3), default=21, help="2-D grid points per axis "
                    "(default: %(default)s)")
-    g.add_argument("--points", type=common.integer(3), default=41,
+    g.add_argument("--points", type=cli_types.integer(3), default=41,
                    help="1-D points (default: %(default)s)")
-    g.add_argument("--span", type=common.positive_float, default=1.0,
+    g.add_argument("--span", type=cli_types.positive_float, default=1.0,
                    help="directions are scaled over [-span, span] (default: %(default)s)")
-    g.add_argument("--directions", type=common.positive_int, default=3,
+    g.add_argument("--directions", type=cli_types.positive_int, default=3,
                    help="1-D slices along this many independent filter-normalised directions, "
                    "the first two being the 2-D plane's axes (default: %(default)s)")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -81,7 +81,7 @@ class Surface:
         hvp.assign_flat(self.model.trainable_variables, flat)
         if self.study:
             self.study.count("loss_evaluations")
-        return common.evaluate(self.model, self.x, self.y, self.task)
+        return measures.evaluate(self.model, self.x, self.y, self.task)
 
     def along(self, origin, directions, coords, label: str = "") -> dict:
         """Evaluate at origin + sum_i c_i d_i for every row c of coords."""
@@ -94,20 +94,20 @@ class Surface:
 
 
 def main(args) -> dict:
-    spec = common.check_model(args.model)
+    spec = cli.check_model(args.model)
     if args.quick:
         args.epochs, args.train_limit, args.eval_images = 2, 1024, 256
         args.grid, args.points, args.directions = 5, 7, min(args.directions, 2)
     if args.grid < 3 or args.points < 3 or args.grid % 2 == 0 or args.points % 2 == 0:
-        raise common.UsageError("--grid and --points must be odd and at least 3, so that the "
+        raise cli_types.UsageError("--grid and --points must be odd and at least 3, so that the "
                                 f"grids pass through the solution (got {args.grid}, "
                                 f"{args.points})")
-    study = common.Study(NAME, args, measurement=args.dtype)
-    ds = common.load(spec.dataset, args)
-    config = common.train_config(args.model, args, epochs=args.epochs,
+    study = study_files.Study(NAME, args, measurement=args.dtype)
+    ds = training_runs.load(spec.dataset, args)
+    config = training_runs.train_config(args.model, args, epochs=args.epochs,
                                  train_limit=args.train_limit, dataset_size=len(ds.x_train))
     path = []
-    model, _ = common.fit(config, ds, study=study, label=args.model, validate=False,
+    model, _ = training_runs.fit(config, ds, study=study, label=args.model, validate=False,
                           on_epoch=lambda e, m: path.append(hvp.flatten(m.trainable_variables)))
     x, y = ds.x_train[:args.eval_images], ds.y_train[:args.eval_images]
     surface = Surface(model, x, y, spec.task, args.dtype, study)
@@ -115,7 +115,7 @@ def main(args) -> dict:
     trained = surface(theta)
     # Informational only: the same weights run by the model as it trained (its policy). Under a
     # mixed policy it differs from `trained`, the measurement; nothing compares the two as equal.
-    as_trained = common.evaluate(model, x, y, spec.task, as_trained=True)
+    as_trained = measures.evaluate(model, x, y, spec.task, as_trained=True)
     study.count("loss_evaluations")
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     rng = np.random.default_rng(args.seed)
@@ -134,7 +134,7 @@ def main(args) -> dict:
 
     # The trajectory in its own PCA plane, centred on the solution (Li et al., section 7).
     traj = np.array(path)
-    pca = common.pca(traj, center=theta)
+    pca = measures.pca(traj, center=theta)
     u1, u2 = pca["components"]
     proj = pca["projected"]
     lo, hi = proj.min(0), proj.max(0)
@@ -273,4 +273,4 @@ def _plots(study, args, r):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

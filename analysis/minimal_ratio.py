@@ -22,45 +22,45 @@ import time
 import numpy as np
 
 import zoo
-from analysis import common, hvp
-from training import data
+from analysis import cli, hvp, measures, plotting, study_files, training_runs
+from training import cli_types, data
 
 NAME = "minimal_ratio"
 TOLERANCE_SWEEP = (1e-12, 1e-10, 1e-8, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="sinc_deep_50_10_4_tanh",
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0], default_model="sinc_deep_50_10_4_tanh",
                             model_help="a zoo model small enough for an exact Hessian")
     g = p.add_argument_group("runs")
-    g.add_argument("--runs", type=common.positive_int, default=100,
+    g.add_argument("--runs", type=cli_types.positive_int, default=100,
                    help="training runs (default: %(default)s)")
-    g.add_argument("--examples", type=common.positive_int, default=300,
+    g.add_argument("--examples", type=cli_types.positive_int, default=300,
                    help="training points, full batch (sinc: generated; others: the first N) "
                    "(default: %(default)s)")
-    g.add_argument("--train-steps", type=common.positive_int, default=2000,
+    g.add_argument("--train-steps", type=cli_types.positive_int, default=2000,
                    help="most full-batch training steps of a run; each run draws its own "
                    "number log-uniformly from [train-steps/20, train-steps] (default: %(default)s)")
-    g.add_argument("--gn-steps", type=common.non_negative_int, default=1000,
+    g.add_argument("--gn-steps", type=cli_types.non_negative_int, default=1000,
                    help="Adam steps on ||g||^2 (default: %(default)s)")
-    g.add_argument("--gn-lr", type=common.positive_float, default=1e-3,
+    g.add_argument("--gn-lr", type=cli_types.positive_float, default=1e-3,
                    help="Adam learning rate on ||g||^2, cosine-decayed to 1%% "
                    "(default: %(default)s)")
-    g.add_argument("--max-params", type=common.positive_int, default=2000,
+    g.add_argument("--max-params", type=cli_types.positive_int, default=2000,
                    help="refuse models with more weights (the exact Hessian is n x n and costs "
                    "n HVPs) (default: %(default)s)")
     c = p.add_argument_group("counting and flags")
-    c.add_argument("--eig-tol", type=common.non_negative_float, default=1e-6,
+    c.add_argument("--eig-tol", type=cli_types.non_negative_float, default=1e-6,
                    help="|eigenvalue| <= eig-tol * max|eigenvalue| counts as zero "
                    "(default: %(default)s)")
-    c.add_argument("--grad-tol", type=common.non_negative_float, default=1e-3,
+    c.add_argument("--grad-tol", type=cli_types.non_negative_float, default=1e-3,
                    help="||g|| <= grad-tol: a critical point (default: %(default)s)")
-    c.add_argument("--flat-tol", type=common.non_negative_float, default=1e-2,
+    c.add_argument("--flat-tol", type=cli_types.non_negative_float, default=1e-2,
                    help="||g|| > grad-tol but ||Hg|| <= flat-tol * max|eigenvalue| * ||g||: "
                    "gradient-flat (Frye et al. 2021) (default: %(default)s)")
-    c.add_argument("--perturbations", type=common.positive_int, default=500,
+    c.add_argument("--perturbations", type=cli_types.positive_int, default=500,
                    help="random perturbations per point for the proxy (default: %(default)s)")
-    c.add_argument("--perturb-scale", type=common.positive_float, default=1e-3,
+    c.add_argument("--perturb-scale", type=cli_types.positive_float, default=1e-3,
                    help="perturbation = scale * N(0, I) per weight (default: %(default)s)")
     return p
 
@@ -216,16 +216,16 @@ def problem(spec, args):
     if spec.dataset == "sinc":
         ds = data.make_sinc(seed=args.seed, n_train=args.examples)
         return ds.x_train, ds.y_train, ds.source
-    ds = common.load(spec.dataset, args)
+    ds = training_runs.load(spec.dataset, args)
     return ds.x_train[: args.examples], ds.y_train[: args.examples], ds.source
 
 
 def main(args) -> dict:
-    spec = common.check_model(args.model)
+    spec = cli.check_model(args.model)
     n_params = zoo.parameter_count(args.model)
     if n_params > args.max_params:
         small = ", ".join(m for m in zoo.list_models() if zoo.parameter_count(m) <= args.max_params)
-        raise common.UsageError(
+        raise cli_types.UsageError(
             f"{args.model} has {n_params:,} weights; the exact Hessian here is limited to "
             f"--max-params {args.max_params:,} (n x n matrix, n HVPs per point). Models that fit: "
             f"{small or 'none'}; or raise --max-params")
@@ -234,9 +234,9 @@ def main(args) -> dict:
         args.train_steps = min(args.train_steps, 200)
         args.gn_steps = min(args.gn_steps, 100)
         args.perturbations = min(args.perturbations, 100)
-    seeds = common.run_seeds(args, args.runs, "--runs")
+    seeds = cli.run_seeds(args, args.runs, "--runs")
     x, y, source = problem(spec, args)
-    study = common.Study(NAME, args, measurement="float64", training_policy="float64",
+    study = study_files.Study(NAME, args, measurement="float64", training_policy="float64",
                          data_source=source, parameters=n_params,
                          arithmetic="float64 throughout (training included); --precision unused",
                          optimizer=spec.recipe.optimizer, learning_rate=spec.recipe.learning_rate,
@@ -325,14 +325,14 @@ def _summary(args, runs, n, total, timings) -> dict:
                                                     for r in runs], axis=0),
         "mean_numerically_zero": float(col["numerically_zero"].mean()),
         "kinds": kinds,
-        "spearman_ratio_vs_loss": common.correlation(col["loss"], col["minimal_ratio"]),
-        "spearman_ratio_vs_loss_critical": common.correlation(col["loss"][crit],
+        "spearman_ratio_vs_loss": measures.correlation(col["loss"], col["minimal_ratio"]),
+        "spearman_ratio_vs_loss_critical": measures.correlation(col["loss"][crit],
                                                               col["minimal_ratio"][crit]),
-        "spearman_ratio_nonzero_vs_loss": common.correlation(col["loss"],
+        "spearman_ratio_nonzero_vs_loss": measures.correlation(col["loss"],
                                                              col["minimal_ratio_nonzero"]),
-        "pearson_proxy_vs_ratio": common.correlation(col["proxy"], col["minimal_ratio"],
+        "pearson_proxy_vs_ratio": measures.correlation(col["proxy"], col["minimal_ratio"],
                                                      "pearson"),
-        "pearson_proxy_vs_ratio_nonzero": common.correlation(
+        "pearson_proxy_vs_ratio_nonzero": measures.correlation(
             col["proxy"], col["minimal_ratio_nonzero"], "pearson"),
         "mean_minimal_ratio_nonzero": float(col["minimal_ratio_nonzero"].mean()),
         "mean_proxy_hessian_only": float(col["proxy_hessian_only"].mean()),
@@ -358,7 +358,7 @@ def _claims(args, res) -> list[dict]:
          "claim": "at points of ~zero gradient, the minimal ratio rises as the loss falls "
                   "(lower loss: closer to a minimum)",
          "measured": f"{args.model}, {len(res['runs'])} runs: Spearman(loss, minimal ratio) "
-                     f"{common.format_correlation(res['spearman_ratio_vs_loss'])} (negative = "
+                     f"{measures.format_correlation(res['spearman_ratio_vs_loss'])} (negative = "
                      "the claim); mean "
                      f"minimal ratio {res['mean_minimal_ratio']:.3f} with |lambda| <= "
                      f"{args.eig_tol:g} max|lambda| counted as zero; {k['critical']} critical "
@@ -370,13 +370,13 @@ def _claims(args, res) -> list[dict]:
                      f"(|lambda| <= 1e-12 max|lambda|): structural null directions that cap "
                      f"the fraction; positive / (positive + negative) outside the band: mean "
                      f"{res['mean_minimal_ratio_nonzero']:.3f}, Spearman with loss "
-                     f"{common.format_correlation(res['spearman_ratio_nonzero_vs_loss'])}"},
+                     f"{measures.format_correlation(res['spearman_ratio_nonzero_vs_loss'])}"},
         {"report_figure": "report 1, Fig 14",
          "claim": "the perturbation proxy (fraction of random perturbations raising the loss) "
                   "measures the same thing",
          "measured": f"mean proxy {res['mean_proxy']:.3f} vs mean minimal ratio "
                      f"{res['mean_minimal_ratio']:.3f}; Pearson(proxy, ratio) "
-                     f"{common.format_correlation(res['pearson_proxy_vs_ratio'])}; the proxy "
+                     f"{measures.format_correlation(res['pearson_proxy_vs_ratio'])}; the proxy "
                      "follows the quadratic "
                      f"model g.d + d'Hd/2 (mean |difference| "
                      f"{res['mean_abs_proxy_minus_quadratic']:.3f}); the sign of d'Hd alone is "
@@ -439,7 +439,7 @@ def _plots(study, args, runs, res):
     ax.set_xlabel("minimal ratio (exact eigenvalues; triangles: zero band left out)")
     ax.set_ylabel("perturbation proxy")
     ax.set_title("proxy vs exact (Pearson "
-                 f"{common.format_correlation(res['pearson_proxy_vs_ratio'])})")
+                 f"{measures.format_correlation(res['pearson_proxy_vs_ratio'])})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     study.savefig(fig, "proxy_vs_minimal_ratio.png",
@@ -464,8 +464,8 @@ def _plots(study, args, runs, res):
     ax = axes[1]
     tol = np.array(res["tolerance_sweep"])
     per = np.array([r["ratio_by_tolerance"] for r in runs])
-    common.band(ax, tol, per, "positive / all")
-    common.band(ax, tol, np.array([r["ratio_nonzero_by_tolerance"] for r in runs]),
+    plotting.band(ax, tol, per, "positive / all")
+    plotting.band(ax, tol, np.array([r["ratio_nonzero_by_tolerance"] for r in runs]),
                 "positive / (positive + negative)")
     ax.axvline(args.eig_tol, color="k", ls="--", lw=0.8, label=f"eig-tol {args.eig_tol:g}")
     ax.set_xscale("log")
@@ -481,4 +481,4 @@ def _plots(study, args, runs, res):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

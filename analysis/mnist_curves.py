@@ -13,43 +13,45 @@ import sys
 import numpy as np
 
 import zoo
-from analysis import common
+from analysis import cli, study_files, training_runs
+from training import cli_types
 
 NAME = "mnist_curves"
 DEFAULT_MODELS = ("mlp_128", "mlp_107_64_64_64_16", "mlp_128_64")
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0])
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0])
     g = p.add_argument_group("study")
     g.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     g.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist")
-    g.add_argument("--seeds", type=common.positive_int, default=2,
+    g.add_argument("--seeds", type=cli_types.positive_int, default=2,
                    help="runs per model (default: %(default)s)")
-    g.add_argument("--epochs", type=common.positive_int, default=6, help="(default: %(default)s)")
-    g.add_argument("--train-limit", type=common.positive_int,
+    g.add_argument("--epochs", type=cli_types.positive_int, default=6,
+                   help="(default: %(default)s)")
+    g.add_argument("--train-limit", type=cli_types.positive_int,
                    help="train on the first N images only")
     return p
 
 
 def main(args) -> dict:
     for m in args.models:
-        common.check_model(m, task="classification", dataset=args.dataset)
+        cli.check_model(m, task="classification", dataset=args.dataset)
     overrides = {"epochs": args.epochs, "train_limit": args.train_limit}
     if args.quick:
         args.seeds = min(args.seeds, 2)
         overrides = {"epochs": 2, "steps_per_epoch": 8, "train_limit": 2000, "test_limit": 500}
-    seeds = common.run_seeds(args, args.seeds)
-    study = common.Study(NAME, args)
-    ds = common.load(args.dataset, args)
+    seeds = cli.run_seeds(args, args.seeds)
+    study = study_files.Study(NAME, args)
+    ds = training_runs.load(args.dataset, args)
     per_model = {}
     total, done = len(args.models) * args.seeds, 0
     for name in args.models:
         runs = []
         for seed in seeds:
-            config = common.train_config(name, args, seed=seed, dataset=args.dataset,
+            config = training_runs.train_config(name, args, seed=seed, dataset=args.dataset,
                                          **overrides)
-            _, records = common.fit(config, ds, study=study, label=f"{name} s{seed}")
+            _, records = training_runs.fit(config, ds, study=study, label=f"{name} s{seed}")
             runs.append(records)
             done += 1
             study.progress(done, total, f"{name}: test accuracy "
@@ -109,4 +111,4 @@ def _plots(study, per_model):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

@@ -14,8 +14,8 @@ import sys
 
 import numpy as np
 
-from analysis import common
-from training import precision
+from analysis import cli, measures, plotting, study_files, training_runs
+from training import cli_types, precision
 
 NAME = "params_vs_generalization"
 # mlp_128's hidden layer becomes 2, 4, ..., 1024 units.
@@ -23,17 +23,18 @@ DEFAULT_FACTORS = [2 ** k / 128 for k in range(1, 11)]
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128",
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128",
                             model_help="a zoo model whose width is scaled")
     g = p.add_argument_group("study")
-    g.add_argument("--factors", type=common.positive_float, nargs="+", default=DEFAULT_FACTORS,
+    g.add_argument("--factors", type=cli_types.positive_float, nargs="+", default=DEFAULT_FACTORS,
                    help="width multipliers, one model each (default: hidden widths 2..1024 "
                    "for mlp_128)")
-    g.add_argument("--train-limit", type=common.positive_int, default=5000,
+    g.add_argument("--train-limit", type=cli_types.positive_int, default=5000,
                    help="train on the first N images; a small set shows the gap (default: "
                    "%(default)s)")
-    g.add_argument("--epochs", type=common.positive_int, default=30, help="(default: %(default)s)")
-    g.add_argument("--seeds", type=common.positive_int, default=2,
+    g.add_argument("--epochs", type=cli_types.positive_int, default=30,
+                   help="(default: %(default)s)")
+    g.add_argument("--seeds", type=cli_types.positive_int, default=2,
                    help="runs per width (default: %(default)s)")
     return p
 
@@ -44,7 +45,8 @@ def scaled_model(model, factor: float):
     produce the model's outputs keep their size, so the task is unchanged."""
     config = copy.deepcopy(model.get_config())
     if "layers" not in config or "output_layers" not in config:
-        raise common.UsageError(f"{model.name} is not a functional model; cannot scale its width")
+        raise cli_types.UsageError(
+            f"{model.name} is not a functional model; cannot scale its width")
     outputs = config["output_layers"]
     if outputs and isinstance(outputs[0], str):  # one output is stored flat: [name, 0, 0]
         outputs = [outputs]
@@ -64,7 +66,8 @@ def scaled_model(model, factor: float):
                 c[key] = max(1, int(round(c[key] * factor)))
                 scaled += 1
     if not scaled:
-        raise common.UsageError(f"{model.name} has no hidden Dense or convolution layer to scale")
+        raise cli_types.UsageError(
+            f"{model.name} has no hidden Dense or convolution layer to scale")
     return model.__class__.from_config(config)
 
 
@@ -88,14 +91,14 @@ def _inbound_names(layer: dict) -> list[str]:
 def main(args) -> dict:
     import zoo
 
-    spec = common.check_model(args.model)
+    spec = cli.check_model(args.model)
     if args.quick:
         args.factors = [0.25, 1.0] if len(args.factors) > 2 else args.factors
         args.train_limit, args.epochs, args.seeds = 512, 2, min(args.seeds, 2)
     factors = sorted(set(args.factors))
-    seeds = common.run_seeds(args, args.seeds)
-    study = common.Study(NAME, args)
-    ds = common.load(spec.dataset, args)
+    seeds = cli.run_seeds(args, args.seeds)
+    study = study_files.Study(NAME, args)
+    ds = training_runs.load(spec.dataset, args)
     n = min(args.train_limit, len(ds.x_train))
     # Each layer's config pins its dtype policy, and the scaled copies keep it: build the base
     # in the policy the runs train in (it used to be float32 whatever --precision said).
@@ -105,12 +108,12 @@ def main(args) -> dict:
     for factor in factors:
         runs = []
         for seed in seeds:
-            config = common.train_config(args.model, args, seed=seed, epochs=args.epochs,
+            config = training_runs.train_config(args.model, args, seed=seed, epochs=args.epochs,
                                          train_limit=n, dataset_size=len(ds.x_train))
-            model, _ = common.fit(config, ds, validate=False,
+            model, _ = training_runs.fit(config, ds, validate=False,
                                   build=lambda f=factor: scaled_model(base, f))
-            train = common.evaluate(model, ds.x_train[:n], ds.y_train[:n], spec.task)
-            test = common.evaluate(model, ds.x_test, ds.y_test, spec.task)
+            train = measures.evaluate(model, ds.x_train[:n], ds.y_train[:n], spec.task)
+            test = measures.evaluate(model, ds.x_test, ds.y_test, spec.task)
             study.count("loss_evaluations", 2)
             study.count("training_steps", config.total_steps)
             runs.append({"seed": seed, "train": train, "test": test})
@@ -164,7 +167,7 @@ def _plots(study, args, r):
     x = np.array(r["parameters"])
     for ax, m in zip(axes[0], metrics):
         for split, color in (("train", "C0"), ("test", "C3")):
-            common.band(ax, x, np.array(r[f"{split}_{m}_runs"]), split, color=color)
+            plotting.band(ax, x, np.array(r[f"{split}_{m}_runs"]), split, color=color)
             ax.plot(x, r[f"{split}_{m}_mean"], "o", color=color, ms=4)
         ax.set_xscale("log")
         if m == "loss":
@@ -180,4 +183,4 @@ def _plots(study, args, r):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

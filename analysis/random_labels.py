@@ -15,24 +15,26 @@ import sys
 import numpy as np
 
 import zoo
-from analysis import common
+from analysis import cli, measures, study_files, training_runs
+from training import cli_types
 
 NAME = "random_labels"
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128",
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128",
                             model_help="an MNIST classifier of the zoo")
     g = p.add_argument_group("study")
-    g.add_argument("--fractions", type=common.fraction, nargs="+", default=[0.0, 0.5, 1.0],
+    g.add_argument("--fractions", type=cli_types.fraction, nargs="+", default=[0.0, 0.5, 1.0],
                    help="fractions of training labels shuffled, one curve each "
                    "(default: %(default)s)")
-    g.add_argument("--train-limit", type=common.positive_int, default=4000,
+    g.add_argument("--train-limit", type=cli_types.positive_int, default=4000,
                    help="memorise the first N training images (default: %(default)s)")
-    g.add_argument("--epochs", type=common.positive_int, default=100, help="(default: %(default)s)")
-    g.add_argument("--batch-size", type=common.positive_int, default=128,
+    g.add_argument("--epochs", type=cli_types.positive_int, default=100,
                    help="(default: %(default)s)")
-    g.add_argument("--seeds", type=common.positive_int, default=2,
+    g.add_argument("--batch-size", type=cli_types.positive_int, default=128,
+                   help="(default: %(default)s)")
+    g.add_argument("--seeds", type=cli_types.positive_int, default=2,
                    help="runs per fraction (default: %(default)s)")
     return p
 
@@ -41,7 +43,7 @@ def shuffle_labels(y: np.ndarray, n: int, fraction: float, seed: int) -> np.ndar
     """A copy of y whose first n labels have `fraction` of their positions permuted among
     themselves: the label histogram is unchanged, the image-label link is broken for those."""
     if not 0.0 <= fraction <= 1.0:
-        raise common.UsageError(f"--fractions must lie in [0, 1], got {fraction}")
+        raise cli_types.UsageError(f"--fractions must lie in [0, 1], got {fraction}")
     rng = np.random.default_rng(seed)
     y = y.copy()
     chosen = rng.choice(n, size=round(fraction * n), replace=False)
@@ -50,14 +52,14 @@ def shuffle_labels(y: np.ndarray, n: int, fraction: float, seed: int) -> np.ndar
 
 
 def main(args) -> dict:
-    spec = common.check_model(args.model, task="classification", dataset="mnist")
+    spec = cli.check_model(args.model, task="classification", dataset="mnist")
     if args.quick:
         args.train_limit, args.epochs, args.seeds = 512, 3, min(args.seeds, 2)
         args.fractions = args.fractions[:1] + args.fractions[-1:] if len(args.fractions) > 1 \
             else args.fractions
-    seeds = common.run_seeds(args, args.seeds)
-    study = common.Study(NAME, args)
-    ds = common.load(spec.dataset, args)
+    seeds = cli.run_seeds(args, args.seeds)
+    study = study_files.Study(NAME, args)
+    ds = training_runs.load(spec.dataset, args)
     n = min(args.train_limit, len(ds.x_train))
     test_limit = 500 if args.quick else None
     per_fraction, total, done = {}, len(args.fractions) * args.seeds, 0
@@ -65,14 +67,14 @@ def main(args) -> dict:
         runs = []
         for seed in seeds:
             noisy = dataclasses.replace(ds, y_train=shuffle_labels(ds.y_train, n, fraction, seed))
-            config = common.train_config(args.model, args, seed=seed, epochs=args.epochs,
+            config = training_runs.train_config(args.model, args, seed=seed, epochs=args.epochs,
                                          batch_size=args.batch_size, train_limit=n,
                                          test_limit=test_limit)
             label = f"shuffled {fraction:.0%} s{seed}"
-            model, records = common.fit(config, noisy, study=study, label=label)
+            model, records = training_runs.fit(config, noisy, study=study, label=label)
             # Keras' train loss is a running mean over the epoch, with dropout on: measure the
             # final fit on the (noisy) training set itself, in inference mode.
-            final = common.evaluate(model, noisy.x_train[:n], noisy.y_train[:n], spec.task)
+            final = measures.evaluate(model, noisy.x_train[:n], noisy.y_train[:n], spec.task)
             study.count("loss_evaluations", 1)
             changed = float(np.mean(noisy.y_train[:n] != ds.y_train[:n]))
             runs.append({"seed": seed, "records": records, "final_train": final,
@@ -134,4 +136,4 @@ def _plots(study, args, per_fraction):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.common import DEFAULT_OUT, SMOKE_VERDICT
+from analysis.study_files import DEFAULT_OUT, SMOKE_VERDICT
 from serving import quiet
 
 # (section, studies) in the order of the page; every study is `python -m analysis.NAME`.

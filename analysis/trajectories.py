@@ -16,23 +16,25 @@ import sys
 
 import numpy as np
 
-from analysis import common, hvp
+from analysis import cli, hvp, measures, study_files, training_runs
+from training import cli_types
 
 NAME = "trajectories"
 
 
 def build_parser():
-    p = common.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128")
+    p = cli.build_parser(NAME, __doc__.split("\n\n")[0], default_model="mlp_128")
     g = p.add_argument_group("study")
-    g.add_argument("--runs", type=common.positive_int, default=8, help="(default: %(default)s)")
-    g.add_argument("--epochs", type=common.positive_int, default=24, help="(default: %(default)s)")
-    g.add_argument("--every", type=common.positive_int, default=3,
+    g.add_argument("--runs", type=cli_types.positive_int, default=8, help="(default: %(default)s)")
+    g.add_argument("--epochs", type=cli_types.positive_int, default=24,
+                   help="(default: %(default)s)")
+    g.add_argument("--every", type=cli_types.positive_int, default=3,
                    help="collect the weights at epochs 0, E, 2E, ... (default: %(default)s)")
     g.add_argument("--layer", help="the layer of the second panel (default: the first layer "
                    "with a kernel)")
-    g.add_argument("--train-limit", type=common.positive_int, default=10000,
+    g.add_argument("--train-limit", type=cli_types.positive_int, default=10000,
                    help="(default: %(default)s)")
-    g.add_argument("--learning-rate", type=common.positive_float, default=0.05,
+    g.add_argument("--learning-rate", type=cli_types.positive_float, default=0.05,
                    help="plain SGD, as the report (default: %(default)s)")
     g.add_argument("--recipe", action="store_true", help="the model's own recipe instead")
     return p
@@ -41,7 +43,8 @@ def build_parser():
 def collected_epochs(epochs: int, every: int) -> list[int]:
     """0 (the initialisation), every, 2*every, ... up to `epochs`."""
     if every < 1 or epochs < every:
-        raise common.UsageError(f"--every must be between 1 and --epochs ({epochs}), got {every}")
+        raise cli_types.UsageError(
+            f"--every must be between 1 and --epochs ({epochs}), got {every}")
     return list(range(0, epochs + 1, every))
 
 
@@ -53,7 +56,7 @@ def layer_variables(model, layer: str | None) -> tuple[str, list[int]]:
     idx = [i for i, n in enumerate(names) if n.split("/")[0] == layer]
     if not idx:
         known = sorted({n.split("/")[0] for n in names})
-        raise common.UsageError(f"no trainable layer {layer!r}; layers: {', '.join(known)}")
+        raise cli_types.UsageError(f"no trainable layer {layer!r}; layers: {', '.join(known)}")
     return layer, idx
 
 
@@ -71,19 +74,19 @@ def random_walk_null(trajectories: np.ndarray, seed: int) -> np.ndarray:
 
 
 def main(args) -> dict:
-    spec = common.check_model(args.model)
+    spec = cli.check_model(args.model)
     if args.quick:
         args.runs, args.epochs, args.every = min(args.runs, 3), 2, 1
         args.train_limit = 1024
     epochs = collected_epochs(args.epochs, args.every)
-    seeds = common.run_seeds(args, args.runs, "--runs")
-    study = common.Study(NAME, args, collected_epochs=epochs)
-    ds = common.load(spec.dataset, args)
+    seeds = cli.run_seeds(args, args.runs, "--runs")
+    study = study_files.Study(NAME, args, collected_epochs=epochs)
+    ds = training_runs.load(spec.dataset, args)
     n_test = 500 if args.quick else 2000
     x_test, y_test = ds.x_test[:n_test], ds.y_test[:n_test]
     points, metric, layer = [], [], args.layer
     for r, seed in enumerate(seeds):
-        config = common.train_config(args.model, args, seed=seed, epochs=args.epochs,
+        config = training_runs.train_config(args.model, args, seed=seed, epochs=args.epochs,
                                      train_limit=args.train_limit, dataset_size=len(ds.x_train))
         if not args.recipe:
             config = dataclasses.replace(config, optimizer="sgd", schedule="constant",
@@ -93,10 +96,10 @@ def main(args) -> dict:
         def collect(epoch, model, weights=weights, scores=scores):
             if epoch in epochs:
                 weights.append(hvp.flatten(model.trainable_variables))
-                scores.append(common.evaluate(model, x_test, y_test, spec.task))
+                scores.append(measures.evaluate(model, x_test, y_test, spec.task))
                 study.count("loss_evaluations")
 
-        model, _ = common.fit(config, ds, validate=False, on_epoch=collect)
+        model, _ = training_runs.fit(config, ds, validate=False, on_epoch=collect)
         study.count("training_steps", config.epochs * config.steps_per_epoch)
         layer, idx = layer_variables(model, layer)
         points.append(np.array(weights))
@@ -108,12 +111,12 @@ def main(args) -> dict:
     null = random_walk_null(points, args.seed + 10_000)
     views = {}
     for view, sl in (("whole model", slice(None)), (f"layer {layer}", layer_slice)):
-        real = common.pca(points[:, :, sl].reshape(-1, points[:, :, sl].shape[-1]))
-        walk = common.pca(null[:, :, sl].reshape(-1, null[:, :, sl].shape[-1]))
+        real = measures.pca(points[:, :, sl].reshape(-1, points[:, :, sl].shape[-1]))
+        walk = measures.pca(null[:, :, sl].reshape(-1, null[:, :, sl].shape[-1]))
         # Each run alone: the comparison of Antognini & Sohl-Dickstein (across runs, the
         # distances between the random initialisations dominate both).
-        own = [common.pca(t[:, sl]) for t in points]
-        own_null = [common.pca(t[:, sl]) for t in null]
+        own = [measures.pca(t[:, sl]) for t in points]
+        own_null = [measures.pca(t[:, sl]) for t in null]
         views[view] = {
             "parameters": int(points[:, :, sl].shape[-1]),
             "per_run_explained_variance": np.mean([_pad(o["explained"]) for o in own], axis=0),
@@ -258,4 +261,4 @@ def _plots(study, args, r):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main, build_parser()))
+    sys.exit(cli.run(main, build_parser()))

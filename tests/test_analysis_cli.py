@@ -15,8 +15,9 @@ import time
 import matplotlib.pyplot as plt
 import pytest
 
-from analysis import common, report
+from analysis import cli, report, study_files
 from tests.conftest import ROOT, subprocess_env
+from training import cli_types
 
 STUDIES = report.STUDIES
 
@@ -78,22 +79,22 @@ def test_every_study_takes_seeds_0_to_2_32_minus_1_only(tmp_path, capsys):
         for bad in ("-1", str(2**32), "99999999999999999999", "1.5"):
             err = _parse_error(parser, ["--seed", bad], capsys)
             assert err.startswith("error: argument --seed: "), err
-        assert parser.parse_args(["--seed", str(common.MAX_SEED)]).seed == 2**32 - 1
+        assert parser.parse_args(["--seed", str(cli_types.MAX_SEED)]).seed == 2**32 - 1
 
 
 def test_seeds_of_several_runs_past_2_32_are_refused_before_anything_is_made(tmp_path, capsys):
     from analysis import grad_norm
 
     out = tmp_path / "reports"
-    argv = ["--quick", "--seed", str(common.MAX_SEED), "--out", str(out)]
-    assert common.run(grad_norm.main, grad_norm.build_parser(), argv) == 2
+    argv = ["--quick", "--seed", str(cli_types.MAX_SEED), "--out", str(out)]
+    assert cli.run(grad_norm.main, grad_norm.build_parser(), argv) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == (
-        f"error: --seed {common.MAX_SEED} with --seeds 2 needs seeds up to {2**32}; seeds go "
-        f"up to {common.MAX_SEED} (2**32-1)")
+        f"error: --seed {cli_types.MAX_SEED} with --seeds 2 needs seeds up to {2**32}; seeds go "
+        f"up to {cli_types.MAX_SEED} (2**32-1)")
     assert not out.exists()
-    args = grad_norm.build_parser().parse_args(["--seed", str(common.MAX_SEED - 1)])
-    assert common.run_seeds(args, 2) == [2**32 - 2, 2**32 - 1]
+    args = grad_norm.build_parser().parse_args(["--seed", str(cli_types.MAX_SEED - 1)])
+    assert cli.run_seeds(args, 2) == [2**32 - 2, 2**32 - 1]
 
 
 @pytest.mark.slow
@@ -138,32 +139,32 @@ def test_a_study_that_fails_midway_leaves_the_previous_report_as_it_was(tmp_path
     old = _previous_report(tmp_path)
 
     def fails_after_a_figure(args):
-        study = common.Study("demo", args)
+        study = study_files.Study("demo", args)
         _one_figure(study)
         assert (study.out_dir / "a.png").exists() and study.out_dir != tmp_path / "demo"
-        raise common.UsageError("the data ran out")
+        raise cli_types.UsageError("the data ran out")
 
-    parser = common.build_parser("demo", "demo")
-    assert common.run(fails_after_a_figure, parser, ["--out", str(tmp_path)]) == 2
+    parser = cli.build_parser("demo", "demo")
+    assert cli.run(fails_after_a_figure, parser, ["--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: the data ran out"
     assert _contents(tmp_path / "demo") == old
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no temporary left behind
 
     def bug(args):
-        study = common.Study("demo", args)
+        study = study_files.Study("demo", args)
         _one_figure(study)
         raise ZeroDivisionError("a bug keeps its traceback")
 
     with pytest.raises(ZeroDivisionError):
-        common.run(bug, parser, ["--out", str(tmp_path)])
+        cli.run(bug, parser, ["--out", str(tmp_path)])
     assert _contents(tmp_path / "demo") == old
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]
 
 
 def test_finish_swaps_the_whole_new_report_in(tmp_path):
     _previous_report(tmp_path, "digits")
-    args = common.build_parser("digits", "demo").parse_args(["--out", str(tmp_path)])
-    study = common.Study("digits", args)
+    args = cli.build_parser("digits", "demo").parse_args(["--out", str(tmp_path)])
+    study = study_files.Study("digits", args)
     _one_figure(study)
     assert _contents(tmp_path / "digits")["a.png"] == b"\x89PNG old figure a"  # not yet
     out = study.finish({"x": 1.0})
@@ -186,8 +187,8 @@ def test_leftovers_of_a_killed_run_are_cleared_and_a_report_set_aside_comes_back
     alive.mkdir()
     other = tmp_path / f".other.tmp-{dead.pid}-abc"
     other.mkdir()
-    args = common.build_parser("demo", "demo").parse_args(["--out", str(tmp_path)])
-    study = common.Study("demo", args)
+    args = cli.build_parser("demo", "demo").parse_args(["--out", str(tmp_path)])
+    study = study_files.Study("demo", args)
     assert _contents(tmp_path / "demo") == old
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"demo", alive.name, other.name, study.out_dir.name}
@@ -197,16 +198,16 @@ def test_leftovers_of_a_killed_run_are_cleared_and_a_report_set_aside_comes_back
 
 def test_an_out_that_cannot_hold_a_report_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    parser = common.build_parser("demo", "demo")
+    parser = cli.build_parser("demo", "demo")
     for out, why in ((tmp_path / "file", "cannot write a report there"),
                      (tmp_path / "file" / "below", "cannot write a report there")):
-        assert common.run(lambda args: common.Study("demo", args).finish({}), parser,
+        assert cli.run(lambda args: study_files.Study("demo", args).finish({}), parser,
                           ["--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith(f"error: --out {out}: ") and why in err[-1], err
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "demo").write_text("")
-    assert common.run(lambda args: common.Study("demo", args).finish({}), parser,
+    assert cli.run(lambda args: study_files.Study("demo", args).finish({}), parser,
                       ["--out", str(tmp_path / "out")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     assert (tmp_path / "out" / "demo").read_text() == ""

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import zoo
-from analysis import common, hvp
 from analysis import flatness as fl
+from analysis import hvp, measures
 from tests.test_analysis_studies import run_study
-from training import modeling
+from training import cli_types, modeling
 
 
 def _model(seed):
@@ -27,14 +27,14 @@ def test_path_end_points_are_the_models_and_midpoint_is_the_average(mnist):
     assert alphas.tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
     path = fl.interpolate(a, b, alphas, {"test": (x, y)}, "classification")
     for i, m in ((2, a), (4, b)):
-        own = common.evaluate(m, x, y, "classification")
+        own = measures.evaluate(m, x, y, "classification")
         assert path["test"]["loss"][i] == pytest.approx(own["loss"], rel=1e-6)
         assert path["test"]["accuracy"][i] == own["accuracy"]
     wa, wb = hvp.flatten(a.trainable_variables), hvp.flatten(b.trainable_variables)
     mid = _model(2)
     hvp.assign_flat(mid.trainable_variables, 0.5 * (wa + wb))
     assert path["test"]["loss"][3] == pytest.approx(
-        common.evaluate(mid, x, y, "classification")["loss"], rel=1e-6)
+        measures.evaluate(mid, x, y, "classification")["loss"], rel=1e-6)
     assert path["distance"] == pytest.approx(np.linalg.norm(wa - wb))
     # the end models themselves were not moved by the path
     np.testing.assert_array_equal(hvp.flatten(a.trainable_variables), wa)
@@ -62,15 +62,15 @@ def test_a_mixed_precision_model_is_measured_in_float32(mnist):
     m = _model(4)
     keras.mixed_precision.set_global_policy("float32")
     assert modeling.model_dtype(m) == "mixed"
-    probe = common.measured(m)
+    probe = measures.measured(m)
     assert probe is not m and modeling.model_dtype(probe) == "float32"
     np.testing.assert_array_equal(hvp.flatten(probe.trainable_variables),
                                   hvp.flatten(m.trainable_variables))
     x, y = mnist.x_test[:500], mnist.y_test[:500]
-    # common.evaluate measures the float32 copy, not the bf16 model (which differs)
-    got = common.evaluate(m, x, y, "classification")
-    assert got == common.evaluate(probe, x, y, "classification")
-    as_trained = common.evaluate(m, x, y, "classification", as_trained=True)
+    # measures.evaluate measures the float32 copy, not the bf16 model (which differs)
+    got = measures.evaluate(m, x, y, "classification")
+    assert got == measures.evaluate(probe, x, y, "classification")
+    as_trained = measures.evaluate(m, x, y, "classification", as_trained=True)
     assert as_trained["loss"] != got["loss"]
     assert as_trained["loss"] == pytest.approx(got["loss"], rel=0.05)
     # the path's end point a=0 is that float32 measurement
@@ -78,7 +78,7 @@ def test_a_mixed_precision_model_is_measured_in_float32(mnist):
     assert path["test"]["loss"][0] == pytest.approx(got["loss"], rel=1e-6)
     # a float32 or float64 model is measured as it is
     m32 = _model(6)
-    assert common.measured(m32) is m32
+    assert measures.measured(m32) is m32
 
 
 def test_flatness_quick(tmp_path):
@@ -91,7 +91,7 @@ def test_flatness_quick(tmp_path):
     for run in r["runs"]:
         path = run["path"]
         for split in ("train", "test"):
-            # a=0 and a=1 reproduce common.evaluate of the two trained models themselves
+            # a=0 and a=1 reproduce measures.evaluate of the two trained models themselves
             assert path[split]["loss"][i0] == pytest.approx(run["own"]["small"][split]["loss"],
                                                             rel=1e-5)
             assert path[split]["loss"][i1] == pytest.approx(run["own"]["large"][split]["loss"],
@@ -123,5 +123,5 @@ def test_flatness_rejects_regression_models_and_bad_grids(tmp_path):
     for extra, match in ((["--model", "sinc_deep_50_10_4_tanh"], "classification"),
                          (["--alphas", "30"], "3k\\+1")):
         args = fl.build_parser().parse_args([*extra, "--out", str(tmp_path)])
-        with pytest.raises(common.UsageError, match=match):
+        with pytest.raises(cli_types.UsageError, match=match):
             fl.main(args)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import zoo
-from analysis import common
 from analysis.params_vs_generalization import scaled_model
 from analysis.random_labels import shuffle_labels
 from tests.test_analysis_studies import run_study
+from training import cli_types
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
@@ -27,7 +27,7 @@ def test_shuffle_labels_keeps_the_histogram_and_breaks_the_link(fraction):
 
 
 def test_shuffle_labels_refuses_a_bad_fraction():
-    with pytest.raises(common.UsageError, match="fractions"):
+    with pytest.raises(cli_types.UsageError, match="fractions"):
         shuffle_labels(np.zeros(10, np.uint8), 10, 1.5, 0)
 
 
@@ -59,7 +59,7 @@ def test_scaled_model_scales_hidden_layers_and_keeps_the_output():
 
 
 def test_scaled_model_refuses_a_model_without_hidden_layers():
-    with pytest.raises(common.UsageError, match="no hidden"):
+    with pytest.raises(cli_types.UsageError, match="no hidden"):
         scaled_model(zoo.create_model("softmax_regression"), 2.0)
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import zoo
-from analysis import common, hvp
+from analysis import hvp, measures
 from analysis.landscape import Surface, build_parser, filter_normalised, linear_path_alphas, main
 from tests.test_analysis_studies import run_study
+from training import cli_types
 
 
 def test_filter_normalisation_gives_each_filter_the_trained_filters_norm():
@@ -35,8 +36,8 @@ def test_the_surface_evaluates_the_model_at_a_flat_weight_vector(mnist):
     surface = Surface(model, x, y, "classification", "float64")
     theta = hvp.flatten(model.trainable_variables)
     at_theta = surface(theta)
-    assert at_theta["loss"] == pytest.approx(common.evaluate(model, x, y, "classification")["loss"],
-                                             rel=1e-5)
+    measured = measures.evaluate(model, x, y, "classification")
+    assert at_theta["loss"] == pytest.approx(measured["loss"], rel=1e-5)
     shifted = surface.along(theta, [np.ones_like(theta)], np.array([[0.0], [0.01]]))
     assert shifted["loss"][0] == pytest.approx(at_theta["loss"], rel=1e-12)
     assert shifted["loss"][1] != pytest.approx(at_theta["loss"], rel=1e-6)
@@ -86,5 +87,5 @@ def test_linear_path_grid_passes_exactly_through_init_and_solution():
 
 def test_landscape_rejects_an_even_grid(tmp_path):
     args = build_parser().parse_args(["--grid", "4", "--out", str(tmp_path)])
-    with pytest.raises(common.UsageError, match="odd"):
+    with pytest.raises(cli_types.UsageError, match="odd"):
         main(args)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import zoo
-from analysis import common, hvp
+from analysis import hvp, measures
 from analysis import minimal_ratio as mr
 from tests.test_analysis_studies import run_study
-from training import data
+from training import cli_types, data
 
 # 8 eigenvalues: 4 clearly positive, 2 clearly negative, 2 inside a 1e-6 relative band
 SPECTRUM = np.array([5.0, 2.0, 1.0, 0.5, -1.0, -3.0, 1e-9, -1e-9])
@@ -120,7 +120,7 @@ def test_runner_hessian_is_objective_hessian_and_gn_lowers_the_gradient():
 
 def test_refuses_a_model_too_big_for_an_exact_hessian(tmp_path):
     args = mr.build_parser().parse_args(["--model", "mlp_128", "--out", str(tmp_path)])
-    with pytest.raises(common.UsageError, match="max-params"):
+    with pytest.raises(cli_types.UsageError, match="max-params"):
         mr.main(args)
 
 
@@ -146,7 +146,7 @@ def test_minimal_ratio_quick(tmp_path):
     assert sum(r["kinds"].values()) == 4
     assert doc["precision"] == {"training": "float64", "measurement": "float64",
                                 "training_reason": "set by the study (--precision unused)"}
-    assert r["spearman_ratio_vs_loss"] == common.correlation(
+    assert r["spearman_ratio_vs_loss"] == measures.correlation(
         [x["loss"] for x in runs], [x["minimal_ratio"] for x in runs])
     assert r["mean_minimal_ratio"] == pytest.approx(np.mean([x["minimal_ratio"] for x in runs]))
     n, steps = r["parameters"], sum(x["train_steps"] for x in runs)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.common import SMOKE_VERDICT
+from analysis.study_files import SMOKE_VERDICT
 from training import precision
 
 
@@ -97,10 +97,11 @@ def test_function_fit_other_function(tmp_path):
 
 
 def test_function_fit_rejects_a_classifier(tmp_path):
-    from analysis import common, function_fit
+    from analysis import function_fit
+    from training import cli_types
 
     args = function_fit.build_parser().parse_args(["--models", "mlp_128", "--out", str(tmp_path)])
-    with pytest.raises(common.UsageError, match="regression"):
+    with pytest.raises(cli_types.UsageError, match="regression"):
         function_fit.main(args)
 
 
@@ -139,24 +140,25 @@ def test_grad_norm(tmp_path):
 
 
 def test_run_prints_explained_errors_in_one_line_and_keeps_tracebacks_of_bugs(capsys):
-    from analysis import common
+    from analysis import cli, study_files
+    from training import cli_types
 
-    parser = common.build_parser("demo", "demo")
+    parser = cli.build_parser("demo", "demo")
 
     def mistaken(args):
-        raise common.UsageError("--model must be a classifier")
+        raise cli_types.UsageError("--model must be a classifier")
 
-    assert common.run(mistaken, parser, []) == 2
+    assert cli.run(mistaken, parser, []) == 2
     assert capsys.readouterr().err.strip().endswith("error: --model must be a classifier")
 
     def diverged(args):
-        return {"json": common.to_json({"loss": float("nan")})}
+        return {"json": study_files.to_json({"loss": float("nan")})}
 
-    assert common.run(diverged, parser, []) == 2
+    assert cli.run(diverged, parser, []) == 2
     assert "the study diverged" in capsys.readouterr().err
 
     def buggy(args):
         raise ValueError("x and y must have same first dimension")
 
     with pytest.raises(ValueError, match="same first dimension"):
-        common.run(buggy, parser, [])
+        cli.run(buggy, parser, [])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import common
+from analysis import measures
 from analysis.trajectories import collected_epochs, random_walk_null
 from tests.test_analysis_studies import run_study
+from training import cli_types
 
 
 def test_collected_epochs_are_the_init_and_every_multiple():
@@ -15,7 +16,7 @@ def test_collected_epochs_are_the_init_and_every_multiple():
     assert collected_epochs(7, 3) == [0, 3, 6]
     assert collected_epochs(2, 1) == [0, 1, 2]
     assert collected_epochs(24, 3) == [0, 3, 6, 9, 12, 15, 18, 21, 24]
-    with pytest.raises(common.UsageError, match="--every"):
+    with pytest.raises(cli_types.UsageError, match="--every"):
         collected_epochs(2, 3)
 
 
@@ -40,7 +41,7 @@ def test_explained_variance_lists_have_five_entries_whatever_the_number_of_point
 def test_pca_of_points_on_a_line_has_one_component():
     t = np.linspace(0, 1, 7)[:, None]
     direction = np.array([[3.0, 4.0, 0.0]]) / 5
-    p = common.pca(2.0 + t * direction)
+    p = measures.pca(2.0 + t * direction)
     np.testing.assert_allclose(p["explained"][0], 1.0)
     np.testing.assert_allclose(np.abs(p["components"][0]), np.abs(direction[0]), atol=1e-12)
 
@@ -82,7 +83,7 @@ def test_an_unknown_layer_lists_the_layers(tmp_path):
 
     args = trajectories.build_parser().parse_args(["--quick", "--layer", "nope", "--out",
                                                    str(tmp_path)])
-    with pytest.raises(common.UsageError, match="hidden1"):
+    with pytest.raises(cli_types.UsageError, match="hidden1"):
         trajectories.main(args)
 
 

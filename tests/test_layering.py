@@ -1,5 +1,5 @@
-"""serving/ and training/ in layers (docs/ARCHITECTURE.md, "Serving in layers", "Training: what
-imports what"): import-linter checks the
+"""serving/, training/ and analysis/ in layers (docs/ARCHITECTURE.md, "Serving in layers",
+"Training: what imports what", "Analysis: what imports what"): import-linter checks the
 contracts in pyproject.toml's [tool.importlinter] on the source as it is (imports inside functions
 count), and a deliberate violation, an import upward written into a copy of the tree, breaks them.
 """
@@ -21,10 +21,10 @@ def lint(cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(LINT, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_serving_and_training_keep_their_layers():
+def test_serving_training_and_analysis_keep_their_layers():
     done = lint(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "BROKEN" not in done.stdout and done.stdout.count("KEPT") == 6
+    assert "BROKEN" not in done.stdout and done.stdout.count("KEPT") == 8
 
 
 def copy_tree(tmp_path: Path) -> None:
@@ -51,15 +51,30 @@ def test_an_import_upward_or_across_breaks_the_contracts(tmp_path):
     assert out.count("BROKEN") == 3, out  # layers, independence, and the cycle core <-> protocols
 
 
+def broken_by_an_import_inside_a_function(tmp_path: Path, module: str, statement: str) -> str:
+    """The linter's report on a copy of the tree where `module` (a path) has a function holding
+    `statement`; the linter must fail."""
+    copy_tree(tmp_path)
+    path = tmp_path / module
+    path.write_text(path.read_text() + f"\n\ndef _upward():\n    {statement}  # noqa: F401\n")
+    done = lint(tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    return done.stdout
+
+
 def test_the_training_cycle_coming_back_breaks_its_contracts(tmp_path):
     """The cycle that was: the multi-worker path reaching up into the CLI for its epoch groups,
     inside a function."""
-    copy_tree(tmp_path)
-    worker = tmp_path / "training" / "multiworker.py"
-    worker.write_text(worker.read_text() + "\n\ndef _upward():\n"
-                      "    from training import train  # noqa: F401\n")
-    done = lint(tmp_path)
-    assert done.returncode == 1
-    out = done.stdout
+    out = broken_by_an_import_inside_a_function(tmp_path, "training/multiworker.py",
+                                                "from training import train")
     assert "training.multiworker is not allowed to import training.train" in out, out
     assert out.count("BROKEN") == 2, out  # the layers, and the cycle train <-> multiworker
+
+
+def test_a_study_file_reaching_up_into_the_cli_breaks_the_analysis_contracts(tmp_path):
+    """The CLI's `run` knows the studies started (study_files.STARTED); the report's files
+    reaching back up for it, inside a function, would be a cycle."""
+    out = broken_by_an_import_inside_a_function(tmp_path, "analysis/study_files.py",
+                                                "from analysis import cli")
+    assert "analysis.study_files is not allowed to import analysis.cli" in out, out
+    assert out.count("BROKEN") == 2, out  # the layers, and the cycle cli <-> study_files
