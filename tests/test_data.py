@@ -72,6 +72,54 @@ def test_a_damaged_project_cache_is_moved_aside_and_the_next_source_used(
     assert f"moved it aside to {aside}" in err
 
 
+
+def _claim_a_billion_images(path: Path) -> bytes:
+    """Rewrite x_train's npy header in a (stored) npz to claim shape (1e9, 28, 28): 730 GiB,
+    the rest of the file unchanged; return the bytes written."""
+    raw = path.read_bytes()
+    start = raw.index(b"'shape': (30, 28, 28), }")
+    end = raw.index(b"\n", start)
+    claim = b"'shape': (1000000000, 28, 28), }"
+    raw = raw[:start] + claim.ljust(end - start) + raw[end:]
+    path.write_bytes(raw)
+    return raw
+
+
+def test_an_npz_header_claiming_more_than_the_file_holds_is_moved_aside_unread(
+        monkeypatch, tmp_path, capsys):
+    """The header claims 730 GiB: refused from the header and the archive's sizes, before any
+    allocation, and the cache copy is moved aside so that the next command works."""
+    places = isolate_sources(monkeypatch, tmp_path)
+    arrays = tiny_mnist(monkeypatch)
+    claimed = _claim_a_billion_images(write_npz(places.cache, arrays))
+    write_npz(places.keras, arrays)
+    assert data.load_mnist().source == str(places.keras / "mnist.npz")
+    (aside,) = places.cache.glob("mnist.npz.damaged-*")
+    assert aside.read_bytes() == claimed
+    skipped = [ln for ln in capsys.readouterr().err.splitlines() if "skipped" in ln]
+    assert skipped == [
+        f"[data] skipped project cache {places.cache}/mnist.npz: {places.cache}/mnist.npz: "
+        "x_train.npy's header claims uint8 (1000000000, 28, 28) (784,000,000,000 bytes), but "
+        f"the archive holds 23,520 bytes of it; moved it aside to {aside}"]
+    assert data.load_mnist().source == str(places.keras / "mnist.npz")  # and from now on
+
+
+def test_npz_sizes_beyond_this_machines_memory_or_a_single_npy_are_refused_unread(
+        monkeypatch, tmp_path):
+    places = isolate_sources(monkeypatch, tmp_path)
+    arrays = tiny_mnist(monkeypatch)
+    write_npz(places.cache, arrays)
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PHYS_PAGES": 5}.get(name, 4096))
+    with pytest.raises(data.DataSourceError, match=r"its arrays claim 31,400 bytes, more than "
+                       r"this machine's 20,480 bytes of memory; moved it aside"):
+        data.load_mnist()
+    header = {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)}
+    with open(places.cache / "mnist.npz", "wb") as f:  # a lone .npy that claims 730 GiB
+        np.lib.format.write_array_header_1_0(f, header)
+    with pytest.raises(data.DataSourceError, match="holds a single array, not an npz archive"):
+        data.load_mnist()
+
+
 def _load_with_a_download(monkeypatch, tmp_path, arrays):
     """load_mnist with Keras' download served from loopback; the file served and the dataset."""
     served = write_npz(tmp_path / "server", arrays)
