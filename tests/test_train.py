@@ -544,6 +544,28 @@ def test_another_models_weights_in_a_run_are_refused_by_export_and_resume(finish
     assert not exports.exists()
 
 
+
+def test_a_truncated_model_keras_is_named_as_such_not_as_file_not_found(finished_run, tmp_path):
+    """Keras says "File not found" of any file that is not a whole zip: export, --init-from and
+    trained_model say what it is."""
+    from training import finetune
+
+    run = _copy_run(finished_run, tmp_path)
+    model_file = run / "model.keras"
+    model_file.write_bytes(model_file.read_bytes()[:500])
+    said = (f"{model_file} cannot be loaded: it is not a whole .keras file (500 bytes, not a zip "
+            "archive: truncated or damaged)")
+    done = subprocess.run([sys.executable, "-m", "training.export", str(run), "--export-dir",
+                           str(tmp_path / "exports")], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert [ln for ln in done.stderr.splitlines() if not ln.startswith("[")] == [
+        f"error: {said}"], done.stderr
+    with pytest.raises(finetune.InitError) as e:
+        finetune.trained_model(run)
+    assert str(e.value) == said
+
+
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     from training.run_folder import new_run_dir
 

@@ -29,7 +29,7 @@ import numpy as np
 import zoo
 from serving import quiet
 from serving.repository import certificate, versions
-from training import data, data_paths, modeling, precision
+from training import data, data_paths, keras_files, modeling, precision
 from training.config import TrainConfig
 
 ONNX_OPSET = 17
@@ -404,8 +404,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import json
 
-    import keras
-
     try:
         config = TrainConfig.read(args.run_dir / "config.json")
         zoo.plugins.load_recorded(config.plugin)
@@ -420,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                                     test_fraction=config.test_fraction,
                                     skip_unreadable=config.skip_unreadable)
         precision.apply(config.precision)
-        model = keras.models.load_model(args.run_dir / "model.keras")
+        model = keras_files.load_model(args.run_dir / "model.keras")
         path = export_model(model, config, dataset, summary, args.export_dir)
     except (FileNotFoundError, ExportError, data.DataSourceError, zoo.PluginError, ValueError,
             OSError) as e:
