@@ -383,6 +383,8 @@ def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
     keras.utils.set_random_seed(config.seed)
     print(f"[precision] {config.precision} ({config.precision_requested}: "
           f"{config.precision_reason})", file=sys.stderr)
+    if warning := precision.emulation_warning(config.precision, precision.detect_hardware()):
+        print(f"[precision] {warning}", file=sys.stderr)
 
     state = None
     if resuming:
