@@ -459,6 +459,8 @@ FASHION_FILES = {
 }
 
 
+FASHION_TRAIN_COUNTS = (6000,) * 10
+FASHION_TEST_COUNTS = (1000,) * 10
 FASHION_EXPECTED = (
     "the four gzipped IDX files of Fashion-MNIST: " + ", ".join(FASHION_FILES.values())
 )
@@ -490,11 +492,12 @@ def _fashion_idx(directory: Path) -> Dataset | None:
         check_images(arrays)
     except _DamagedData as e:
         raise _DamagedData(f"{directory}: {e}") from None
-    counts = [np.bincount(arrays[f"y_{s}"], minlength=10) for s in ("train", "test")]
-    if len(arrays["y_train"]) == 60000 and not (all(counts[0] == 6000)
-                                                and all(counts[1] == 1000)):
-        raise _DamagedData(f"{directory}: these are not the Fashion-MNIST labels "
-                           "(expected 6,000 per class in train and 1,000 in test)")
+    # Whatever the number of examples: a cut or mixed set is not Fashion-MNIST either.
+    got = [tuple(np.bincount(arrays[f"y_{s}"], minlength=10).tolist()) for s in ("train", "test")]
+    if got != [FASHION_TRAIN_COUNTS, FASHION_TEST_COUNTS]:
+        raise _DamagedData(f"{directory}: these are not the Fashion-MNIST labels: label counts "
+                           f"train {got[0]}, test {got[1]}; expected {FASHION_TRAIN_COUNTS[0]:,} "
+                           f"per class in train and {FASHION_TEST_COUNTS[0]:,} in test")
     return Dataset(
         "fashion_mnist",
         arrays["x_train"],
