@@ -498,6 +498,25 @@ def test_resume_with_no_export_keeps_the_export_and_never_publishes_twice(finish
     assert sorted(p.name for p in (finished_run / "exports/softmax_regression").iterdir()) == ["1"]
 
 
+
+def test_resuming_a_copy_of_a_finished_run_does_not_export_it_again(finished_run, tmp_path):
+    """The copy's model.keras is the version already published: no duplicate version. A copy
+    whose model.keras changed is not that version (and is checked as any export is)."""
+    run = _copy_run(finished_run, tmp_path)
+    versions = finished_run / "exports" / "softmax_regression"
+    before = sorted(p.name for p in versions.iterdir())
+    done = run_cli("--resume", str(run), "--export-dir", str(finished_run / "exports"))
+    assert done.returncode == 0, done.stderr
+    exported = json.loads((run / "summary.json").read_text())["export"]
+    assert (f"[resume] {run} (a copy of {finished_run / 'run'}) is finished and exported as "
+            f"{exported}") in done.stderr, done.stderr
+    assert sorted(p.name for p in versions.iterdir()) == before
+    from training.run_folder import published_export
+
+    (run / "model.keras").write_bytes((run / "model.keras").read_bytes() + b"\0")
+    assert published_export(run, finished_run / "exports") is None
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda run: (run / "state.json").unlink(), "has no state.json"),
     (lambda run: (run / "state.json").write_text("{\"epoch\": "), "state.json is damaged"),
