@@ -342,3 +342,46 @@ def test_sigterm_to_the_launcher_stops_the_workers_with_one_line_and_the_resume_
         assert not Path(f"/proc/{pid}").exists(), pid
     assert (run / "logs" / "worker-1.log").read_text().strip(), "worker 1 wrote nothing"
     assert 1 <= json.loads((run / "state.json").read_text())["epoch"] < 3
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no /proc entry, or a zombie (a killed launcher's workers are reaped by whoever
+    adopts them, when it does)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_launcher_leaves_no_worker_and_worker_1s_log_in_the_run(tmp_path):
+    """The workers die with the launcher (PR_SET_PDEATHSIG), and worker 1's output was written
+    into RUN/logs as it came, so nothing of it is left elsewhere (/tmp/zoo-worker-logs-*)."""
+    run, log = tmp_path / "run", tmp_path / "launcher.log"
+    elsewhere = set(Path("/tmp").glob("zoo-worker-logs-*"))
+    args = ["softmax_regression", "--workers", "2", "--epochs", "3", "--steps-per-epoch",
+            "2000", *SMALL, "--run-dir", str(run), "--no-export", "--peer-timeout", PEER_TIMEOUT]
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=ROOT,
+                                env=subprocess_env(PYTHONUNBUFFERED="1"),
+                                stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 600
+            while not (run / "state.json").exists():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "no epoch committed"
+                time.sleep(0.05)
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    pids = [int(p) for p in re.findall(r"\[launcher\] worker \d: pid (\d+)", log.read_text())]
+    assert len(pids) == 2
+    deadline = time.monotonic() + EXIT_BOUND
+    while not all(_gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"workers {pids} outlived the launcher"
+        time.sleep(0.1)
+    assert (run / "logs" / "worker-1.log").read_text().strip(), "worker 1 wrote nothing"
+    assert set(Path("/tmp").glob("zoo-worker-logs-*")) == elsewhere
