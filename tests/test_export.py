@@ -288,7 +288,7 @@ def test_a_full_disk_at_export_is_one_line_naming_the_device(softmax_run, small_
     assert done.returncode == 2, done.stderr
     lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith("[")]
     assert lines == [
-        f"error: no space left on device on tmpfs (tmpfs, mounted at {small_filesystem}) while "
+        f"error: no space left on tmpfs (tmpfs, mounted at {small_filesystem}) while "
         f"exporting to {small_filesystem / 'softmax_regression'}; nothing was published, and "
         "nothing half-written is left"], done.stderr
     left = sorted(str(p.relative_to(small_filesystem)) for p in small_filesystem.rglob("*"))

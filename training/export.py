@@ -119,7 +119,8 @@ def _write_and_publish(model, config: TrainConfig, spec, dataset: data.Dataset, 
 
 # What a full disk or an exhausted quota says: OSError's errno from Python's own writes; from
 # TensorFlow's (the SavedModel, the warmup records) only the text of a ResourceExhaustedError.
-_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+_FULL = {errno.ENOSPC: ("No space left on device", "no space left"),
+         errno.EDQUOT: ("Disk quota exceeded", "disk quota exceeded")}
 
 
 @contextlib.contextmanager
@@ -129,11 +130,11 @@ def _disk_full_is_one_line(model_dir: Path):
     try:
         yield
     except Exception as e:
-        said = (_FULL.get(e.errno) if isinstance(e, OSError)
-                else next((text for text in _FULL.values() if text in str(e)), None))
+        said = (_FULL.get(e.errno, (None, None))[1] if isinstance(e, OSError)
+                else next((words for text, words in _FULL.values() if text in str(e)), None))
         if said is None:
             raise
-        raise ExportError(f"{said.lower()} on {device_of(model_dir)} while exporting to "
+        raise ExportError(f"{said} on {device_of(model_dir)} while exporting to "
                           f"{model_dir}; nothing was published, and nothing half-written is "
                           "left") from None
 
