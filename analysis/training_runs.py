@@ -91,6 +91,11 @@ def fit(config: TrainConfig, ds: data.Dataset, study: Study | None = None, label
         model = compile_model(config, build() if build else None)
     if on_epoch:
         on_epoch(0, model)
+    if study is not None:  # what ran, in the JSON's config: --quick overrides flags given
+        ran = study.config.setdefault("ran", {})
+        for key in ("epochs", "steps_per_epoch", "batch_size", "train_limit", "test_limit"):
+            if getattr(config, key) not in ran.setdefault(key, []):
+                ran[key].append(getattr(config, key))
     evaluate = modeling.TestEvaluator(config, ds) if validate else None
     recorder = EpochRecorder(on_epoch=on_epoch, study=study, label=label, evaluate=evaluate)
     model.fit(

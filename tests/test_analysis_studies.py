@@ -117,7 +117,11 @@ def test_digits(tmp_path):
 
 
 def test_mnist_curves(tmp_path):
-    doc = run_study("mnist_curves", tmp_path)
+    doc = run_study("mnist_curves", tmp_path, "--train-limit", "5")
+    # The flags given, and what ran: --quick's sizes replace --train-limit 5.
+    assert doc["config"]["train_limit"] == 5
+    assert doc["config"]["ran"] == {"epochs": [2], "steps_per_epoch": [8], "batch_size": [128],
+                                    "train_limit": [2000], "test_limit": [500]}
     for m in doc["results"]["models"].values():
         assert 90_000 < m["parameters"] < 110_000
         c = m["curves"]

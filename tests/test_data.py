@@ -72,6 +72,54 @@ def test_a_damaged_project_cache_is_moved_aside_and_the_next_source_used(
     assert f"moved it aside to {aside}" in err
 
 
+
+def _claim_a_billion_images(path: Path) -> bytes:
+    """Rewrite x_train's npy header in a (stored) npz to claim shape (1e9, 28, 28): 730 GiB,
+    the rest of the file unchanged; return the bytes written."""
+    raw = path.read_bytes()
+    start = raw.index(b"'shape': (30, 28, 28), }")
+    end = raw.index(b"\n", start)
+    claim = b"'shape': (1000000000, 28, 28), }"
+    raw = raw[:start] + claim.ljust(end - start) + raw[end:]
+    path.write_bytes(raw)
+    return raw
+
+
+def test_an_npz_header_claiming_more_than_the_file_holds_is_moved_aside_unread(
+        monkeypatch, tmp_path, capsys):
+    """The header claims 730 GiB: refused from the header and the archive's sizes, before any
+    allocation, and the cache copy is moved aside so that the next command works."""
+    places = isolate_sources(monkeypatch, tmp_path)
+    arrays = tiny_mnist(monkeypatch)
+    claimed = _claim_a_billion_images(write_npz(places.cache, arrays))
+    write_npz(places.keras, arrays)
+    assert data.load_mnist().source == str(places.keras / "mnist.npz")
+    (aside,) = places.cache.glob("mnist.npz.damaged-*")
+    assert aside.read_bytes() == claimed
+    skipped = [ln for ln in capsys.readouterr().err.splitlines() if "skipped" in ln]
+    assert skipped == [
+        f"[data] skipped project cache {places.cache}/mnist.npz: {places.cache}/mnist.npz: "
+        "x_train.npy's header claims uint8 (1000000000, 28, 28) (784,000,000,000 bytes), but "
+        f"the archive holds 23,520 bytes of it; moved it aside to {aside}"]
+    assert data.load_mnist().source == str(places.keras / "mnist.npz")  # and from now on
+
+
+def test_npz_sizes_beyond_this_machines_memory_or_a_single_npy_are_refused_unread(
+        monkeypatch, tmp_path):
+    places = isolate_sources(monkeypatch, tmp_path)
+    arrays = tiny_mnist(monkeypatch)
+    write_npz(places.cache, arrays)
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PHYS_PAGES": 5}.get(name, 4096))
+    with pytest.raises(data.DataSourceError, match=r"its arrays claim 31,400 bytes, more than "
+                       r"this machine's 20,480 bytes of memory; moved it aside"):
+        data.load_mnist()
+    header = {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)}
+    with open(places.cache / "mnist.npz", "wb") as f:  # a lone .npy that claims 730 GiB
+        np.lib.format.write_array_header_1_0(f, header)
+    with pytest.raises(data.DataSourceError, match="holds a single array, not an npz archive"):
+        data.load_mnist()
+
+
 def _load_with_a_download(monkeypatch, tmp_path, arrays):
     """load_mnist with Keras' download served from loopback; the file served and the dataset."""
     served = write_npz(tmp_path / "server", arrays)
@@ -286,16 +334,19 @@ def test_idx_reader_refuses_a_cut_header_and_damaged_gzip(tmp_path):
         data.read_idx(tmp_path / "flipped.gz")
 
 
-def _tiny_fashion():
+def _tiny_fashion(monkeypatch):
+    """30 images (2 a class in train, 1 in test) that the loader accepts as Fashion-MNIST."""
+    monkeypatch.setattr(data, "FASHION_TRAIN_COUNTS", (2,) * 10)
+    monkeypatch.setattr(data, "FASHION_TEST_COUNTS", (1,) * 10)
     rng = np.random.default_rng(1)
     return {"x_train": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
-            "y_train": rng.integers(0, 10, 20, dtype=np.uint8),
-            "x_test": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
-            "y_test": rng.integers(0, 10, 5, dtype=np.uint8)}
+            "y_train": rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), 2)),
+            "x_test": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
+            "y_test": np.arange(10, dtype=np.uint8)}
 
 
-def test_fashion_mnist_from_an_explicit_directory(tmp_path):
-    arrays = _tiny_fashion()
+def test_fashion_mnist_from_an_explicit_directory(monkeypatch, tmp_path):
+    arrays = _tiny_fashion(monkeypatch)
     write_fashion(tmp_path, arrays)
     ds = data.load_fashion_mnist(tmp_path)
     assert ds.source == str(tmp_path) and np.array_equal(ds.x_test, arrays["x_test"])
@@ -309,9 +360,9 @@ def test_fashion_mnist_from_an_explicit_directory(tmp_path):
 def test_an_explicit_directory_without_fashion_mnist_is_an_error(monkeypatch, tmp_path, files,
                                                                  expected):
     places = isolate_sources(monkeypatch, tmp_path)
-    write_fashion(places.system, _tiny_fashion())  # would have been used silently
+    write_fashion(places.system, _tiny_fashion(monkeypatch))  # would have been used silently
     chosen = tmp_path / "chosen"
-    write_fashion(chosen, _tiny_fashion())
+    write_fashion(chosen, _tiny_fashion(monkeypatch))
     for name in list(data.FASHION_FILES.values())[files:]:
         (chosen / name).unlink()
     with pytest.raises(data.DataSourceError) as e:
@@ -323,22 +374,37 @@ def test_an_explicit_directory_without_fashion_mnist_is_an_error(monkeypatch, tm
     (lambda a: {"x_train": a["x_train"].reshape(20, 784)},
      r"x_train has shape \(20, 784\) \(flat rows of 784 pixels\); "
      r"expected images of shape \(N, 28, 28\)"),
-    (lambda a: {"y_test": np.full(5, 12, dtype=np.uint8)},
+    (lambda a: {"y_test": np.full(10, 12, dtype=np.uint8)},
      r"y_test holds labels 12\.\.12; expected classes 0\.\.9"),
     (lambda a: {"y_train": a["y_train"][:19]},
      r"x_train holds 20 images but y_train 19 labels; expected one label per image"),
 ], ids=["flat", "label-12", "count-mismatch"])
 def test_fashion_idx_files_of_the_wrong_shape_are_refused_saying_what_was_expected(
-        tmp_path, change, expected):
-    arrays = _tiny_fashion()
+        monkeypatch, tmp_path, change, expected):
+    arrays = _tiny_fashion(monkeypatch)
     write_fashion(tmp_path, {**arrays, **change(arrays)})
     with pytest.raises(data.DataSourceError, match=expected):
         data.load_fashion_mnist(tmp_path)
 
 
+
+@pytest.mark.parametrize("cut", [0, 1], ids=["unbalanced", "one-image-short"])
+def test_fashion_labels_are_checked_whatever_the_number_of_examples(monkeypatch, tmp_path, cut):
+    """Not only a set of exactly 60,000: a cut or relabelled one is refused too."""
+    arrays = _tiny_fashion(monkeypatch)
+    y = arrays["y_train"].copy()
+    y[y == 3] = 4  # two labels changed (unbalanced), or the last image cut off
+    arrays = ({**arrays, "y_train": y} if not cut else
+              {**arrays, "x_train": arrays["x_train"][:-1], "y_train": arrays["y_train"][:-1]})
+    write_fashion(tmp_path, arrays)
+    with pytest.raises(data.DataSourceError, match=r"these are not the Fashion-MNIST labels: "
+                       r"label counts train \(.*\); expected 2 per class in train and 1 in test"):
+        data.load_fashion_mnist(tmp_path)
+
+
 def test_a_damaged_fashion_cache_is_skipped_and_left_in_place(monkeypatch, tmp_path, capsys):
     places = isolate_sources(monkeypatch, tmp_path)
-    arrays = _tiny_fashion()
+    arrays = _tiny_fashion(monkeypatch)
     write_fashion(places.cache / "fashion-mnist", arrays)
     labels = places.cache / "fashion-mnist" / data.FASHION_FILES["y_train"]
     damaged = damage(labels, "flipped-gzip")

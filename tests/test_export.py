@@ -263,6 +263,38 @@ def test_export_cli_writes_the_next_version(softmax_run):
     assert meta["version"] == 2
 
 
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 64 KiB tmpfs (too small for a SavedModel), unmounted pass or fail; skipped where
+    this process may not mount."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_at_export_is_one_line_naming_the_device(softmax_run, small_filesystem):
+    done = subprocess.run(
+        [sys.executable, "-m", "training.export", str(softmax_run / "run"),
+         "--export-dir", str(small_filesystem)],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith("[")]
+    assert lines == [
+        f"error: no space left on tmpfs (tmpfs, mounted at {small_filesystem}) while "
+        f"exporting to {small_filesystem / 'softmax_regression'}; nothing was published, and "
+        "nothing half-written is left"], done.stderr
+    left = sorted(str(p.relative_to(small_filesystem)) for p in small_filesystem.rglob("*"))
+    assert left == ["softmax_regression"], left  # the model folder, empty: no version, no .tmp-*
+
+
 def test_a_disagreeing_export_is_refused_and_leaves_nothing(tmp_path, mnist, monkeypatch):
     """The ONNX file written is perturbed (the weights into class 0 moved by 1e-3) before the
     check runs: the check must see the difference, refuse, and leave no version behind."""

@@ -305,10 +305,10 @@ def test_a_tf_config_port_in_use_is_named(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.slow
-def test_sigterm_to_the_launcher_stops_the_workers_with_one_line_and_the_resume_command(
-        tmp_path):
-    """...exit 143; the workers are gone and worker 1's output is in RUN/logs."""
+
+def _signal_the_launcher_after_an_epoch(tmp_path: Path, signum: int):
+    """A 2-worker run whose launcher gets `signum` once an epoch is committed: (run dir, the
+    launcher's process after it exited, its stderr)."""
     run, log = tmp_path / "run", tmp_path / "launcher.log"
     # Epochs long enough (2,000 steps) that the signal lands between the first and the last.
     args = ["softmax_regression", "--workers", "2", "--epochs", "3", "--steps-per-epoch",
@@ -323,13 +323,19 @@ def test_sigterm_to_the_launcher_stops_the_workers_with_one_line_and_the_resume_
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, "no epoch committed"
                 time.sleep(0.05)
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             proc.wait(timeout=EXIT_BOUND)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    stderr = log.read_text()
+    return run, proc, log.read_text()
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_the_workers_with_one_line_and_the_resume_command(
+        tmp_path):
+    """...exit 143; the workers are gone and worker 1's output is in RUN/logs."""
+    run, proc, stderr = _signal_the_launcher_after_an_epoch(tmp_path, signal.SIGTERM)
     assert proc.returncode == 143, stderr
     assert "Traceback" not in stderr, stderr
     errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
@@ -342,3 +348,28 @@ def test_sigterm_to_the_launcher_stops_the_workers_with_one_line_and_the_resume_
         assert not Path(f"/proc/{pid}").exists(), pid
     assert (run / "logs" / "worker-1.log").read_text().strip(), "worker 1 wrote nothing"
     assert 1 <= json.loads((run / "state.json").read_text())["epoch"] < 3
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no /proc entry, or a zombie (a killed launcher's workers are reaped by whoever
+    adopts them, when it does)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_launcher_leaves_no_worker_and_worker_1s_log_in_the_run(tmp_path):
+    """The workers die with the launcher (PR_SET_PDEATHSIG), and worker 1's output was written
+    into RUN/logs as it came, so nothing of it is left elsewhere (/tmp/zoo-worker-logs-*)."""
+    elsewhere = set(Path("/tmp").glob("zoo-worker-logs-*"))
+    run, _, stderr = _signal_the_launcher_after_an_epoch(tmp_path, signal.SIGKILL)
+    pids = [int(p) for p in re.findall(r"\[launcher\] worker \d: pid (\d+)", stderr)]
+    assert len(pids) == 2
+    deadline = time.monotonic() + EXIT_BOUND
+    while not all(_gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"workers {pids} outlived the launcher"
+        time.sleep(0.1)
+    assert (run / "logs" / "worker-1.log").read_text().strip(), "worker 1 wrote nothing"
+    assert set(Path("/tmp").glob("zoo-worker-logs-*")) == elsewhere

@@ -113,6 +113,19 @@ def test_npz_arrays_are_checked_against_the_model(tmp_path, mnist):
         load(write_folder(tmp_path / "f", mnist, per_class=2), task="regression", shape=(1,))
 
 
+def test_an_npz_whose_header_claims_a_billion_images_is_refused_unread(tmp_path, mnist):
+    from tests.test_data import _claim_a_billion_images
+
+    np.savez(tmp_path / "huge.npz", x_train=mnist.x_train[:30], y_train=mnist.y_train[:30],
+             x_test=mnist.x_test[:10], y_test=mnist.y_test[:10])
+    _claim_a_billion_images(tmp_path / "huge.npz")
+    with pytest.raises(data.DataSourceError) as e:
+        load(tmp_path / "huge.npz")
+    assert str(e.value) == (
+        f"--dataset {tmp_path / 'huge.npz'}: x_train.npy's header claims uint8 (1000000000, 28, "
+        "28) (784,000,000,000 bytes), but the archive holds 23,520 bytes of it")
+
+
 def cli(module, *args):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)

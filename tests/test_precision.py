@@ -76,6 +76,43 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert precision._cpu_flags(tmp_path / "absent") == frozenset()
 
 
+
+@pytest.mark.parametrize(("flags", "gpus", "policy", "warned"), [
+    ("fpu sse2 avx2 fma", (), "mixed_bfloat16", True),  # an AVX2-only CPU: bf16 emulated
+    ("fpu avx2 avx512f avx512_bf16", (), "mixed_bfloat16", False),
+    ("fpu avx2 amx_bf16 amx_tile", (), "mixed_bfloat16", False),
+    ("fpu avx2", ((8, 0),), "mixed_bfloat16", False),  # Ampere computes bf16
+    ("fpu avx2", ((7, 5),), "mixed_bfloat16", True),
+    ("fpu avx2 avx512_bf16", (), "mixed_float16", True),  # no tensor cores
+    ("fpu avx2", ((7, 0),), "mixed_float16", False),
+    ("fpu avx2", (), "float32", False),
+])
+def test_a_policy_without_native_hardware_is_warned_about(tmp_path, flags, gpus, policy,
+                                                           warned):
+    """The decision from the CPU flags as read from a cpuinfo file: whatever this machine is."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    hardware = Hardware(gpus, precision._cpu_flags(cpuinfo))
+    warning = precision.emulation_warning(policy, hardware)
+    assert (warning is not None) == warned, warning
+    if warned:
+        assert warning.startswith(f"warning: {policy} has no native ") and "emulated" in warning
+
+
+def test_the_train_cli_warns_of_emulated_bf16_exactly_where_this_cpu_lacks_it(tmp_path):
+    from tests.conftest import ROOT, subprocess_env
+
+    done = subprocess.run([sys.executable, "-m", "training.train", "softmax_regression",
+                           "--precision", "mixed_bfloat16", "--steps", "1", "--train-limit",
+                           "200", "--test-limit", "100", "--run-dir", str(tmp_path / "run"),
+                           "--no-export"], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = precision.emulation_warning("mixed_bfloat16", precision.detect_hardware())
+    warned = [ln for ln in done.stderr.splitlines() if ln.startswith("[precision] warning")]
+    assert warned == ([f"[precision] {expected}"] if expected else []), done.stderr
+
+
 def test_gpu_detection_reads_tensorflows_device_details(monkeypatch):
     import tensorflow as tf
 

@@ -498,6 +498,25 @@ def test_resume_with_no_export_keeps_the_export_and_never_publishes_twice(finish
     assert sorted(p.name for p in (finished_run / "exports/softmax_regression").iterdir()) == ["1"]
 
 
+
+def test_resuming_a_copy_of_a_finished_run_does_not_export_it_again(finished_run, tmp_path):
+    """The copy's model.keras is the version already published: no duplicate version. A copy
+    whose model.keras changed is not that version (and is checked as any export is)."""
+    run = _copy_run(finished_run, tmp_path)
+    versions = finished_run / "exports" / "softmax_regression"
+    before = sorted(p.name for p in versions.iterdir())
+    done = run_cli("--resume", str(run), "--export-dir", str(finished_run / "exports"))
+    assert done.returncode == 0, done.stderr
+    exported = json.loads((run / "summary.json").read_text())["export"]
+    assert (f"[resume] {run} (a copy of {finished_run / 'run'}) is finished and exported as "
+            f"{exported}") in done.stderr, done.stderr
+    assert sorted(p.name for p in versions.iterdir()) == before
+    from training.run_folder import published_export
+
+    (run / "model.keras").write_bytes((run / "model.keras").read_bytes() + b"\0")
+    assert published_export(run, finished_run / "exports") is None
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda run: (run / "state.json").unlink(), "has no state.json"),
     (lambda run: (run / "state.json").write_text("{\"epoch\": "), "state.json is damaged"),
@@ -542,6 +561,28 @@ def test_another_models_weights_in_a_run_are_refused_by_export_and_resume(finish
            "softmax_regression; " in lines[0], lines[0]
     assert "parameters 101770, the spec's 7850" in lines[0], lines[0]
     assert not exports.exists()
+
+
+
+def test_a_truncated_model_keras_is_named_as_such_not_as_file_not_found(finished_run, tmp_path):
+    """Keras says "File not found" of any file that is not a whole zip: export, --init-from and
+    trained_model say what it is."""
+    from training import finetune
+
+    run = _copy_run(finished_run, tmp_path)
+    model_file = run / "model.keras"
+    model_file.write_bytes(model_file.read_bytes()[:500])
+    said = (f"{model_file} cannot be loaded: it is not a whole .keras file (500 bytes, not a zip "
+            "archive: truncated or damaged)")
+    done = subprocess.run([sys.executable, "-m", "training.export", str(run), "--export-dir",
+                           str(tmp_path / "exports")], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert [ln for ln in done.stderr.splitlines() if not ln.startswith("[")] == [
+        f"error: {said}"], done.stderr
+    with pytest.raises(finetune.InitError) as e:
+        finetune.trained_model(run)
+    assert str(e.value) == said
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):

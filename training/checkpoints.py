@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from training import keras_files
 from training.config import write_json_atomic
 from training.run_folder import METRICS, STATE
 
@@ -59,12 +60,9 @@ def load_checkpoint(run_dir: Path, state: dict) -> keras.Model:
     """The model (and optimizer state) of a single-process run's committed checkpoint."""
     path = Path(run_dir) / state["checkpoint"]
     try:
-        model = keras.models.load_model(path)
-    except Exception as e:  # noqa: BLE001 - Keras raises ValueError, OSError, zip errors...
-        raise DamagedRunError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); the run "
-                              "cannot be resumed") from None
-    return model
+        return keras_files.load_model(path)
+    except keras_files.ModelFileError as e:
+        raise DamagedRunError(f"checkpoint {e}; the run cannot be resumed") from None
 
 
 class DivergedError(RuntimeError):

@@ -131,6 +131,50 @@ _NPZ_ERRORS = (OSError, EOFError, KeyError, ValueError, RuntimeError, zipfile.Ba
                zlib.error)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+# The most a deflate stream expands (1032:1; + 1 KiB of slack below): an npz member claiming
+# more bytes than its compressed size can hold is damaged.
+DEFLATE_MAX_RATIO = 1032
+
+
+def check_npz_sizes(npz: np.lib.npyio.NpzFile, keys) -> None:
+    """Before any of `keys` is read: each member's npy header must describe exactly the bytes
+    the member holds, no more than its compressed size can expand to, and all of them together
+    no more than this machine's memory. np.load allocates what a header claims before reading a
+    byte: a header claiming (1e9, 28, 28) asks for 730 GiB. A failure is _DamagedData."""
+    total = 0
+    for key in keys:
+        info = npz.zip.getinfo(f"{key}.npy")
+        with npz.zip.open(info) as member:
+            try:
+                version = np.lib.format.read_magic(member)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise _DamagedData(f"{key}.npy is npy format {version}, not 1.0 or 2.0")
+                shape, _, dtype = read_header(member)
+            except ValueError as e:
+                raise _DamagedData(f"{key}.npy has no valid npy header ({e})") from None
+            header_bytes = member.tell()
+        if dtype.hasobject:
+            raise _DamagedData(f"{key}.npy holds Python objects, not numbers")
+        claimed = math.prod(shape) * dtype.itemsize
+        expands_to = (info.compress_size if info.compress_type == zipfile.ZIP_STORED
+                      else DEFLATE_MAX_RATIO * info.compress_size + 1024)
+        if header_bytes + claimed != info.file_size:
+            raise _DamagedData(
+                f"{key}.npy's header claims {dtype} {shape} ({claimed:,} bytes), but the "
+                f"archive holds {info.file_size - header_bytes:,} bytes of it")
+        if info.file_size > expands_to:
+            raise _DamagedData(f"{key}.npy claims {info.file_size:,} bytes, more than its "
+                               f"{info.compress_size:,} compressed bytes can hold")
+        total += claimed
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if total > memory:
+        raise _DamagedData(f"its arrays claim {total:,} bytes, more than this machine's "
+                           f"{memory:,} bytes of memory")
+
+
 def check_images(arrays: dict[str, np.ndarray]) -> None:
     """Shapes, dtypes, counts and label values of an image set, each refused saying what was
     expected: uint8 images (N, 28, 28), one integer label 0..9 per image."""
@@ -254,14 +298,18 @@ def _mnist_npz(directory: str | Path) -> Dataset | None:
         raise DataSourceError(f"{path} cannot be opened ({e.strerror or e})") from None
     with f:
         try:
-            loaded = np.load(f)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
+            if f.read(len(NPY_MAGIC)) == NPY_MAGIC:  # np.load would read it whole at once
                 raise _DamagedData(f"{path} holds a single array, not an npz archive")
-            with loaded as z:
+            f.seek(0)
+            with np.load(f) as z:
                 missing = [k for k in MNIST_KEYS if k not in z.files]
                 if missing:
                     raise _DamagedData(f"{path} holds the arrays {', '.join(z.files)}, "
                                        f"not {', '.join(MNIST_KEYS)}")
+                try:
+                    check_npz_sizes(z, MNIST_KEYS)
+                except _DamagedData as e:
+                    raise _DamagedData(f"{path}: {e}") from None
                 arrays = {k: z[k] for k in MNIST_KEYS}
         except DataSourceError:
             raise
@@ -411,6 +459,8 @@ FASHION_FILES = {
 }
 
 
+FASHION_TRAIN_COUNTS = (6000,) * 10
+FASHION_TEST_COUNTS = (1000,) * 10
 FASHION_EXPECTED = (
     "the four gzipped IDX files of Fashion-MNIST: " + ", ".join(FASHION_FILES.values())
 )
@@ -442,11 +492,12 @@ def _fashion_idx(directory: Path) -> Dataset | None:
         check_images(arrays)
     except _DamagedData as e:
         raise _DamagedData(f"{directory}: {e}") from None
-    counts = [np.bincount(arrays[f"y_{s}"], minlength=10) for s in ("train", "test")]
-    if len(arrays["y_train"]) == 60000 and not (all(counts[0] == 6000)
-                                                and all(counts[1] == 1000)):
-        raise _DamagedData(f"{directory}: these are not the Fashion-MNIST labels "
-                           "(expected 6,000 per class in train and 1,000 in test)")
+    # Whatever the number of examples: a cut or mixed set is not Fashion-MNIST either.
+    got = [tuple(np.bincount(arrays[f"y_{s}"], minlength=10).tolist()) for s in ("train", "test")]
+    if got != [FASHION_TRAIN_COUNTS, FASHION_TEST_COUNTS]:
+        raise _DamagedData(f"{directory}: these are not the Fashion-MNIST labels: label counts "
+                           f"train {got[0]}, test {got[1]}; expected {FASHION_TRAIN_COUNTS[0]:,} "
+                           f"per class in train and {FASHION_TEST_COUNTS[0]:,} in test")
     return Dataset(
         "fashion_mnist",
         arrays["x_train"],

@@ -186,11 +186,19 @@ def load_npz(path: Path, task: str, input_shape: tuple[int, ...]) -> Dataset:
     expected = (f"an .npz with x_train, y_train, x_test, y_test: x of shape (N, "
                 f"{', '.join(map(str, input_shape))})")
     try:
+        with open(path, "rb") as f:  # np.load would read a lone .npy whole, at once
+            if f.read(len(data.NPY_MAGIC)) == data.NPY_MAGIC:
+                raise DataSourceError(f"--dataset {path} holds a single array; expected "
+                                      f"{expected}")
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in NPZ_KEYS if k not in z.files]
             if missing:
                 raise DataSourceError(f"--dataset {path} lacks {', '.join(missing)}; expected "
                                       f"{expected}")
+            try:  # before any array is read: a header may claim more than the file holds
+                data.check_npz_sizes(z, [k for k in (*NPZ_KEYS, "class_names") if k in z.files])
+            except DataSourceError as e:
+                raise DataSourceError(f"--dataset {path}: {e}") from None
             arrays = {k: z[k] for k in NPZ_KEYS}
             names = tuple(str(n) for n in z["class_names"]) if "class_names" in z.files else ()
     except DataSourceError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import importlib.metadata
 import os
@@ -28,7 +29,7 @@ import numpy as np
 import zoo
 from serving import quiet
 from serving.repository import certificate, versions
-from training import data, data_paths, modeling, precision
+from training import data, data_paths, keras_files, modeling, precision
 from training.config import TrainConfig
 
 ONNX_OPSET = 17
@@ -87,6 +88,19 @@ def export_model(model, config: TrainConfig, dataset: data.Dataset, summary: dic
     spec = zoo.get_spec(config.model)
     modeling.check_against_spec(model, config, f"the model of run {summary.get('run_dir')}")
     model_dir = Path(export_base) / export_name(config)
+    with _disk_full_is_one_line(model_dir):
+        version, agreement = _write_and_publish(model, config, spec, dataset, summary,
+                                                model_dir, tolerance, check_examples)
+    print(f"[export] {model_dir / str(version)}: max |Keras - SavedModel| "
+          f"{agreement['max_abs_diff']['savedmodel']:.2e}, max |Keras - ONNX Runtime| "
+          f"{agreement['max_abs_diff']['onnx']:.2e} on {agreement['examples']} test inputs",
+          file=sys.stderr)
+    return model_dir / str(version)
+
+
+def _write_and_publish(model, config: TrainConfig, spec, dataset: data.Dataset, summary: dict,
+                       model_dir: Path, tolerance: float,
+                       check_examples: int) -> tuple[int, dict]:
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(model_dir)
     with temporary_dir(model_dir) as tmp:
@@ -100,12 +114,48 @@ def export_model(model, config: TrainConfig, dataset: data.Dataset, summary: dic
         test_metrics = modeling.evaluate_test_set(inference, config, dataset)
         metadata = build_metadata(config, spec, dataset, summary, inference, agreement,
                                   test_metrics)
-        version = publish(tmp, model_dir, metadata)
-    print(f"[export] {model_dir / str(version)}: max |Keras - SavedModel| "
-          f"{agreement['max_abs_diff']['savedmodel']:.2e}, max |Keras - ONNX Runtime| "
-          f"{agreement['max_abs_diff']['onnx']:.2e} on {agreement['examples']} test inputs",
-          file=sys.stderr)
-    return model_dir / str(version)
+        return publish(tmp, model_dir, metadata), agreement
+
+
+# What a full disk or an exhausted quota says: OSError's errno from Python's own writes; from
+# TensorFlow's (the SavedModel, the warmup records) only the text of a ResourceExhaustedError.
+_FULL = {errno.ENOSPC: ("No space left on device", "no space left"),
+         errno.EDQUOT: ("Disk quota exceeded", "disk quota exceeded")}
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_line(model_dir: Path):
+    """A full disk while exporting is one ExportError naming the device; the temporary is
+    already gone (temporary_dir), so nothing half-written is left."""
+    try:
+        yield
+    except Exception as e:
+        said = (_FULL.get(e.errno, (None, None))[1] if isinstance(e, OSError)
+                else next((words for text, words in _FULL.values() if text in str(e)), None))
+        if said is None:
+            raise
+        raise ExportError(f"{said} on {device_of(model_dir)} while exporting to "
+                          f"{model_dir}; nothing was published, and nothing half-written is "
+                          "left") from None
+
+
+def device_of(path: Path) -> str:
+    """The filesystem holding `path` as /proc/self/mountinfo names it: its source, its type
+    and where it is mounted (e.g. "/dev/sda1 (ext4, mounted at /)")."""
+    while not path.exists():
+        path = path.parent
+    st = os.stat(path)
+    wanted = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):  # the last mount over a point is the visible one
+        fields = line.split()
+        if len(fields) > 9 and fields[2] == wanted and " - " in line:
+            fstype, source = line.split(" - ", 1)[1].split()[:2]
+            return f"{source} ({fstype}, mounted at {fields[4]})"
+    return f"the device {wanted}"
 
 
 @contextlib.contextmanager
@@ -355,8 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import json
 
-    import keras
-
     try:
         config = TrainConfig.read(args.run_dir / "config.json")
         zoo.plugins.load_recorded(config.plugin)
@@ -371,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                                     test_fraction=config.test_fraction,
                                     skip_unreadable=config.skip_unreadable)
         precision.apply(config.precision)
-        model = keras.models.load_model(args.run_dir / "model.keras")
+        model = keras_files.load_model(args.run_dir / "model.keras")
         path = export_model(model, config, dataset, summary, args.export_dir)
     except (FileNotFoundError, ExportError, data.DataSourceError, zoo.PluginError, ValueError,
             OSError) as e:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.repository import certificate
+from training import keras_files
 
 
 class InitError(ValueError):
@@ -55,9 +56,14 @@ def parent_weights(parent: dict) -> list[np.ndarray]:
         import tensorflow as tf
 
         return [v.numpy() for v in tf.saved_model.load(str(path)).variables]
-    import keras
+    return [np.asarray(v) for v in _run_model(path).variables]
 
-    return [np.asarray(v) for v in keras.models.load_model(path / "model.keras").variables]
+
+def _run_model(run_dir: Path):
+    try:
+        return keras_files.load_model(run_dir / "model.keras")
+    except keras_files.ModelFileError as e:
+        raise InitError(str(e)) from None
 
 
 def trained_model(source: str | Path, export_dir: str | Path = "exported_models"):
@@ -85,9 +91,7 @@ def trained_model(source: str | Path, export_dir: str | Path = "exported_models"
 
         config = json.loads((path / "config.json").read_text())
         zoo.plugins.load_recorded(config.get("plugin"))
-        import keras
-
-        return keras.models.load_model(path / "model.keras")
+        return _run_model(path)
     return parent_model(parent)
 
 

@@ -63,6 +63,24 @@ def resolve(requested: str, hardware: Hardware, forced: str | None = None) -> Re
     return Resolved(requested, "float32", f"no fast reduced precision here ({seen})")
 
 
+def emulation_warning(policy: str, hardware: Hardware) -> str | None:
+    """A warning where `policy` has no hardware for it here, else None: reduced precision is
+    then emulated, and slower than float32 (benchmarks.train_throughput measures it). bf16 is
+    native on a CPU with avx512_bf16/AMX or a GPU of compute capability >= 8.0; float16 on a
+    GPU with tensor cores (>= 7.0)."""
+    needs = {"mixed_bfloat16": ((8, 0), NATIVE_BF16_CPU_FLAGS, "bf16"),
+             "mixed_float16": ((7, 0), frozenset(), "float16")}.get(policy)
+    if needs is None:
+        return None
+    capability, cpu_flags, kind = needs
+    if (any(cc >= capability for cc in hardware.gpu_compute_capabilities)
+            or hardware.cpu_flags & cpu_flags):
+        return None
+    return (f"warning: {policy} has no native {kind} arithmetic here ({hardware.describe()}): "
+            "it is emulated and trains slower than float32 (--precision auto picks what is "
+            "fast here)")
+
+
 def choose(requested: str = "auto") -> Resolved:
     """`resolve` on this machine's hardware and environment."""
     return resolve(requested, detect_hardware(), os.environ.get(ENV_PRECISION) or None)

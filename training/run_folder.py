@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from training import data
 from training.cli_types import UsageError
 
 DEFAULT_RUNS = Path("runs")
@@ -90,8 +91,10 @@ def resume_command(run_dir: Path, workers: int) -> str:
 
 
 def published_export(run_dir: Path, export_dir: Path | None) -> dict | None:
-    """The summary of a finished run whose export under `export_dir` was published (its
-    metadata.json names this run), else None: resuming it has nothing left to do."""
+    """The summary of a finished run whose export under `export_dir` was published, else None:
+    resuming it has nothing left to do. The version's metadata.json names this run, or, for a
+    copy of a finished run, the run its summary.json names, and model.keras is still the file
+    that summary recorded (model_sha256): the copy's model is already that version."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
         version = Path(summary["export"])
@@ -101,7 +104,14 @@ def published_export(run_dir: Path, export_dir: Path | None) -> dict | None:
     if export_dir is None or version.parent.parent.resolve() != Path(export_dir).resolve():
         return None
     ran = meta.get("training", {}).get("run_dir")
-    return summary if ran and Path(ran).resolve() == Path(run_dir).resolve() else None
+    if not ran:
+        return None
+    if Path(ran).resolve() == Path(run_dir).resolve():
+        return summary
+    model = Path(run_dir) / "model.keras"
+    copied = (summary.get("run_dir") == ran and summary.get("model_sha256") and model.is_file()
+              and data.sha256_file(model) == summary["model_sha256"])
+    return summary if copied else None
 
 
 class RunBusyError(RuntimeError):

@@ -383,6 +383,8 @@ def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
     keras.utils.set_random_seed(config.seed)
     print(f"[precision] {config.precision} ({config.precision_requested}: "
           f"{config.precision_reason})", file=sys.stderr)
+    if warning := precision.emulation_warning(config.precision, precision.detect_hardware()):
+        print(f"[precision] {warning}", file=sys.stderr)
 
     state = None
     if resuming:
@@ -392,7 +394,9 @@ def _train(config: TrainConfig, run_dir: Path | None, dataset: data.Dataset,
         done = (run_folder.published_export(run_dir, export_dir)
                 if state["epoch"] >= config.epochs else None)
         if done:
-            print(f"[resume] {run_dir} is finished and exported as {done['export']}",
+            copy = (f" (a copy of {done['run_dir']})"
+                    if Path(done["run_dir"]).resolve() != Path(run_dir).resolve() else "")
+            print(f"[resume] {run_dir}{copy} is finished and exported as {done['export']}",
                   file=sys.stderr)
             return done if writes else None
         if writes:  # in case a kill left it one epoch behind
