@@ -151,6 +151,16 @@ def parser() -> argparse.ArgumentParser:
                         "one core; each loads its own copy of the models (default 1)")
     g.add_argument("--worker_index", type=int, help=argparse.SUPPRESS)  # set by supervisor.py
     g.add_argument("--worker_peers", help=argparse.SUPPRESS)
+    g.add_argument("--worker_restarted", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--max_worker_restarts", type=int, default=supervisor.MAX_RESTARTS,
+                   help="with --workers: a worker that dies is restarted (after 1 s, doubling "
+                        "each time within the window); one that dies more often than this "
+                        "within --worker_restart_window_seconds stops the server, exit 1 "
+                        f"(default {supervisor.MAX_RESTARTS}; 0: the first death stops it)")
+    g.add_argument("--worker_restart_window_seconds", type=float,
+                   default=supervisor.RESTART_WINDOW_SECONDS,
+                   help="the window of --max_worker_restarts (default "
+                        f"{supervisor.RESTART_WINDOW_SECONDS:g})")
     g.add_argument("--event_loop", choices=EVENT_LOOPS, default=EVENT_LOOPS[0],
                    help="uvloop (default; less CPU a request than asyncio's own loop, see "
                         "README) or asyncio")
@@ -196,6 +206,7 @@ def options(*argv: str) -> argparse.Namespace:
 def check_options(args: argparse.Namespace) -> None:
     """Refuse option values no server can run with (protos.ConfigError names the flag)."""
     for flag, value, least in (("--workers", args.workers, 1),
+                               ("--max_worker_restarts", args.max_worker_restarts, 0),
                                ("--max_request_elements", args.max_request_elements, 0),
                                ("--tensorflow_intra_op_parallelism",
                                 args.tensorflow_intra_op_parallelism, 0),
@@ -271,7 +282,8 @@ class Server:
         grpc_options = grpc_server.server_options(args.grpc_channel_arguments,
                                                   args.max_request_bytes, peers is not None)
 
-        metrics = Metrics(worker=peers.index if peers else None)
+        metrics = Metrics(worker=peers.index if peers else None,
+                          restarted=args.worker_restarted)
         core = self.core = ServerCore(
             args.backend, batching, args.file_system_poll_wait_seconds, metrics=metrics,
             inference_threads=args.inference_threads, discover_root=root,
