@@ -250,6 +250,7 @@ class Server:
         self._poller = None
         self._peers = None
         self._access: access_log.AccessLog | None = None
+        self._lame_duck: grpc_server.LameDuck | None = None
         self._v2 = None  # the Open Inference Protocol's data plane
 
     async def start(self) -> None:
@@ -304,7 +305,9 @@ class Server:
             guard = auth.Guard.from_args(args)
         except ValueError as e:
             raise protos.ConfigError(str(e)) from None
+        lame_duck = self._lame_duck = grpc_server.LameDuck()  # UNAVAILABLE once stopping
         interceptors = [i for i in (access and access.grpc_interceptor(),  # outermost
+                                    lame_duck,
                                     guard.grpc_interceptor(),  # refuses before any parse
                                     grpc_server.RequestDecoding()) if i is not None]
         server = self._grpc = grpc.aio.server(options=grpc_options, interceptors=interceptors)
@@ -375,7 +378,7 @@ class Server:
             self._v2.stopping = True
         stops = []
         if self._grpc is not None:
-            stops.append(self._grpc.stop(grace))
+            stops.append(self._stop_grpc(grace))
         if self._rest is not None:
             stops.append(self._rest.stop(grace))
         await asyncio.gather(*stops)
@@ -389,6 +392,19 @@ class Server:
         if self._access is not None:
             self._access.close()
             self._access = None
+
+
+    async def _stop_grpc(self, grace: float) -> None:
+        """Lame duck first: new calls UNAVAILABLE while those in flight finish (within
+        `grace`), then the gRPC server's own stop with what is left of it."""
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace
+        if self._lame_duck is not None:
+            self._lame_duck.begin()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._lame_duck.idle()
+        await self._grpc.stop(max(0.0, ends - loop.time()))
 
 
 async def serve(args) -> int:
