@@ -225,7 +225,7 @@ class _Connection(web_protocol.RequestHandler):
         """The body of the request being answered, while the server stops: aiohttp drops every
         byte once a connection is closing, which would leave a request whose head arrived before
         SIGTERM waiting for the rest of its body until the read timeout. Its body is still read
-        (docs/ARCHITECTURE.md, "Shutdown"); whatever follows it is not served."""
+        (docs/ARCHITECTURE.md, "Serving", Shutdown); whatever follows it is not served."""
         try:
             self._parser.feed_data(data)
         except Exception:  # noqa: BLE001 - a body that does not parse ends the connection
