@@ -151,6 +151,16 @@ def parser() -> argparse.ArgumentParser:
                         "one core; each loads its own copy of the models (default 1)")
     g.add_argument("--worker_index", type=int, help=argparse.SUPPRESS)  # set by supervisor.py
     g.add_argument("--worker_peers", help=argparse.SUPPRESS)
+    g.add_argument("--worker_restarted", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--max_worker_restarts", type=int, default=supervisor.MAX_RESTARTS,
+                   help="with --workers: a worker that dies is restarted (after 1 s, doubling "
+                        "each time within the window); one that dies more often than this "
+                        "within --worker_restart_window_seconds stops the server, exit 1 "
+                        f"(default {supervisor.MAX_RESTARTS}; 0: the first death stops it)")
+    g.add_argument("--worker_restart_window_seconds", type=float,
+                   default=supervisor.RESTART_WINDOW_SECONDS,
+                   help="the window of --max_worker_restarts (default "
+                        f"{supervisor.RESTART_WINDOW_SECONDS:g})")
     g.add_argument("--event_loop", choices=EVENT_LOOPS, default=EVENT_LOOPS[0],
                    help="uvloop (default; less CPU a request than asyncio's own loop, see "
                         "README) or asyncio")
@@ -196,6 +206,7 @@ def options(*argv: str) -> argparse.Namespace:
 def check_options(args: argparse.Namespace) -> None:
     """Refuse option values no server can run with (protos.ConfigError names the flag)."""
     for flag, value, least in (("--workers", args.workers, 1),
+                               ("--max_worker_restarts", args.max_worker_restarts, 0),
                                ("--max_request_elements", args.max_request_elements, 0),
                                ("--tensorflow_intra_op_parallelism",
                                 args.tensorflow_intra_op_parallelism, 0),
@@ -239,6 +250,7 @@ class Server:
         self._poller = None
         self._peers = None
         self._access: access_log.AccessLog | None = None
+        self._lame_duck: grpc_server.LameDuck | None = None
         self._v2 = None  # the Open Inference Protocol's data plane
 
     async def start(self) -> None:
@@ -271,7 +283,8 @@ class Server:
         grpc_options = grpc_server.server_options(args.grpc_channel_arguments,
                                                   args.max_request_bytes, peers is not None)
 
-        metrics = Metrics(worker=peers.index if peers else None)
+        metrics = Metrics(worker=peers.index if peers else None,
+                          restarted=args.worker_restarted)
         core = self.core = ServerCore(
             args.backend, batching, args.file_system_poll_wait_seconds, metrics=metrics,
             inference_threads=args.inference_threads, discover_root=root,
@@ -292,7 +305,9 @@ class Server:
             guard = auth.Guard.from_args(args)
         except ValueError as e:
             raise protos.ConfigError(str(e)) from None
+        lame_duck = self._lame_duck = grpc_server.LameDuck()  # UNAVAILABLE once stopping
         interceptors = [i for i in (access and access.grpc_interceptor(),  # outermost
+                                    lame_duck,
                                     guard.grpc_interceptor(),  # refuses before any parse
                                     grpc_server.RequestDecoding()) if i is not None]
         server = self._grpc = grpc.aio.server(options=grpc_options, interceptors=interceptors)
@@ -363,7 +378,7 @@ class Server:
             self._v2.stopping = True
         stops = []
         if self._grpc is not None:
-            stops.append(self._grpc.stop(grace))
+            stops.append(self._stop_grpc(grace))
         if self._rest is not None:
             stops.append(self._rest.stop(grace))
         await asyncio.gather(*stops)
@@ -377,6 +392,19 @@ class Server:
         if self._access is not None:
             self._access.close()
             self._access = None
+
+
+    async def _stop_grpc(self, grace: float) -> None:
+        """Lame duck first: new calls UNAVAILABLE while those in flight finish (within
+        `grace`), then the gRPC server's own stop with what is left of it."""
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace
+        if self._lame_duck is not None:
+            self._lame_duck.begin()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._lame_duck.idle()
+        await self._grpc.stop(max(0.0, ends - loop.time()))
 
 
 async def serve(args) -> int:

@@ -16,6 +16,7 @@ import grpc
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
 from serving.clients import readiness
+from serving.repository import protos
 from serving.transports import auth
 
 
@@ -60,6 +61,15 @@ class Peers:
             return None
         results = await asyncio.gather(*[one(i, c) for i, c in self._others()])
         return [r for r in results if r is not None]
+
+    @staticmethod
+    def record(config) -> None:
+        """After a reload this worker applied: the config, where the supervisor starts a worker
+        it restarts from (serving/supervisor.py). Every worker writes the same text; each write
+        replaces the file whole."""
+        path = os.environ.get(protos.RELOADED_CONFIG_ENV)
+        if path:
+            protos.write_text(path, config)
 
     async def wait_up(self, service: str) -> None:
         """Wait until every sibling's health service says `service` is SERVING (a worker turns

@@ -18,7 +18,12 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import text_format
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from serving.clients.errors import ClientError
 from serving.clients.tf_serving import ZooClient
@@ -231,6 +236,46 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path, event_loop):
             ZooClient(server.address, timeout=2, max_attempts=1).predict("gated", x)
         assert e.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
     assert "[serving] stopped" in server.logs()
+
+
+def test_after_sigterm_new_rpcs_get_unavailable_while_those_in_flight_finish(tmp_path):
+    """A lame duck, as gRPC C++ servers: a Predict held in the model when SIGTERM arrives is
+    answered, and new calls on the open channel are refused UNAVAILABLE by the server (which
+    retry policies retry), never CANCELLED (what grpc.aio's core answers a call that arrives
+    once its stop has begun)."""
+    gate, arrived = tmp_path / "gate", tmp_path / "arrived"
+    write_gated_model(tmp_path / "gated", gate, arrived)
+    server = ServerProcess("--model_base_path", str(tmp_path / "gated"), "--model_name",
+                           "gated", log=tmp_path / "server.log")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "gated"
+    tensors.to_proto(x, request.inputs["x"])
+    status = get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "gated"})
+    codes = []
+    with grpc.insecure_channel(server.address) as channel:
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        models.GetModelStatus(status, timeout=30)
+        held = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict.future(
+            request, timeout=120)
+        wait_for(lambda: any(arrived.iterdir()), 60, what="the Predict to be in the model")
+        server.proc.send_signal(signal.SIGTERM)
+        after_drain_began = 0
+        while after_drain_began < 20:
+            try:
+                models.GetModelStatus(status, timeout=10)
+                codes.append(("OK", ""))
+            except grpc.RpcError as e:
+                codes.append((e.code().name, e.details()))
+            if "draining" in server.logs():
+                after_drain_began += 1
+        assert server.proc.poll() is None and not held.done()
+        gate.touch()
+        assert np.array_equal(tensors.to_ndarray(held.result().outputs["y"]), x)
+    assert server.proc.wait(60) == 0, server.logs()
+    assert {c for c, _ in codes} <= {"OK", "UNAVAILABLE"}, codes
+    refused = [d for c, d in codes if c == "UNAVAILABLE"]
+    assert refused and all("shutting down" in d for d in refused), codes
 
 
 def test_grpc_channel_arguments_override_the_servers_defaults(exported, digits, tmp_path):

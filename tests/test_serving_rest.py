@@ -296,6 +296,50 @@ def test_a_stalled_body_gets_408(serve):
     assert headers["connection"] == "close"
 
 
+def test_a_trickled_body_gets_408_at_its_total_deadline(serve):
+    """A byte every 0.1 s never pauses as long as the read timeout, yet the whole body has its
+    own deadline."""
+    port = serve(rest_api_read_timeout_seconds=30, rest_api_body_timeout_seconds=1).port
+    request = post("/v1/models/identity:predict", ROW)
+    with closing(connect(port)) as s:
+        s.sendall(request[:-len(ROW)])
+        for i in range(len(ROW)):
+            if not untouched(s):
+                break  # the server answered
+            s.sendall(ROW[i:i + 1])
+            time.sleep(0.1)
+        else:
+            pytest.fail("the whole body was accepted at 10 bytes a second")
+        status, headers, body = read_response(s)
+    assert status == 408 and "--rest_api_body_timeout_seconds" in json.loads(body)["error"]
+    assert headers["connection"] == "close"
+
+
+def test_a_body_arriving_while_the_server_stops_is_read_and_answered(serve):
+    """The head came before the stop (SIGTERM), the rest of the body after it: the drain reads
+    it and answers, rather than dropping the bytes until the read timeout gives 408."""
+    stack = serve(rest_api_read_timeout_seconds=30)
+    request = post("/v1/models/identity:predict", ROW)
+    with closing(connect(stack.port)) as s:
+        s.sendall(request[:-len(ROW) // 2])
+        wait_for(lambda: any(c.busy for c in stack.server._rest._runner.server.connections), 30,
+                 what="the server to have the request's head")
+        stopping = asyncio.run_coroutine_threadsafe(stack.server.stop(30), stack.loop)
+
+        def refused() -> bool:  # the stop has begun: the port no longer accepts
+            try:
+                connect(stack.port).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+        wait_for(refused, 30, what="the REST port to close")
+        s.sendall(request[-len(ROW) // 2:])
+        status, _, body = read_response(s)
+    assert status == 200, body
+    assert json.loads(body) == {"predictions": [[1.0, 2.0, 3.0, 4.0]]}
+    stopping.result(60)
+
+
 def test_keepalive_connection_is_reused_then_closed_when_idle(serve):
     # keep-alive 3 s: the 0.5 s "not yet closed" check keeps 2.5 s of margin on a slow machine
     port = serve(rest_api_keepalive_timeout_seconds=3.0, rest_api_read_timeout_seconds=0.3).port

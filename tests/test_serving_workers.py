@@ -1,9 +1,9 @@
 # ruff: noqa: F811  (pytest fixtures imported from serving_fixtures are redefined as arguments)
 """`--workers N` against real server processes: connections spread over the workers, each
 answering correctly; a reload sent to one worker reaches all of them before it is answered;
-a scrape on any worker returns the sums over all of them; SIGTERM drains all; a dead worker takes
-the server down, a killed supervisor takes its workers with it; a second server refuses the
-ports."""
+a scrape on any worker returns the sums over all of them; SIGTERM drains all; a killed worker is
+restarted (up to --max_worker_restarts), a killed supervisor takes its workers with it; a second
+server refuses the ports."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 
 import grpc
@@ -37,6 +39,7 @@ from tests.serving_fixtures import (  # noqa: F401
     exported,
     free_port,
     onnx_reference,
+    predict_request,
     wait_for,
     write_config,
 )
@@ -159,12 +162,110 @@ def worker_pids(server) -> re.Match:
                     what="the supervisor's line naming its workers")
 
 
-def test_a_dead_worker_takes_the_server_down(two_workers):
-    pids = worker_pids(two_workers)
-    os.kill(int(pids[2]), signal.SIGKILL)
-    assert two_workers.proc.wait(60) == 1
-    assert "worker 1 exited with -9; stopping the others" in two_workers.logs()
-    wait_for(lambda: not os.path.exists(f"/proc/{pids[1]}"), 30, what="worker 0 to stop")
+def restarts(rest: str) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://{rest}/monitoring/prometheus/metrics",
+                                  timeout=10).read().decode()
+    return {w: float(v) for w, v in re.findall(
+        r'^zoo_serving_worker_restarts_total\{worker="(\d+)"\} (\S+)$', text, re.M)}
+
+
+def reload_to_softmax_only(address: str, exported) -> None:
+    config = protos.ModelServerConfig()
+    config.model_config_list.config.add(name="softmax_regression", model_platform="tensorflow",
+                                        base_path=str(exported / "softmax_regression"))
+    with grpc.insecure_channel(address) as channel:
+        response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=config), timeout=120)
+    assert response.status.error_code == 0, response
+
+
+def test_a_killed_worker_is_restarted_while_the_other_answers(two_workers, exported):
+    """kill -9 of one worker under a loop of Predicts on 4 connections: the other worker keeps
+    answering, the connections that were on the dead one fail (UNAVAILABLE) until they reconnect,
+    and the supervisor starts it again with the config the last reload made (deep_cnn stays
+    unloaded). benchmarks/worker_restart.py measures how long the failures last."""
+    reload_to_softmax_only(two_workers.address, exported)
+    victim = int(worker_pids(two_workers)[2])  # worker 1
+    assert restarts(two_workers.rest) == {"0": 0, "1": 0}
+    request = predict_request(x=np.zeros((1, 28, 28), np.float32))
+    results: list[tuple[float, str, str]] = []  # (time, code, details) of every Predict
+    runs: list[list[str]] = [[] for _ in range(4)]  # each connection's codes in order
+    done = threading.Event()
+
+    def load(i: int) -> None:
+        with own_connection(two_workers.address, 100 + i) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            while not done.is_set():
+                try:
+                    stub.Predict(request, timeout=30)
+                    results.append((time.monotonic(), "OK", ""))
+                except grpc.RpcError as e:
+                    results.append((time.monotonic(), e.code().name, e.details()))
+                runs[i].append(results[-1][1])
+
+    clients = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for t in clients:
+        t.start()
+    try:
+        wait_for(lambda: len(results) >= 40, 60, what="the load to run")
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        back = wait_for(lambda: re.search(r"worker 1 \(pid (\d+)\) is back: serving",
+                                          two_workers.logs()), 120,
+                        what="the supervisor to say worker 1 is back")
+        up = time.monotonic()
+        seen = len(results)
+        wait_for(lambda: len(results) >= seen + 40, 60, what="the load to go on")
+    finally:
+        done.set()
+        for t in clients:
+            t.join(60)
+    assert f"worker 1 (pid {victim}) exited with -9; restarting it in 1 s" in two_workers.logs()
+    failed = [r for r in results if r[1] != "OK"]
+    assert {code for _, code, _ in failed} <= {"UNAVAILABLE"}, failed
+    # Each connection fails over at most once: one run of failures (the calls the dead worker
+    # had, and those a client fails fast while it reconnects), then answers to the end.
+    for codes in runs:
+        episodes = "".join("x" if c != "OK" else "." for c in codes).strip(".").split(".")
+        assert len([e for e in episodes if e]) <= 1 and codes[-1] == "OK", codes
+    assert all(t >= killed for t, _, _ in failed)
+    assert any(killed < t < up and code == "OK" for t, code, _ in results)  # the other answered
+    window = (failed[-1][0] - failed[0][0]) if failed else 0.0
+    print(f"\n[restart] {len(failed)} of {len(results)} Predicts failed, within {window:.3f} s; "
+          f"worker 1 serving again {up - killed:.1f} s after the kill (new pid {back[1]})")
+    assert restarts(two_workers.rest) == {"0": 0, "1": 1}
+    before = request_total(two_workers.rest)["1"]
+    codes = set()
+    for i in range(CONNECTIONS):  # both workers answer, with the reloaded config
+        with own_connection(two_workers.address, 200 + i) as channel:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+            try:
+                model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                    get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "deep_cnn"}),
+                    timeout=10)
+                codes.add("OK")
+            except grpc.RpcError as e:
+                codes.add(e.code().name)
+    assert codes == {"NOT_FOUND"}
+    assert request_total(two_workers.rest)["1"] > before  # the new process answered some
+
+
+def test_a_worker_dying_too_often_stops_the_server_naming_it(exported, tmp_path):
+    server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
+                           "--backend", "onnx", "--workers", "2", "--max_worker_restarts", "1",
+                           log=tmp_path / "server.log")
+    try:
+        first = int(worker_pids(server)[2])
+        os.kill(first, signal.SIGKILL)
+        second = int(wait_for(lambda: re.search(r"worker 1 \(pid (\d+)\) is back: serving",
+                                                server.logs()), 120,
+                              what="worker 1 to be back")[1])
+        os.kill(second, signal.SIGKILL)
+        assert server.proc.wait(60) == 1
+        assert (f"worker 1 (pid {second}) exited with -9, after 1 restarts within 60 s "
+                "(--max_worker_restarts 1); stopping the server") in server.logs()
+    finally:
+        server.stop()
 
 
 def test_workers_must_be_positive():

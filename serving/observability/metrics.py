@@ -26,6 +26,9 @@ Ours, with Prometheus' conventions (seconds, `_total`), labelled model, version 
 - `zoo_serving_batch_queue_rows` gauge: rows waiting in each batching queue.
 - `zoo_serving_worker_requests_total{worker}` counter, with --workers only: the Predicts each
   worker answered, to see how the kernel spread connections over them.
+- `zoo_serving_worker_restarts_total{worker}` counter, with --workers only: how often the
+  supervisor restarted each worker after it died (each restarted process adds its 1; the dead
+  ones' counts stay in the shared files).
 
 **Only served names become labels.** A request naming a model that is not served is counted
 under model_name="(unknown)" (a fixed placeholder), so bogus names cannot grow the page. The
@@ -85,7 +88,8 @@ class Metrics:
     """The metrics of one server process. `served(name)` says whether a model name is served
     (the lifecycle sets it); `worker` is this process's index in a --workers server."""
 
-    def __init__(self, served: Callable[[str], bool] | None = None, worker: int | None = None):
+    def __init__(self, served: Callable[[str], bool] | None = None, worker: int | None = None,
+                 restarted: bool = False):
         self.served = served or (lambda name: False)
         self.worker = None if worker is None else str(worker)
         self.multiprocess = multiprocess_dir()
@@ -131,6 +135,11 @@ class Metrics:
             self.worker_requests = Counter(
                 "zoo_serving_worker_requests", "Predict requests answered by each worker.",
                 ["worker"], registry=own).labels(self.worker)
+            restarts = Counter(
+                "zoo_serving_worker_restarts", "Times the supervisor restarted each worker after "
+                "it died.", ["worker"], registry=own).labels(self.worker)
+            if restarted:
+                restarts.inc()
         # Children by label values: prometheus_client's labels() checks and locks on every call.
         self._children: dict[tuple, object] = {}
         self._batch_wait = self.queuing_latency.labels(BATCH_THREAD_POOL)

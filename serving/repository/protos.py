@@ -9,6 +9,7 @@ written for `tensorflow_model_server` parses unchanged, and a typo is an error, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from google.protobuf import (
@@ -73,6 +74,20 @@ def parse_text(text: str, message_class, source: str = "<string>"):
         raise ConfigError(f"{source} is not a valid {message_class.DESCRIPTOR.name} text proto: "
                           f"{e}") from None
     return message
+
+
+# With --workers: the file where the workers record the config a reload made current, from
+# which the supervisor starts a worker it restarts (serving/supervisor.py, serving/siblings.py).
+RELOADED_CONFIG_ENV = "ZOO_RELOADED_CONFIG"
+
+
+def write_text(path: str | Path, message) -> None:
+    """`message` as a text proto at `path`, replacing the file whole (a reader sees the old
+    text or the new, never part of it)."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
+        f.write(text_format.MessageToString(message))
+    os.replace(temporary, path)
 
 
 def read_text(path: str | Path, message_class):

@@ -4,6 +4,8 @@ by serving/server.py; the interceptors are auth's and the access log's."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from serving.observability import access_log
@@ -76,3 +78,56 @@ def _decoding(behavior, deserialize, method: str):
         return await behavior(request, context)
 
     return decoded
+
+
+class LameDuck(grpc.aio.ServerInterceptor):
+    """The drain's first part, as gRPC C++ servers' lame-duck mode: once `begin()` is called
+    (SIGTERM), a new call is answered UNAVAILABLE, which clients and retry policies retry
+    elsewhere, while the calls already running finish; `await idle()` returns when they have.
+    Only then is the server stopped: a call that reaches grpc.aio after its stop began is
+    CANCELLED by gRPC's core, which retry policies do not retry. Health checks still answer
+    (NOT_SERVING), so that probes see the drain."""
+
+    EXEMPT = "/grpc.health.v1.Health/"
+
+    def __init__(self):
+        self.stopping = False
+        self.in_flight = 0
+        self._idle: asyncio.Event | None = None
+        self._wrapped: dict = {}
+
+    def begin(self) -> None:
+        self.stopping = True
+
+    async def idle(self) -> None:
+        """Until the calls that were running when `begin()` was called have finished."""
+        if self.in_flight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or \
+                details.method.startswith(self.EXEMPT):
+            return handler
+        wrapped = self._wrapped.get(handler.unary_unary)
+        if wrapped is None:
+            wrapped = self._wrapped[handler.unary_unary] = handler._replace(
+                unary_unary=self._counted(handler.unary_unary))
+        return wrapped
+
+    def _counted(self, behavior):
+        async def counted(request, context):
+            if self.stopping:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "The server is shutting down (SIGTERM); retry: another "
+                                    "server or worker answers")
+            self.in_flight += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                self.in_flight -= 1
+                if not self.in_flight and self._idle is not None:
+                    self._idle.set()
+
+        return counted

@@ -65,6 +65,7 @@ class RestOptions:
     rest_api_max_header_count: int = 100
     rest_api_max_header_bytes: int = 8190
     rest_api_read_timeout_seconds: float = 10.0
+    rest_api_body_timeout_seconds: float = 60.0
     rest_api_keepalive_timeout_seconds: float = 75.0
     rest_api_enable_cors_support: bool = False
     rest_api_cors_allowed_origins: str = "*"
@@ -107,6 +108,11 @@ def add_flags(p: argparse.ArgumentParser, boolean) -> None:
                         "connection opening or of the request's first byte, and its body may "
                         "not pause longer; a slower client is disconnected "
                         f"(default {d.rest_api_read_timeout_seconds:g})")
+    g.add_argument("--rest_api_body_timeout_seconds", type=float,
+                   default=d.rest_api_body_timeout_seconds,
+                   help="a request's whole body must arrive within this time of its head, "
+                        "however it trickles, else 408 and close "
+                        f"(default {d.rest_api_body_timeout_seconds:g})")
     g.add_argument("--rest_api_keepalive_timeout_seconds", type=float,
                    default=d.rest_api_keepalive_timeout_seconds,
                    help="an idle keep-alive connection is closed after this time (default "
@@ -206,7 +212,24 @@ class _Connection(web_protocol.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self.busy and self._deadline is None:
             self._arm()
+        if (self._close or self._force_close) and self._reading_a_body():
+            self._feed_body(data)
+            return
         super().data_received(data)
+
+    def _reading_a_body(self) -> bool:
+        request = self._current_request
+        return request is not None and not request.content.is_eof()
+
+    def _feed_body(self, data: bytes) -> None:
+        """The body of the request being answered, while the server stops: aiohttp drops every
+        byte once a connection is closing, which would leave a request whose head arrived before
+        SIGTERM waiting for the rest of its body until the read timeout. Its body is still read
+        (docs/ARCHITECTURE.md, "Serving", Shutdown); whatever follows it is not served."""
+        try:
+            self._parser.feed_data(data)
+        except Exception:  # noqa: BLE001 - a body that does not parse ends the connection
+            self.force_close()
 
     def request_started(self) -> None:
         self.busy = True
@@ -438,6 +461,11 @@ class RestServer:
         """The request body, within --max_request_bytes, each read within the read timeout."""
         limit, timeout = (self.options.max_request_bytes,
                           self.options.rest_api_read_timeout_seconds)
+        total = self.options.rest_api_body_timeout_seconds
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + total
+        late = HttpError(408, f"Request body not received within {total:g} s "
+                              "(--rest_api_body_timeout_seconds)")
         too_big = HttpError(413, f"Request body exceeds the limit of {limit} bytes "
                                  "(--max_request_bytes)")
         if (request.content_length or 0) > limit:
@@ -454,12 +482,17 @@ class RestServer:
         content, chunks = request.content, []
         try:
             while not content.at_eof():
+                left = ends - loop.time()  # a trickle that never pauses long still ends
+                if left <= 0:
+                    raise late
                 chunk = content.read_nowait()  # what has arrived; else wait, within the timeout
                 if not chunk:
                     try:
-                        async with asyncio.timeout(timeout):
+                        async with asyncio.timeout(min(timeout, left)):
                             chunk = await content.readany()
                     except TimeoutError:
+                        if left <= timeout:
+                            raise late from None
                         raise HttpError(408, f"Request body paused for more than {timeout:g} "
                                              "s (--rest_api_read_timeout_seconds)") from None
                 chunks.append(decoder.feed(chunk))

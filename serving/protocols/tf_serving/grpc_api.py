@@ -84,6 +84,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             await self.core.reload(config)
         except ServingError as e:
             return e.code, e.message
+        if self.peers is not None:  # where a restarted worker starts from
+            self.peers.record(config)
         return None
 
 
