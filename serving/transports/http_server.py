@@ -30,7 +30,7 @@ import resource
 from collections.abc import Callable
 
 import grpc
-from aiohttp import web, web_protocol
+from aiohttp import HttpVersion11, web, web_protocol
 from aiohttp.http_exceptions import LineTooLong
 
 from serving.core import limits
@@ -213,7 +213,16 @@ class _Connection(web_protocol.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self.busy and self._deadline is None:
             self._arm()
-        super().data_received(data)
+        # aiohttp keeps only the error of a read whose bytes hold good requests and then one
+        # it cannot parse, dropping the good ones unanswered; so a read holding more than one
+        # request head is fed a head at a time, and nothing after the first bad one.
+        start = 0
+        while (cut := data.find(b"\r\n\r\n", start)) >= 0 and cut + 4 < len(data):
+            super().data_received(data[start:cut + 4])
+            start = cut + 4
+            if any(isinstance(m, web_protocol._ErrInfo) for m, _ in self._messages):
+                return
+        super().data_received(data[start:] if start else data)
 
     def request_started(self) -> None:
         self.busy = True
@@ -389,6 +398,15 @@ class RestServer:
             request.protocol.request_finished()
 
     async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.version.major != 1:  # llhttp takes HTTP/2.0 and 0.9 lines; aiohttp would
+            # answer in that version. The status line takes the request's: make it 1.1.
+            version = f"HTTP/{request.version.major}.{request.version.minor}"
+            request._version = HttpVersion11  # read by aiohttp's status line, a reify
+            request._cache.pop("version", None)
+            response = json_response(505, {"error": f"HTTP version {version} is not supported: "
+                                                    "this port speaks HTTP/1.1 (and 1.0)"})
+            response.force_close()
+            return response
         cors = self._cors(request)
         if self.options.cors_origins is not None and request.method == "OPTIONS" \
                 and "Access-Control-Request-Method" in request.headers:
