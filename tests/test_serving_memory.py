@@ -127,3 +127,19 @@ def test_health_answers_while_a_big_body_is_decoded(serve):
         status, _, answer = read_response(s)
     assert status == 200
     assert healthy >= 3, f"only {healthy} health answers while the big body was decoded"
+
+
+@pytest.mark.parametrize("path,doc", [
+    (PREDICT, lambda x: {"inputs": x.tolist()}),
+    (PREDICT, lambda x: {"instances": x.tolist()}),
+    ("/v2/models/identity/infer", lambda x: {"inputs": [{
+        "name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}),
+], ids=["tfs-columnar", "tfs-row", "v2-flat"])
+def test_big_bodies_of_both_protocols_are_answered_from_the_numpy_path(serve, path, doc):
+    x = np.random.default_rng(4).random((50_000, WIDTH), dtype=np.float32)
+    status, _, answer = exchange(serve().port, post(path, json.dumps(doc(x)).encode()))
+    assert status == 200, answer[:300]
+    got = json.loads(answer)
+    y = (got["outputs"][0]["data"] if path.startswith("/v2") else
+         got.get("predictions", got.get("outputs")))
+    np.testing.assert_array_equal(np.asarray(y, np.float32).reshape(x.shape), x)

@@ -199,23 +199,24 @@ class NumberArray:
     @classmethod
     def at(cls, raw: bytes, i: int) -> NumberArray | None:
         """The array of numbers opening at raw[i] ("["), or None if it is something else (its
-        first leaf no number, a string inside, no end)."""
+        first leaf no number, a string inside, no end) or no longer than SLICE_CHARS."""
         first = i
         while first < len(raw) and raw[first] in b"[ \t\n\r":
             first += 1
         if first == len(raw) or raw[first] not in _FIRST_OF_A_NUMBER:
             return None
-        carry, at = 0, i
+        carry, at, size = 0, i, 1 << 12  # small arrays are found small: windows grow
         while at < len(raw):  # its end: where the bracket depth is back to 0
-            where, depth = _brackets(np.frombuffer(raw, np.uint8, min(RUN_BYTES, len(raw) - at),
-                                                   at))
+            size = min(size, len(raw) - at)
+            where, depth = _brackets(np.frombuffer(raw, np.uint8, size, at))
             done = np.flatnonzero(depth + carry == 0)
             if done.size:
                 end = at + int(where[done[0]]) + 1
                 # a string could hold brackets: such an array takes the list path
-                return cls(raw, i, end) if raw.find(b'"', i, end) < 0 else None
+                big = end - i > SLICE_CHARS and raw.find(b'"', i, end) < 0
+                return cls(raw, i, end) if big else None
             carry += int(depth[-1]) if depth.size else 0
-            at += RUN_BYTES
+            at, size = at + size, min(2 * size, RUN_BYTES)
         return None
 
     def to_list(self) -> list:
