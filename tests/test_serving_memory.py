@@ -88,10 +88,17 @@ def test_bodies_beyond_the_budget_are_503_with_retry_after_while_small_ones_go_o
     its body is read; a small one is answered; the first, once all its bytes arrive, is too."""
     stack = serve(max_request_bytes_in_flight=1 << 20)
     rows = np.ones((30_000, WIDTH), np.float32)
-    big = post(PREDICT, json.dumps({"instances": rows.tolist()}).encode())
+    body = json.dumps({"instances": rows.tolist()}).encode()
+    big = post(PREDICT, body)
     assert len(big) > 600_000
     with closing(connect(stack.port)) as first:
-        first.sendall(big[:len(big) // 2])  # its head is in; the rest of its body is not
+        # Its "100 Continue" says the server holds its body's bytes and is reading them.
+        first.sendall(post(PREDICT, body, "Expect: 100-continue")[:-len(body)])
+        seen = b""
+        while b"\r\n\r\n" not in seen:
+            seen += first.recv(1024)
+        assert seen.startswith(b"HTTP/1.1 100"), seen
+        first.sendall(body[:len(body) // 2])
         status, headers, answer = exchange(stack.port, big)
         assert status == 503, answer
         assert headers["retry-after"] == "1"
@@ -100,7 +107,7 @@ def test_bodies_beyond_the_budget_are_503_with_retry_after_while_small_ones_go_o
         assert status == 200, answer
         status, _, answer = exchange(stack.port, get("/v2/health/live"))
         assert status == 200
-        first.sendall(big[len(big) // 2:])
+        first.sendall(body[len(body) // 2:])
         status, _, answer = read_response(first)
         assert status == 200
         np.testing.assert_array_equal(json.loads(answer)["predictions"], rows)
