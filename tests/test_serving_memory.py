@@ -115,6 +115,7 @@ def test_bodies_beyond_the_budget_are_503_with_retry_after_while_small_ones_go_o
     assert status == 200
 
 
+@pytest.mark.slow  # a 40 MB body: seconds of CPU
 def test_health_answers_while_a_big_body_is_decoded(serve):
     """/v2/health/live is answered between a big predict's last byte and its answer (decoding
     runs in a thread, never on the event loop)."""
