@@ -619,6 +619,39 @@ def test_warmup_off_ignores_the_warmup_file(tmp_path):
 
 
 # ------------------------------------------------------ the probe's faults, on a real ServerCore
+def test_a_version_whose_folder_is_deleted_keeps_no_old_error(tmp_path):
+    """A version that failed to load is no longer listed once its folder is deleted (its error
+    was about files that are gone); a version that was served and whose folder is deleted is
+    listed END without an error, as TF Serving reports an unloaded version (issue 25)."""
+    import shutil
+
+    base = tmp_path / "m"
+    write_onnx_version(base / "1")
+    path = write_onnx_version(base / "2") / "assets.extra" / "tf_serving_warmup_requests"
+    raw = bytearray(path.read_bytes())
+    raw[-2] ^= 0x55
+    path.write_bytes(bytes(raw))
+
+    async def go():
+        core = await serving(base, policy="all {}")
+        try:
+            before = status(core)
+            shutil.rmtree(base / "2")
+            await core.poll()
+            failed_gone = status(core)
+            shutil.rmtree(base / "1")
+            await core.poll()
+            await core.drain()
+            return before, failed_gone, status(core)
+        finally:
+            await close(core)
+
+    before, failed_gone, served_gone = run(go())
+    assert before[2][0] == "END" and "CRC" in before[2][1] and before[1][0] == "AVAILABLE"
+    assert {v: state for v, (state, _) in failed_gone.items()} == {1: "AVAILABLE"}
+    assert served_gone == {1: ("END", "")}
+
+
 def test_versions_that_are_no_int64_or_unicode_digits_are_ignored_with_one_warning(
         tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="serving")

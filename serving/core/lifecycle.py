@@ -300,7 +300,9 @@ class Lifecycle:
                 self._unload(state, v)
         for v in list(state.status):
             if v not in on_disk and v not in state.available and v not in state.loading:
-                if state.status[v][0] != State.END:
+                if v in state.failed:  # never served, and its error was about files now gone
+                    del state.status[v]
+                elif state.status[v][0] != State.END:  # served: reported unloaded, as TF Serving
                     state.status[v] = (State.END, "")
                 state.failed.pop(v, None)
 

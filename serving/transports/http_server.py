@@ -30,13 +30,13 @@ import resource
 from collections.abc import Callable
 
 import grpc
-from aiohttp import web, web_protocol
+from aiohttp import HttpVersion11, web, web_protocol
 from aiohttp.http_exceptions import LineTooLong
 
 from serving.core import limits
 from serving.core.errors import ServingError
 from serving.observability import access_log
-from serving.transports import auth, content_encoding
+from serving.transports import auth, body_budget, content_encoding
 
 log = logging.getLogger("serving.rest")  # the name operators filter on
 
@@ -61,6 +61,7 @@ class RestOptions:
     """The REST server's flags, each field named as its flag (`add_flags` defines them)."""
 
     max_request_bytes: int = limits.MAX_REQUEST_BYTES  # shared with gRPC; the server's flag
+    max_request_bytes_in_flight: int = limits.MAX_REQUEST_BYTES_IN_FLIGHT
     rest_api_max_connections: int = 1024
     rest_api_max_header_count: int = 100
     rest_api_max_header_bytes: int = 8190
@@ -93,6 +94,12 @@ def add_flags(p: argparse.ArgumentParser, boolean) -> None:
     """The REST flags but --max_request_bytes (the server's: it limits gRPC messages too)."""
     d = RestOptions()
     g = p.add_argument_group("REST limits and CORS")
+    g.add_argument("--max_request_bytes_in_flight", type=int,
+                   default=d.max_request_bytes_in_flight,
+                   help="request-body bytes being read or decoded at once, counted at their "
+                        "Content-Length (at --max_request_bytes when chunked or compressed) "
+                        "until answered; beyond it a request is answered 503 with Retry-After "
+                        f"at once (default {d.max_request_bytes_in_flight >> 20} MiB)")
     g.add_argument("--rest_api_max_connections", type=int, default=d.rest_api_max_connections,
                    help="open REST connections at most; one more is answered 503 and closed at "
                         f"once (default {d.rest_api_max_connections}; lowered if the process "
@@ -215,7 +222,16 @@ class _Connection(web_protocol.RequestHandler):
         if (self._close or self._force_close) and self._reading_a_body():
             self._feed_body(data)
             return
-        super().data_received(data)
+        # aiohttp keeps only the error of a read whose bytes hold good requests and then one
+        # it cannot parse, dropping the good ones unanswered; so a read holding more than one
+        # request head is fed a head at a time, and nothing after the first bad one.
+        start = 0
+        while (cut := data.find(b"\r\n\r\n", start)) >= 0 and cut + 4 < len(data):
+            super().data_received(data[start:cut + 4])
+            start = cut + 4
+            if any(isinstance(m, web_protocol._ErrInfo) for m, _ in self._messages):
+                return
+        super().data_received(data[start:] if start else data)
 
     def _reading_a_body(self) -> bool:
         request = self._current_request
@@ -357,6 +373,7 @@ class RestServer:
         self._handlers = {r: getattr(handlers[r.owner], r.name) for r in router.routes}
         self.options = options or RestOptions()
         self.access, self.guard = access, guard or auth.Guard()
+        self.bodies = body_budget.BodyBudget(self.options.max_request_bytes_in_flight)
         self._runner: web.ServerRunner | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
@@ -404,6 +421,15 @@ class RestServer:
             request.protocol.request_finished()
 
     async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.version.major != 1:  # llhttp takes HTTP/2.0 and 0.9 lines; aiohttp would
+            # answer in that version. The status line takes the request's: make it 1.1.
+            version = f"HTTP/{request.version.major}.{request.version.minor}"
+            request._version = HttpVersion11  # read by aiohttp's status line, a reify
+            request._cache.pop("version", None)
+            response = json_response(505, {"error": f"HTTP version {version} is not supported: "
+                                                    "this port speaks HTTP/1.1 (and 1.0)"})
+            response.force_close()
+            return response
         cors = self._cors(request)
         if self.options.cors_origins is not None and request.method == "OPTIONS" \
                 and "Access-Control-Request-Method" in request.headers:
@@ -414,6 +440,26 @@ class RestServer:
             response = json_response(status, {"error": message})
             response.headers.update({**headers, **cors})
             return response
+        try:
+            with self.bodies.hold(self._body_size(request)):
+                response = await self._read_and_answer(request)
+        except body_budget.Busy as e:  # the body is dropped as it comes (aiohttp's linger)
+            response = json_response(503, {"error": str(e)})
+            response.headers["Retry-After"] = str(body_budget.RETRY_AFTER_SECONDS)
+        response.headers.update(cors)
+        return response
+
+    def _body_size(self, request: web.BaseRequest) -> int:
+        """What the body counts for in the budget (docs/ARCHITECTURE.md, "Serving")."""
+        if request.method != "POST":
+            return 0
+        identity = request.headers.get("Content-Encoding", "identity").strip().lower() \
+            == "identity"
+        if identity and request.content_length is not None:
+            return min(request.content_length, self.options.max_request_bytes)
+        return self.options.max_request_bytes
+
+    async def _read_and_answer(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             body = await self._body(request) if request.method == "POST" else b""
         except HttpError as e:  # the rest of the body is read and dropped, then we close
@@ -432,7 +478,6 @@ class RestServer:
                                             headers={"Content-Type": METRICS_TYPE})
                 else:
                     response = json_response(status, payload)
-        response.headers.update(cors)
         return response
 
     def _cors(self, request) -> dict[str, str]:

@@ -196,14 +196,15 @@ class TfServingRest:
                               "rectangular lists of numbers") from None
 
         if row:
-            if not isinstance(value, list):
+            numbers = isinstance(value, json_body.NumberArray)  # rows of numbers, undecoded
+            if not numbers and not isinstance(value, list):
                 raise invalid("\"instances\" must be a JSON list, one element per example")
-            if value and all(isinstance(v, dict) for v in value):
+            if not numbers and value and all(isinstance(v, dict) for v in value):
                 keys = set(value[0])
                 if any(set(v) != keys for v in value):
                     raise invalid("every instance must name the same inputs")
                 return {k: array(k, [v[k] for v in value]) for k in keys}
-            if any(isinstance(v, dict) for v in value):
+            if not numbers and any(isinstance(v, dict) for v in value):
                 raise invalid("instances mix objects and plain values")
             if len(names) != 1:
                 raise invalid(f"signature has {len(names)} inputs ({', '.join(names)}); each "
