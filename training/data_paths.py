@@ -35,7 +35,7 @@ from training.data import Dataset, DataSourceError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # image_dataset_from_directory's
 DEFAULT_TEST_FRACTION = 0.2
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-CACHE_FORMAT = "zoo-image-cache 1"  # in the cache key: a new layout never reads an old cache
+CACHE_FORMAT = "zoo-image-cache 2"  # in the cache key: a new layout never reads an old cache
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0, *,
@@ -182,10 +182,11 @@ def load_folder(root: Path, input_shape: tuple[int, ...], seed: int = 0,
 def decoded_images(paths: list[Path], input_shape: tuple[int, ...], mode: str,
                    files_sha256: str) -> tuple[Callable, list[str], str]:
     """(read, whys, key): `read()` is a tf.data.Dataset of the images of `paths` decoded to
-    the model's input (uint8), through a disk cache keyed by the files' sha256 and the
-    geometry; `whys[i]` says why image i cannot be read ("" when it can; unreadable images
-    hold zeros in the cache). A first use decodes every image in parallel and writes the
-    cache, then publishes it by renaming its folder; later ones only read it."""
+    the model's input (uint8) in blocks of data.images_per_block, through a disk cache keyed
+    by the files' sha256 and the geometry; `whys[i]` says why image i cannot be read ("" when
+    it can; unreadable images hold zeros in the cache). A first use decodes every image in
+    parallel and writes the cache, then publishes it by renaming its folder; later ones only
+    read it."""
     import tensorflow as tf
 
     size = tuple(input_shape[:2])
@@ -206,9 +207,10 @@ def decoded_images(paths: list[Path], input_shape: tuple[int, ...], mode: str,
         why.set_shape(())
         return image, why
 
-    def pipeline(prefix: Path):
+    def pipeline(prefix: Path):  # blocks: the cache is read a block, not an image, at a time
         return (tf.data.Dataset.range(len(paths))
                 .map(decoded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .batch(data.images_per_block(input_shape))
                 .cache(str(prefix)))
 
     folder = _cache_folder(key)
@@ -217,7 +219,8 @@ def decoded_images(paths: list[Path], input_shape: tuple[int, ...], mode: str,
         tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
         tmp.mkdir(parents=True)
         try:
-            whys = [why.decode() for _, why in pipeline(tmp / "images").as_numpy_iterator()]
+            whys = [why.decode() for _, block in pipeline(tmp / "images").as_numpy_iterator()
+                    for why in block]
             (tmp / "unreadable.json").write_text(json.dumps(whys))
             try:
                 os.rename(tmp, folder)
