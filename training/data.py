@@ -636,6 +636,10 @@ def _streamed_train_pipeline(ds: Dataset, n: int, batch_size: int, seed: int,
     import tensorflow as tf
 
     blocks = ds.x_train.blocks(ds.y_train, limit=n)
+    if n <= images_per_block(ds.x_train.image_shape):
+        # One block at most: kept after the first pass (no more than a block's bytes), so
+        # short passes do not pay for re-reading the cache each time.
+        blocks = blocks.cache()
 
     def epoch_batches(epoch):
         epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
