@@ -18,6 +18,12 @@ from training.data_paths import load_path
 PIXELS = (28, 28)
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Each test decodes its folders into a cache of its own (and the CLIs it starts too)."""
+    monkeypatch.setenv(data.ENV_CACHE_DIR, str(tmp_path / "cache"))
+
+
 def write_folder(root, mnist, classes=(3, 5, 8), per_class=20, split=None):
     """Real test digits of `classes` as PNG (even) and JPEG (odd) files, one folder each
     (under split/ if given), named d3, d5, ..."""
@@ -48,6 +54,42 @@ def test_a_folder_is_split_stratified_and_seeded(tmp_path, mnist):
     assert any(np.array_equal(x, mnist.x_test[png]) for x in np.concatenate([a.x_train,
                                                                                a.x_test]))
     assert load(root, test_fraction=0.5).details["counts"]["test"]["d5"] == 10
+
+
+def batches(pipeline, count):
+    return [(x.numpy(), y.numpy()) for x, y in pipeline.take(count)]
+
+
+def test_a_folder_is_streamed_from_a_disk_cache_the_same_batches_resumed_or_sharded(tmp_path,
+                                                                                   mnist):
+    root = write_folder(tmp_path / "digits", mnist)
+    ds = load(root, seed=1)
+    assert isinstance(ds.x_train, data.StreamedImages)  # not arrays in memory
+    (cache,) = (tmp_path / "cache" / "image-folders").iterdir()
+    assert (cache / "unreadable.json").is_file() and any(cache.glob("images*"))
+    assert load(root, seed=2).sha256 != ds.sha256  # another split, the same decoded cache
+    assert list((tmp_path / "cache" / "image-folders").iterdir()) == [cache]
+    x_train, x_test = np.asarray(ds.x_train), np.asarray(ds.x_test)
+    assert x_train.shape == (48, *PIXELS) and x_train.dtype == np.uint8
+    run = batches(data.train_pipeline(ds, 16, seed=3), 6)  # two passes of 3 batches
+    for epoch in (run[:3], run[3:]):
+        labels = np.concatenate([y for _, y in epoch])
+        assert sorted(labels) == sorted(ds.y_train)  # each pass: every image once
+    assert not np.array_equal(run[0][1], run[3][1])  # reshuffled each pass
+    x0, y0 = run[0]
+    for image, label in zip(x0, y0):  # raw 0-255 float pixels of the very images, labelled
+        (i,) = [i for i in range(len(x_train)) if np.array_equal(x_train[i], image)][:1]
+        assert ds.y_train[i] == label
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(
+        batches(data.train_pipeline(ds, 16, seed=3), 6), run))  # seeded
+    resumed = batches(data.train_pipeline(ds, 16, seed=3, start_step=4), 2)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(resumed, run[4:]))
+    halves = [batches(data.train_pipeline(ds, 16, seed=3, shard=(k, 2)), 2) for k in (0, 1)]
+    assert np.array_equal(np.concatenate([halves[0][1][0], halves[1][1][0]]), run[1][0])
+    tested = batches(data.test_pipeline(ds, batch_size=5), 100)
+    assert np.array_equal(np.concatenate([x for x, _ in tested]), x_test)
+    assert np.array_equal(np.concatenate([y for _, y in tested]), ds.y_test)
+    assert np.array_equal(ds.x_test[2:4], x_test[2:4]) and len(ds.x_test) == 12
 
 
 def test_train_and_test_folders_are_the_split_and_channels_follow_the_model(tmp_path, mnist):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,6 +25,7 @@ import pytest
 from PIL import Image
 
 from tests import browser
+from tests.conftest import ROOT, subprocess_env
 from tests.serving_fixtures import (  # noqa: F401 - fixtures
     ServerProcess,
     digits,
@@ -119,7 +122,7 @@ def test_certificate_route_answers_the_versions_metadata_json(site, exported):
                  "/v1/models/softmax_regression/labels/stable/certificate"):
         answer = certified_answer(site, path)
         assert answer == {"model_spec": {"name": "softmax_regression", "version": "1"},
-                          "certificate": on_disk}
+                          "class_names": list("0123456789"), "certificate": on_disk}
     status, body = get(f"http://{site.rest}/v1/models/uncertified/certificate")
     assert status == 404 and "has no certificate (metadata.json)" in json.loads(body)["error"]
     status, body = get(f"http://{site.rest}/v1/models/nosuch/versions/3/certificate")
@@ -313,3 +316,134 @@ def test_the_flag_turns_the_page_off(exported, chrome, shots, tmp_path):
     chrome.get(f"http://{server.rest}/")
     assert "Malformed request: GET /" in chrome.find_element("tag name", "body").text
     shots(chrome, "page-off")
+
+
+# A user's own models (zoo/plugins.py) trained on their own data (--dataset PATH): a colour
+# classifier of 16x16 RGB images from a folder, and one whose input is 5 numbers from an .npz,
+# which the page cannot try.
+OWN_PLUGIN = """
+import keras
+from keras import layers
+
+import zoo
+
+RECIPE = zoo.Recipe(optimizer="adam", learning_rate=1e-2, batch_size=8, epochs=1)
+REFERENCE = zoo.Reference(metric="accuracy", target=0.9, provenance="the test")
+
+
+def head(inputs, x, num_classes, name):
+    x = layers.Dense(num_classes)(layers.Flatten()(x))
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@zoo.register(task="classification", dataset="mnist", recipe=RECIPE, reference=REFERENCE,
+              inputs=zoo.InputSignature("images", (16, 16, 3)), description="colour 16x16")
+def colour_net(num_classes: int = 3) -> keras.Model:
+    inputs = keras.Input(shape=(16, 16, 3), name="images")
+    return head(inputs, layers.Rescaling(1 / 255)(inputs), num_classes, "colour_net")
+
+
+@zoo.register(task="classification", dataset="mnist", recipe=RECIPE, reference=REFERENCE,
+              inputs=zoo.InputSignature("features", (5,)), description="five numbers")
+def vector_net(num_classes: int = 2) -> keras.Model:
+    inputs = keras.Input(shape=(5,), name="features")
+    return head(inputs, inputs, num_classes, "vector_net")
+"""
+COLOURS = ("blue", "green", "red")  # sorted: the class ids
+
+
+def colour_digit(digit: np.ndarray, colour: str) -> np.ndarray:
+    """A MNIST digit, 16x16, drawn in one colour channel: (16, 16, 3) uint8."""
+    small = np.asarray(Image.fromarray(digit.astype(np.uint8)).resize((16, 16)))
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[..., {"red": 0, "green": 1, "blue": 2}[colour]] = small
+    return rgb
+
+
+@pytest.fixture(scope="module")
+def own_site(tmp_path_factory, digits):
+    tmp = tmp_path_factory.mktemp("own")
+    (tmp / "own_models.py").write_text(OWN_PLUGIN)
+    images, _ = digits
+    for k, colour in enumerate(COLOURS):
+        (tmp / "colours" / colour).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(colour_digit(images[12 * k + i], colour)).save(
+                tmp / "colours" / colour / f"{i:02d}.png")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    np.savez(tmp / "vectors.npz", x_train=x[:40], y_train=(x[:40, 0] > 0).astype(np.int64),
+             x_test=x[40:], y_test=(x[40:, 0] > 0).astype(np.int64))
+    env = {**subprocess_env(), "ZOO_CACHE_DIR": str(tmp / "cache")}
+    for model, data in (("colour_net", "colours"), ("vector_net", "vectors.npz")):
+        subprocess.run([sys.executable, "-m", "training.train", model, "--models-from",
+                        str(tmp / "own_models.py"), "--dataset", str(tmp / data), "--steps", "20",
+                        "--batch-size", "8", "--precision", "float32", "--export-dir",
+                        str(tmp / "exported"), "--run-dir", str(tmp / f"run-{model}")],
+                       cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
+    config = write_config(tmp / "models.config", {
+        name: {"base": tmp / "exported" / name} for name in ("colour_net_colours",
+                                                             "vector_net_vectors")})
+    server = ServerProcess("--model_config_file", str(config), log=tmp / "server.log")
+    yield server, tmp
+    assert server.stop() == 0, server.logs()
+
+
+def image_preview(driver, height: int, width: int) -> np.ndarray:
+    """What the page sent an image model: its preview canvas, RGB."""
+    return np.array(driver.execute_script(
+        "const c = document.getElementById('image-preview');"
+        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
+        ".filter((_, i) => i % 4 !== 3));"), np.uint8).reshape(height, width, 3)
+
+
+def test_a_colour_model_is_tried_with_an_image_file_and_answers_in_class_names(
+        own_site, chrome, shots, tmp_path):
+    server, tmp = own_site
+    answer = certified_answer(server, "/v1/models/colour_net_colours/certificate")
+    assert answer["class_names"] == list(COLOURS) == answer["certificate"]["data"]["class_names"]
+    open_page(chrome, server, "#/models/colour_net_colours/versions/1")
+    chooser = wait_for(lambda: chrome.find_element("id", "image-file").is_displayed()
+                       and chrome.find_element("id", "image-file"), what="the image chooser")
+    assert not chrome.find_element("id", "try-digit").is_displayed()  # no digit pad for it
+    assert "16×16 and read as RGB colour" in text(chrome, "image-hint")
+    assert "3: 0 blue, 1 green, 2 red" in text(chrome, "certificate")
+    image = np.asarray(Image.open(tmp / "colours" / "red" / "00.png"))
+    large = tmp_path / "red-48.png"  # 3x larger: the page resizes it to the model's 16x16
+    Image.fromarray(image).resize((48, 48), Image.Resampling.NEAREST).save(large)
+    prediction = chrome.find_element("id", "image-prediction")
+    for path, size in ((tmp / "colours" / "red" / "00.png", "16×16"), (large, "48×48")):
+        chooser.send_keys(str(path))
+        wait_for(lambda name=path.name: prediction.get_attribute("data-input") == f"file:{name}",
+                 what=f"the classification of {path.name}")
+        assert f"{size} image, resized to 16×16, RGB" in text(chrome, "image-size")
+        sent = image_preview(chrome, 16, 16)
+        expected = rest_predict(server.rest, "colour_net_colours", sent[None].astype(np.float32))
+        best = int(expected[0].argmax())
+        assert prediction.get_attribute("data-class") == str(best)
+        assert prediction.text.startswith(f"It reads {COLOURS[best]} (")
+        bars = [li.text.split("\n")[0] for li in chrome.find_elements(
+            "css selector", "#image-bars li")]
+        assert bars == list(COLOURS)
+    # The image of exactly the input's size reaches the model pixel for pixel.
+    chooser.send_keys(str(tmp / "colours" / "red" / "00.png"))
+    wait_for(lambda: prediction.get_attribute("data-input") == "file:00.png",
+             what="the second classification of 00.png")
+    np.testing.assert_array_equal(image_preview(chrome, 16, 16), image)
+    assert not browser.console_errors(chrome)
+    shots(chrome, "colour-model")
+
+
+def test_an_input_the_page_cannot_try_is_said_plainly(own_site, chrome, shots):
+    server, _ = own_site
+    open_page(chrome, server, "#/models/vector_net_vectors/versions/1")
+    why = wait_for(lambda: chrome.find_element("id", "try-none").is_displayed()
+                   and text(chrome, "try-none"), what="the reason it cannot be tried")
+    assert why.startswith("This model takes features: float [batch, 5]: the page can try "
+                          "images"), why
+    for block in ("try-digit", "try-image", "try-scalar"):
+        assert not chrome.find_element("id", block).is_displayed()
+    assert "2: 0 0, 1 1" in text(chrome, "certificate")
+    shots(chrome, "cannot-try")

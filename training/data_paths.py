@@ -4,7 +4,9 @@
   `keras.utils.image_dataset_from_directory` reads it (PNG, JPEG, BMP, GIF; class names are the
   sorted folder names). With `train/` and `test/` (or `val/`) subfolders those are the split;
   otherwise a seeded split stratified by class (`test_fraction` of each class). Each image is
-  decoded by Pillow (in threads), converted to the model's channels and resized to its input.
+  decoded by Pillow in a parallel tf.data map, converted to the model's channels and resized to
+  its input, into a disk cache under the project cache keyed by the files' sha256; training
+  streams it from there (data.StreamedImages), never holding the set in memory.
 - An `.npz` of `x_train`, `y_train`, `x_test`, `y_test` (Keras' datasets layout), optionally
   `class_names`.
 
@@ -15,9 +17,14 @@ source and compares the arrays' sha256 with the certificate's.
 
 from __future__ import annotations
 
-import concurrent.futures
+import atexit
 import hashlib
+import json
 import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +35,7 @@ from training.data import Dataset, DataSourceError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # image_dataset_from_directory's
 DEFAULT_TEST_FRACTION = 0.2
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+CACHE_FORMAT = "zoo-image-cache 2"  # in the cache key: a new layout never reads an old cache
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0, *,
@@ -106,7 +114,7 @@ def _decode(path: Path, size: tuple[int, int], mode: str) -> np.ndarray | str:
 
 def load_folder(root: Path, input_shape: tuple[int, ...], seed: int = 0,
                 test_fraction: float | None = None, skip_unreadable: bool = False) -> Dataset:
-    size, mode = image_geometry(input_shape, root)
+    _, mode = image_geometry(input_shape, root)
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     split_given = (root / "train").is_dir() and test_dir is not None
     if split_given:
@@ -127,17 +135,20 @@ def load_folder(root: Path, input_shape: tuple[int, ...], seed: int = 0,
     for _, _, p in listed:  # the file list and every file's bytes
         digest.update(str(p.relative_to(root)).encode() + b"\0")
         digest.update(p.read_bytes())
-    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(pool.map(lambda item: _decode(item[2], size, mode), listed))
-    bad = [(item[2], why) for item, why in zip(listed, decoded) if isinstance(why, str)]
+    files_sha256 = digest.hexdigest()
+    # Cached in an order fixed by the files (not by class), so that a shuffle buffer smaller
+    # than the set still mixes the classes.
+    listed = [listed[i] for i in np.random.default_rng(int(files_sha256[:16], 16))
+              .permutation(len(listed))]
+    read, whys, key = decoded_images([p for _, _, p in listed], input_shape, mode, files_sha256)
+    bad = sorted((item[2], why) for item, why in zip(listed, whys) if why)
     if bad and not skip_unreadable:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise DataSourceError(f"{bad[0][0]} cannot be read as an image ({bad[0][1]}){more}; "
                               "remove it, or pass --skip-unreadable to train without them")
-    good = [(item, x) for item, x in zip(listed, decoded) if not isinstance(x, str)]
-    x_all = np.stack([x for _, x in good]).reshape(-1, *input_shape)
-    y_all = np.array([item[1] for item, _ in good], dtype=np.int64)
-    part_of = np.array([item[0] for item, _ in good])
+    positions = np.flatnonzero([not why for why in whys])
+    y_all = np.array([listed[i][1] for i in positions], dtype=np.int64)
+    part_of = np.array([listed[i][0] for i in positions])
     if split_given:
         train, test = part_of == "train", part_of == "test"
     else:
@@ -152,14 +163,89 @@ def load_folder(root: Path, input_shape: tuple[int, ...], seed: int = 0,
     counts = {name: {classes[k]: int(np.sum(y_all[mask] == k)) for k in range(len(classes))}
               for name, mask in (("train", train), ("test", test))}
     how = "its train/test folders" if split_given else "a seeded stratified split"
+
+    def split(mask):
+        chosen = positions[mask]
+        return data.StreamedImages(read, chosen, tuple(input_shape), hashlib.sha256(
+            key.encode() + chosen.astype(np.int64).tobytes()).hexdigest())
+
     return Dataset(
-        str(root.resolve()), x_all[train], y_all[train], x_all[test], y_all[test],
-        source=(f"image folder {root.resolve()}: {len(good)} images of {len(classes)} classes, "
-                f"{how}" + (f", {len(bad)} unreadable skipped" if bad else "")),
+        str(root.resolve()), split(train), y_all[train], split(test), y_all[test],
+        source=(f"image folder {root.resolve()}: {len(positions)} images of {len(classes)} "
+                f"classes, {how}" + (f", {len(bad)} unreadable skipped" if bad else "")),
         class_names=tuple(classes),
-        details={"files_sha256": digest.hexdigest(), "counts": counts,
+        details={"files_sha256": files_sha256, "counts": counts,
                  "unreadable_skipped": [str(p.relative_to(root)) for p, _ in bad]},
     )
+
+
+def decoded_images(paths: list[Path], input_shape: tuple[int, ...], mode: str,
+                   files_sha256: str) -> tuple[Callable, list[str], str]:
+    """(read, whys, key): `read()` is a tf.data.Dataset of the images of `paths` decoded to
+    the model's input (uint8) in blocks of data.images_per_block, through a disk cache keyed
+    by the files' sha256 and the geometry; `whys[i]` says why image i cannot be read ("" when
+    it can; unreadable images hold zeros in the cache). A first use decodes every image in
+    parallel and writes the cache, then publishes it by renaming its folder; later ones only
+    read it."""
+    import tensorflow as tf
+
+    size = tuple(input_shape[:2])
+    key = hashlib.sha256(f"{CACHE_FORMAT} {files_sha256} {tuple(input_shape)} {mode}"
+                         .encode()).hexdigest()
+    names = tf.constant([str(p) for p in paths])
+
+    def decode(path):
+        out = _decode(Path(path.decode()), size, mode)
+        if isinstance(out, str):
+            return np.zeros(input_shape, np.uint8), out.encode()
+        return out.reshape(input_shape), b""
+
+    def decoded(i):
+        image, why = tf.numpy_function(decode, [tf.gather(names, i)], (tf.uint8, tf.string),
+                                       stateful=False)
+        image.set_shape(input_shape)
+        why.set_shape(())
+        return image, why
+
+    def pipeline(prefix: Path):  # blocks: the cache is read a block, not an image, at a time
+        return (tf.data.Dataset.range(len(paths))
+                .map(decoded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .batch(data.images_per_block(input_shape))
+                .cache(str(prefix)))
+
+    folder = _cache_folder(key)
+    index = folder / "unreadable.json"
+    if not index.is_file():
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
+        tmp.mkdir(parents=True)
+        try:
+            whys = [why.decode() for _, block in pipeline(tmp / "images").as_numpy_iterator()
+                    for why in block]
+            (tmp / "unreadable.json").write_text(json.dumps(whys))
+            try:
+                os.rename(tmp, folder)
+            except OSError:  # another process published the same cache first
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    whys = json.loads(index.read_text())
+    return (lambda: pipeline(folder / "images").map(lambda image, why: image)), whys, key
+
+
+def _cache_folder(key: str) -> Path:
+    """Where the decoded images of `key` are cached: the project cache, or, when it cannot
+    be written, a temporary folder removed at exit (with a one-line warning)."""
+    base = data.cache_dir() / "image-folders"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=base)
+        probe.close()
+    except OSError as e:
+        base = Path(tempfile.mkdtemp(prefix="zoo-image-cache-"))
+        atexit.register(shutil.rmtree, base, True)
+        print(f"warning: cannot write the image cache under {data.cache_dir()} ({e}); "
+              f"decoding into {base} for this run", file=sys.stderr)
+    return base / key[:32]
 
 
 def _stratified_split(y: np.ndarray, k: int, seed: int, fraction: float, root: Path,

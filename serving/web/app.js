@@ -5,6 +5,7 @@ import { ApiError, bindToken, call, modelPath } from "./api.js";
 import { certificateView, el } from "./certificate.js";
 import { TrafficChart } from "./chart.js";
 import { asRows, inkOf, mnistInput, show } from "./mnist.js";
+import { imageInput, inputKind } from "./images.js";
 
 const POLL_MS = 2000;
 const PEN_WIDTH = 18; // on the 280-pixel pad: about MNIST's stroke width once scaled to 20x20
@@ -13,9 +14,11 @@ const $ = (id) => document.getElementById(id);
 const state = {
   models: [], // GET /v1/models
   chosen: null, // {name, version}: version a string, or null for the latest
-  mode: null, // "digit" | "scalar" | null, from the chosen version's signature
+  mode: null, // "digit" | "image" | "scalar" | null, from the chosen version's signature
   input: null, // the signature's input name
+  image: null, // "image" mode: {height, width, channels} of the input
   dataset: null, // the certificate's data set
+  classNames: null, // the certificate's class names: class id i is classNames[i]
 };
 
 // ------------------------------------------------------------------ errors and server state
@@ -104,7 +107,7 @@ async function choose(name, version) {
   $("detail-description").textContent = "";
   $("detail-error").hidden = true;
   $("certificate").replaceChildren();
-  for (const id of ["try-digit", "try-scalar", "try-none", "try"]) $(id).hidden = true;
+  for (const id of ["try-digit", "try-image", "try-scalar", "try-none", "try"]) $(id).hidden = true;
   const path = modelPath(name, version);
   let metadata;
   try {
@@ -124,6 +127,7 @@ async function choose(name, version) {
   }
   if (!sameChoice(name, version)) return;
   state.dataset = cert ? cert.data.dataset : null;
+  state.classNames = cert && cert.data.class_names ? cert.data.class_names : null;
   if (cert) {
     $("detail-description").textContent = cert.description || "";
     $("certificate").replaceChildren(certificateView(cert, metadata));
@@ -136,22 +140,23 @@ const sameChoice = (name, version) =>
 
 function setUpTry(metadata) {
   const sig = metadata.metadata.signature_def.signature_def.serving_default;
-  const inputs = Object.entries((sig && sig.inputs) || {});
-  const dims = inputs.length === 1
-    ? (inputs[0][1].tensor_shape.dim || []).map((d) => Number(d.size)).join(",") : "";
-  state.input = inputs.length === 1 ? inputs[0][0] : null;
-  state.mode = dims === "-1,28,28" ? "digit" : dims === "-1,1" ? "scalar" : null;
+  const kind = inputKind(sig);
+  state.input = kind.input;
+  state.mode = kind.mode;
+  state.image = kind.image || null;
   if (state.mode === "digit") {
     $("try-digit").hidden = false;
     clearPad();
+  } else if (state.mode === "image") {
+    $("try-image").hidden = false;
+    clearImage();
   } else if (state.mode === "scalar") {
     $("try-scalar").hidden = false;
     $("x-name").textContent = state.input;
     drawCurve();
   } else {
     $("try-none").hidden = false;
-    $("try-none").textContent = "This signature takes neither 28x28 images nor one number: " +
-      "no drawing pad or slider for it.";
+    $("try-none").textContent = kind.why;
   }
 }
 
@@ -238,9 +243,7 @@ async function classify(pixels, what) {
   show(pixels, $("preview"));
   try {
     const [out] = await predict([asRows(pixels)]);
-    const probabilities = Array.isArray(out) ? out
-      : out.probabilities ?? Object.values(out).find((v) => Array.isArray(v) && v.length === 10);
-    showBars(probabilities, what);
+    showBars(probabilitiesOf(out), what, $("bars"), $("prediction"));
     $("detail-error").hidden = true;
   } catch (e) {
     showError($("detail-error"), e);
@@ -250,18 +253,26 @@ async function classify(pixels, what) {
   if (again) { const [p, w] = again; again = null; classify(p, w); }
 }
 
-function showBars(probabilities, what) {
+const probabilitiesOf = (out) => (Array.isArray(out) ? out
+  : out.probabilities ?? Object.values(out).find((v) => Array.isArray(v) && v.length > 1));
+
+// Class i by the certificate's name for it (the server answers class ids).
+const className = (i) => (state.classNames && state.classNames[i] !== undefined
+  ? state.classNames[i] : String(i));
+
+function showBars(probabilities, what, bars, prediction) {
   const best = probabilities.indexOf(Math.max(...probabilities));
-  $("bars").replaceChildren(...probabilities.map((p, digit) => {
+  bars.classList.toggle("named", probabilities.some((_, i) => className(i).length > 2));
+  bars.replaceChildren(...probabilities.map((p, i) => {
     const bar = el("span", { class: "bar" });
     bar.style.width = `${(100 * p).toFixed(1)}%`;
-    return el("li", { class: digit === best ? "top" : "", "data-digit": digit },
-      el("span", {}, String(digit)), el("span", {}, bar), el("span", { class: "p" }, `${(100 * p).toFixed(1)}%`));
+    return el("li", { class: i === best ? "top" : "", "data-digit": i, title: className(i) },
+      el("span", {}, className(i)), el("span", {}, bar), el("span", { class: "p" }, `${(100 * p).toFixed(1)}%`));
   }));
-  const p = $("prediction");
-  p.textContent = `It reads ${best} (${(100 * probabilities[best]).toFixed(1)}%)`;
-  p.dataset.class = best;
-  p.dataset.input = what;
+  prediction.textContent = `It reads ${className(best)} (${(100 * probabilities[best]).toFixed(1)}%)`;
+  prediction.dataset.class = best;
+  prediction.dataset.name = className(best);
+  prediction.dataset.input = what;
 }
 
 // A dropped (or chosen) image: classified from its own pixels, and shown on the pad.
@@ -303,6 +314,56 @@ for (const type of ["dragover", "drop"]) { // a drop beside the pad must not ope
   document.addEventListener(type, (e) => e.preventDefault());
 }
 $("file").addEventListener("change", (e) => { if (e.target.files.length) useFile(e.target.files[0]); });
+
+// ------------------------------------------------------------------ try it: an image file
+// For any other image input (another size, or colour): the file resized to the input's size
+// and converted to its channels, as training read the folder (training/data_paths.py).
+function clearImage() {
+  const { height, width, channels } = state.image;
+  const preview = $("image-preview");
+  preview.width = width;
+  preview.height = height;
+  preview.getContext("2d").clearRect(0, 0, width, height);
+  $("image-hint").textContent = `Choose an image, or drop one here: it is resized to ${width}×${height} ` +
+    `and read as ${channels === 3 ? "RGB colour" : "grey levels"}, as the model was trained.`;
+  $("image-size").textContent = `${width}×${height}, ${channels === 3 ? "RGB" : "grey"}`;
+  $("image-bars").replaceChildren();
+  const p = $("image-prediction");
+  p.textContent = "";
+  for (const k of ["class", "name", "input"]) delete p.dataset[k];
+}
+
+async function useImageFile(file) {
+  if (!file.type.startsWith("image/")) {
+    showError($("detail-error"), `${file.name} is not an image (${file.type || "unknown type"})`);
+    return;
+  }
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch {
+    showError($("detail-error"), `${file.name} could not be decoded as an image`);
+    return;
+  }
+  const { height, width, channels } = state.image;
+  const { instance, rgba } = imageInput(bitmap, height, width, channels);
+  $("image-preview").getContext("2d").putImageData(new ImageData(rgba, width, height), 0, 0);
+  $("image-size").textContent = `${bitmap.width}×${bitmap.height} image, resized to ${width}×${height}` +
+    `, ${channels === 3 ? "RGB" : "grey"}`;
+  try {
+    const [out] = await predict([instance]);
+    showBars(probabilitiesOf(out), `file:${file.name}`, $("image-bars"), $("image-prediction"));
+    $("detail-error").hidden = true;
+  } catch (e) {
+    showError($("detail-error"), e);
+  }
+}
+
+$("image-file").addEventListener("change", (e) => { if (e.target.files.length) useImageFile(e.target.files[0]); });
+$("try-image").addEventListener("drop", (e) => {
+  e.preventDefault();
+  if (e.dataTransfer.files.length) useImageFile(e.dataTransfer.files[0]);
+});
 
 // ------------------------------------------------------------------ try it: one number
 const GRID = Array.from({ length: 201 }, (_, i) => -1 + i / 100);

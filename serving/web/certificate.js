@@ -90,6 +90,8 @@ export function certificateView(cert, metadata) {
       ["precision", `${c.precision} (asked: ${c.precision_requested ?? c.precision}${c.precision_reason ? `; ${c.precision_reason}` : ""})`],
       ["train time", cert.training.train_seconds ? `${cert.training.train_seconds.toFixed(1)} s` : null],
       ["data", `${cert.data.dataset}, from ${cert.data.source}`],
+      ["classes", cert.data.class_names ? el("span", { id: "class-names" },
+        `${cert.data.class_names.length}: ` + cert.data.class_names.map((n, i) => `${i} ${n}`).join(", ")) : null],
       ["data sha256", el("code", {}, cert.data.sha256)],
       ...Object.entries(c).filter(([k, v]) => !shown.has(k) && v !== null)
         .map(([k, v]) => [k.replaceAll("_", " "), String(v)]),

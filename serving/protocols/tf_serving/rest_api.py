@@ -5,7 +5,7 @@ their handlers, over the core.
     GET  /v1/models/NAME[/versions/N|/labels/L]            model status
     GET  /v1/models/NAME[/versions/N|/labels/L]/metadata   signature defs
     POST /v1/models/NAME[/versions/N|/labels/L]:predict    {"instances": ...} or {"inputs": ...}
-    GET  /v1/models/NAME[/versions/N|/labels/L]/certificate  metadata.json (zoo extension)
+    GET  /v1/models/NAME[/versions/N|/labels/L]/certificate  metadata.json, class names (zoo)
     POST /v1/models/NAME[/versions/N|/labels/L]:classify, :regress   UNIMPLEMENTED, saying why
 """
 
@@ -222,7 +222,8 @@ class TfServingRest:
 
 
 async def served_certificate(core: ServerCore, spec) -> dict:
-    """{"model_spec": {name, version}, "certificate": metadata.json} of the version `spec` names
+    """{"model_spec": {name, version}, "class_names", "certificate": metadata.json} of the version
+    `spec` names
     (latest, a number or a label, resolved as Predict resolves it). The version was verified
     against this certificate when it was loaded (serving/repository/certificate.py); it is read
     again here, off the event loop, so that the answer is the file as it is."""
@@ -236,5 +237,7 @@ async def served_certificate(core: ServerCore, spec) -> dict:
     if doc is None:
         raise not_found(f"version {loaded.version} of model {loaded.name} has no certificate "
                         f"({certificate.FILENAME}): it was exported by another tool")
+    # The server answers class ids; these name them (null: a regressor, or no names given).
+    names = (doc.get("data") or {}).get("class_names") if isinstance(doc, dict) else None
     return {"model_spec": {"name": loaded.name, "version": str(loaded.version)},
-            "certificate": doc}
+            "class_names": names, "certificate": doc}
