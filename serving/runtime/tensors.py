@@ -170,7 +170,8 @@ def _varints(data, field: str, need: int = 10) -> np.ndarray:
     8-bit value, 3 a 16-bit one, 5 a 32-bit one, 10 a 64-bit one: the high bytes of a
     sign-extended negative int32 are not read). Vectorised over the varints, not over the bytes
     (arrays of one entry per byte cost more than they save, measured): found by their last
-    bytes (top bit clear), then read byte by byte if they are short, or as one word if long."""
+    bytes (top bit clear), then read a byte at a time if all are short (up to 3 bytes), else
+    as words (`_long_varints`)."""
     b = np.frombuffer(data, np.uint8)
     last = b < 0x80
     if np.count_nonzero(last) == b.size:  # every value < 128 (bools, small ints): a byte each
@@ -193,16 +194,6 @@ def _varints(data, field: str, need: int = 10) -> np.ndarray:
             values |= part << (7 * k)
         return values
     return _long_varints(b, starts, lengths, longest, need)
-
-
-_U64 = np.uint64
-# _OWN[k]: the 7 value bits of each of a word's k lowest bytes
-_OWN = np.array([(1 << 8 * k) - 1 & 0x7F7F7F7F7F7F7F7F for k in range(9)], np.uint64)
-# Packing the 7-bit groups of a little-endian word into one number, in log2(8) steps: pairs of
-# bytes into 14-bit groups, pairs of those into 28-bit groups, then the 56 bits.
-_PACK = ((_U64(0x007F007F007F007F), _U64(1), _U64(0x3F803F803F803F80)),
-         (_U64(0x00003FFF00003FFF), _U64(2), _U64(0x0FFFC0000FFFC000)),
-         (_U64(0x000000000FFFFFFF), _U64(4), _U64(0x00FFFFFFF0000000)))
 
 
 def _long_varints(b: np.ndarray, starts: np.ndarray, lengths: np.ndarray, longest: int,
