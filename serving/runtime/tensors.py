@@ -201,18 +201,16 @@ def _long_varints(b: np.ndarray, starts: np.ndarray, lengths: np.ndarray, longes
     """Varints of up to 10 bytes (negative int32/int64 take 10) as uint64: an unaligned 8-byte
     word gathered at each varint's first byte, its own bytes kept, their 7-bit groups packed by
     shifts; bytes 9 and 10 added for the varints that have them."""
-    padded = np.zeros(b.size + 8, np.uint8)  # every varint's word lies inside
+    padded = np.zeros(b.size + 10, np.uint8)  # every varint's 10 bytes lie inside
     padded[: b.size] = b
     words = np.ndarray((b.size,), "<u8", padded, strides=(1,)).take(starts)
     words &= _OWN.take(np.minimum(lengths, 8))
     for keep, shift, moved in _PACK[: (min(longest, need, 8) - 1).bit_length()]:
         words = (words & keep) | ((words >> shift) & moved)
     if longest > 8 and need > 8:  # 64-bit values: byte 9 holds bits 56-62, byte 10 bit 63
-        long = np.flatnonzero(lengths > 8)
-        at = starts[long] + 8
-        high = (padded[at] & 0x7F).astype(np.uint64) << _U64(56)
-        high |= (padded[at + 1] & 1).astype(np.uint64) * (lengths[long] == 10) << _U64(63)
-        words[long] |= high
+        ninth = (padded.take(starts + 8) & 0x7F) * (lengths > 8)
+        tenth = (padded.take(starts + 9) & 1) * (lengths == 10)
+        words |= (ninth | tenth << 7).astype(np.uint64) << _U64(56)
     return words
 
 
