@@ -86,6 +86,30 @@ def test_malformed_protobufs_are_invalid_argument_and_logged(serve, tmp_path, me
     assert (line["method"], line["status"]) == (method, "INVALID_ARGUMENT")
 
 
+def length_delimited(number: int, payload: bytes) -> bytes:
+    assert number < 16 and len(payload) < 128  # one-byte key and length
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+@pytest.mark.parametrize("int_val", [b"\x01\xff\xff", b"\x01" + b"\xff" * 11 + b"\x01"],
+                         ids=["ends-inside-a-varint", "11-byte-varint"])
+def test_a_predict_whose_int_val_holds_a_bad_varint_is_invalid_argument(serve, int_val):
+    # deep inside: PredictRequest.inputs["x"] (a map entry) -> TensorProto.int_val (packed)
+    tensor = b"\x08\x03" + length_delimited(2, b"\x12\x02\x08\x02") + length_delimited(7, int_val)
+    request = (length_delimited(1, length_delimited(1, b"identity"))
+               + length_delimited(2, length_delimited(1, b"x") + length_delimited(2, tensor)))
+    stack = serve()
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        with pytest.raises(grpc.RpcError) as e:
+            call(request, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert "Malformed request" in e.value.details() and "Predict" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:  # the server is still up and answering
+            call(request, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_a_5000_digit_v2_version_over_grpc_is_invalid_argument(serve):
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 

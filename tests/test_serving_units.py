@@ -15,6 +15,7 @@ import tracemalloc
 from pathlib import Path
 
 import grpc
+import ml_dtypes
 import numpy as np
 import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
@@ -278,16 +279,19 @@ def test_int_fields_are_plain_varints_not_zigzag():
     assert tensors.to_ndarray(p).tolist() == [-1]
 
 
+def varint(v: int) -> bytes:
+    """A non-negative int as a protobuf varint."""
+    out = b""
+    while True:
+        out += bytes([v & 0x7F | (0x80 if v > 0x7F else 0)])
+        v >>= 7
+        if not v:
+            return out
+
+
 def test_unpacked_value_fields_read_as_packed_ones():
     # A client may send each value as its own field (proto2 style); the parser accepts it, and
     # the field walk reads unpacked elements as well as packed pieces.
-    def varint(v):
-        out = b""
-        while True:
-            out += bytes([v & 0x7F | (0x80 if v > 0x7F else 0)])
-            v >>= 7
-            if not v:
-                return out
     shape = b"\x12\x04\x12\x02\x08\x03"  # tensor_shape { dim { size: 3 } }
     floats = b"".join(b"\x2d" + struct.pack("<f", x) for x in (1.5, -2, 3))
     ints = b"".join(b"\x38" + varint(v & (2**64 - 1)) for v in (7, -300, 1 << 20))
@@ -308,11 +312,79 @@ def test_unpacked_value_fields_read_as_packed_ones():
         assert got.tolist() == want
 
 
-def test_malformed_varints_are_tensor_errors():
-    with pytest.raises(tensors.TensorError, match="ends inside a varint"):
-        tensors._varints(b"\x01\x81", "int_val")
-    with pytest.raises(tensors.TensorError, match="longer than 10 bytes"):
-        tensors._varints(b"\xff" * 10 + b"\x01", "int_val")
+@pytest.mark.parametrize("data, message", [
+    (b"\x01\x81", "ends inside a varint"),
+    (b"\x81", "ends inside a varint"),
+    (b"\x01" + b"\xff" * 9 + b"\x01\xff", "ends inside a varint"),  # after a long one
+    (b"\xff" * 10 + b"\x01", "longer than 10 bytes"),
+    (b"\x01" + b"\x80" * 12 + b"\x00\x02", "longer than 10 bytes"),
+])
+def test_malformed_varints_are_tensor_errors(data, message):
+    for need in (2, 3, 5, 10):
+        with pytest.raises(tensors.TensorError, match=message):
+            tensors._varints(data, "int_val", need)
+
+
+def extremes(dtype: np.dtype) -> np.ndarray:
+    """Every varint length a dtype's values take (1 to 10 bytes), its min and max, and -1."""
+    if dtype.kind == "b":
+        return np.array([True, False, True], dtype)
+    if dtype.kind == "c":
+        part = extremes(np.dtype(dtype.char.lower()))  # F -> f, D -> d
+        out = np.empty(part.size, dtype)
+        out.real, out.imag = part, part[::-1]
+        return out
+    if dtype.kind != "i" and dtype.kind != "u":  # float16/32/64, bfloat16
+        info = ml_dtypes.finfo(dtype)
+        return np.array([0, -0.0, 1, -1, info.max, info.min, info.tiny, info.smallest_subnormal,
+                         np.inf, -np.inf, 0.1, 3], np.float64).astype(dtype)
+    info = np.iinfo(dtype)
+    edges = [0, 1, 127, 128, 255, 256, 16383, 16384, 2**21 - 1, 2**21, 2**28, 2**31 - 1,
+             2**32 - 1, 2**35, 2**49, 2**56 - 1, 2**56, 2**63 - 1, 2**64 - 1]
+    values = [v for v in edges if v <= info.max] + [-v for v in edges if -v >= info.min]
+    return np.array(values + [info.min, info.max], dtype)
+
+
+@pytest.mark.parametrize("dt", sorted(tensors.DTYPES))
+def test_typed_value_fields_decode_extremes_of_every_dtype(dt):
+    import tensorflow as tf
+
+    from benchmarks.tensor_decode import typed_proto
+
+    dtype = tensors.DTYPES[dt][0]
+    x = extremes(dtype)
+    # alone, then among values of each varint length (each decode path: one byte each, short
+    # varints read byte by byte, long ones as words)
+    for a in [x, *(np.concatenate([x, np.full(50, v, dtype)]) for v in x)]:
+        p = typed_proto(a)
+        got = tensors.to_ndarray(p)
+        assert got.dtype == dtype and got.tobytes() == a.tobytes(), (a, got)
+        assert np.array_equal(got, tf.make_ndarray(p))  # TensorFlow's own reading agrees
+
+
+@pytest.mark.parametrize("field, dt, values", [
+    ("int64_val", types_pb2.DT_INT64, [-1, 2**63 - 1, -2**63, 0, 300]),
+    ("uint64_val", types_pb2.DT_UINT64, [2**64 - 1, 2**63, 0, 1, 128]),
+    ("uint32_val", types_pb2.DT_UINT32, [2**32 - 1, 0, 2**31, 127]),
+    ("int_val", types_pb2.DT_INT8, [-128, 127, -1, 0, 1]),
+    ("bool_val", types_pb2.DT_BOOL, [True, False, True, True, False]),
+])
+def test_unpacked_and_mixed_varint_fields_read_as_tensorflow_does(field, dt, values):
+    # packed, one field per value (proto2 style), and packed pieces mixed with unpacked values
+    import tensorflow as tf
+
+    number = tensors._NUMBER[field]
+    enc = [varint(int(v) & (2**64 - 1)) for v in values]
+    piece = lambda vs: varint(number << 3 | 2) + varint(len(b"".join(vs))) + b"".join(vs)
+    one = lambda v: varint(number << 3) + v
+    shape = b"\x12\x04\x12\x02\x08" + bytes([len(values)])
+    for body in [piece(enc), b"".join(one(v) for v in enc),
+                 one(enc[0]) + piece(enc[1:3]) + b"".join(one(v) for v in enc[3:])]:
+        p = tensor_pb2.TensorProto.FromString(b"\x08" + bytes([dt]) + shape + body)
+        got = tensors.to_ndarray(p)
+        assert got.tolist() == values and np.array_equal(got, tf.make_ndarray(p))
+        assert tensors._varints(b"".join(tensors._field_bytes(shape + body, number)),
+                                field).astype(got.dtype).tolist() == values
 
 
 def test_non_contiguous_arrays_are_sent_in_c_order():

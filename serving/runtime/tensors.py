@@ -109,14 +109,13 @@ def _values(proto: tensor_pb2.TensorProto, field: str, dtype: np.dtype) -> np.nd
             raise TensorError(f"{field} holds {len(data)} bytes, not a whole number of "
                               f"{dtype_name(proto.dtype)} values")
         return np.frombuffer(data, _FIXED[field]).view(dtype)
-    values = _varints(data, field)
+    if dtype == np.bool_:
+        return _varints(data, field) != 0
+    # int32/int64 are two's complement on the wire: the low bits, cast, are the value
+    values = _varints(data, field, need=-(-8 * dtype.itemsize // 7))
     if field == "half_val":
         return values.astype(np.uint16).view(dtype)
-    if dtype == np.bool_:
-        return values != 0
-    if field in ("int_val", "int64_val"):  # sign-extended to 64 bits on the wire
-        values = values.view(np.int64)
-    return values.astype(dtype, copy=False)
+    return values.astype(dtype)
 
 
 def _field_bytes(data: bytes, number: int) -> list[memoryview]:
@@ -124,11 +123,17 @@ def _field_bytes(data: bytes, number: int) -> list[memoryview]:
     each packed piece and the raw bytes of each unpacked element; joined, they read as one
     packed field. Walks only the top-level fields (a handful)."""
     view, pos, end, chunks = memoryview(data), 0, len(data), []
-    while pos < end:
-        key, pos = _varint(data, pos)
+    while pos < end:  # one-byte keys and lengths read inline: this walk is per request
+        key = data[pos]
+        pos += 1
+        if key > 0x7F:
+            key, pos = _varint(data, pos - 1)
         wire, start = key & 7, pos
         if wire == _LEN:
-            length, start = _varint(data, pos)
+            length = data[pos]
+            start = pos + 1
+            if length > 0x7F:
+                length, start = _varint(data, pos)
             pos = start + length
         elif wire == 0:
             _, pos = _varint(data, pos)
@@ -150,32 +155,63 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _varints(data, field: str) -> np.ndarray:
-    """Packed varints -> uint64, vectorised over the varints (not the bytes: arrays of one
-    entry per byte cost page faults): the k-th 7-bit group of every varint per step, as many
-    steps as the longest varint has bytes. (A per-byte cumsum or reduceat was 1.1-7x slower.)"""
+_U64 = np.uint64
+# _OWN[k]: the 7 value bits of each of a word's k lowest bytes
+_OWN = np.array([(1 << 8 * k) - 1 & 0x7F7F7F7F7F7F7F7F for k in range(9)], np.uint64)
+# Packing the 7-bit groups of a little-endian word into one number, in log2(8) steps: pairs of
+# bytes into 14-bit groups, pairs of those into 28-bit groups, then the 56 bits.
+_PACK = ((_U64(0x007F007F007F007F), _U64(1), _U64(0x3F803F803F803F80)),
+         (_U64(0x00003FFF00003FFF), _U64(2), _U64(0x0FFFC0000FFFC000)),
+         (_U64(0x000000000FFFFFFF), _U64(4), _U64(0x00FFFFFFF0000000)))
+
+
+def _varints(data, field: str, need: int = 10) -> np.ndarray:
+    """Packed varints -> unsigned ints, exact in their low 7 * `need` bits (2 bytes make an
+    8-bit value, 3 a 16-bit one, 5 a 32-bit one, 10 a 64-bit one: the high bytes of a
+    sign-extended negative int32 are not read). Vectorised over the varints, not over the bytes
+    (arrays of one entry per byte cost more than they save, measured): found by their last
+    bytes (top bit clear), then read a byte at a time if all are short (up to 3 bytes), else
+    as words (`_long_varints`)."""
     b = np.frombuffer(data, np.uint8)
     last = b < 0x80
-    if last.all():  # every value < 128 (bools, small ints): one byte each
-        return b.astype(np.uint64)
+    if np.count_nonzero(last) == b.size:  # every value < 128 (bools, small ints): a byte each
+        return b
     if not last[-1]:
         raise TensorError(f"{field} ends inside a varint")
     ends = np.flatnonzero(last)
     starts = np.empty_like(ends)
-    starts[0], starts[1:] = 0, ends[:-1] + 1
-    longest = int((ends - starts).max()) + 1
+    starts[0] = 0
+    np.add(ends[:-1], 1, out=starts[1:])
+    lengths = ends - starts + 1
+    longest = int(lengths.max())
     if longest > 10:
         raise TensorError(f"{field} holds a varint longer than 10 bytes")
-    low = b & 0x7F
-    values = low[starts].astype(np.uint64)
-    at = starts.copy()
-    for k in range(1, longest):
-        at += 1
-        part = low[np.minimum(at, ends)].astype(np.uint64)
-        part *= at <= ends  # varints shorter than k + 1 bytes add nothing
-        part <<= np.uint64(7 * k)
-        values |= part
-    return values
+    if min(longest, need) <= 3:  # uint8 images, halfs: two or three gathers of a byte
+        values = (b.take(starts) & 0x7F).astype(np.uint32)
+        for k in range(1, min(longest, need)):
+            part = (b.take(starts + k, mode="clip") & 0x7F).astype(np.uint32)
+            part *= lengths > k
+            values |= part << (7 * k)
+        return values
+    return _long_varints(b, starts, lengths, longest, need)
+
+
+def _long_varints(b: np.ndarray, starts: np.ndarray, lengths: np.ndarray, longest: int,
+                  need: int) -> np.ndarray:
+    """Varints of up to 10 bytes (negative int32/int64 take 10) as uint64: an unaligned 8-byte
+    word gathered at each varint's first byte, its own bytes kept, their 7-bit groups packed by
+    shifts; bytes 9 and 10 added for the varints that have them."""
+    padded = np.zeros(b.size + 10, np.uint8)  # every varint's 10 bytes lie inside
+    padded[: b.size] = b
+    words = np.ndarray((b.size,), "<u8", padded, strides=(1,)).take(starts)
+    words &= _OWN.take(np.minimum(lengths, 8))
+    for keep, shift, moved in _PACK[: (min(longest, need, 8) - 1).bit_length()]:
+        words = (words & keep) | ((words >> shift) & moved)
+    if longest > 8 and need > 8:  # 64-bit values: byte 9 holds bits 56-62, byte 10 bit 63
+        ninth = (padded.take(starts + 8) & 0x7F) * (lengths > 8)
+        tenth = (padded.take(starts + 9) & 1) * (lengths == 10)
+        words |= (ninth | tenth << 7).astype(np.uint64) << _U64(56)
+    return words
 
 
 def to_proto(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None
