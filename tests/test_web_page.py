@@ -104,6 +104,10 @@ def text(driver, element_id: str) -> str:
 
 
 def open_page(driver, site, fragment: str = "") -> None:
+    # The browser is shared: an earlier test's page (its server stopped, or its token refused)
+    # may have logged errors; they are read away before this page opens.
+    driver.get("about:blank")
+    browser.console_errors(driver)
     driver.get(f"http://{site.rest}/{fragment}")
     driver.refresh()  # a new fragment alone does not reload the page
     wait_for(lambda: "server up" in text(driver, "server-state"), what="the page's first poll")
