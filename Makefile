@@ -15,13 +15,16 @@ VERSIONS = $(PY) -P serving/repository/versions.py
 
 .PHONY: run serve web-screenshot test test-precision test-fast lint data train evaluate benchmarks \
 	bench-serving report clean \
-	perf-analyzer bench-peers
+	perf-analyzer bench-peers native
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# make native: the native data plane, build/native/predictd (serving/native/native.mk)
+include serving/native/native.mk
 
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
