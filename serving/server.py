@@ -69,6 +69,7 @@ class ServerRoutes:
         self.metrics = metrics
 
     async def get_metrics(self, params, headers, body):
+        await self.metrics.refresh()
         return 200, self.metrics.render()  # every worker's sums in a --workers server
 
     async def get_openapi(self, params, headers, body):

@@ -202,6 +202,13 @@ def onnx_reference(version_dir: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(names, s.run(names, {s.get_inputs()[0].name: x})))
 
 
+def data_plane_args() -> list[str]:
+    """--data_plane for the servers of the contract suite: ZOO_SERVING_DATA_PLANE (python,
+    native or auto; unset: the server's default)."""
+    plane = os.environ.get("ZOO_SERVING_DATA_PLANE")
+    return ["--data_plane", plane] if plane else []
+
+
 @pytest.fixture(scope="session")
 def contract_server(exported, tmp_path_factory):
     """(gRPC address, REST address, local export base or None) of the server under contract."""
@@ -215,6 +222,6 @@ def contract_server(exported, tmp_path_factory):
         "deep_cnn": {"base": exported / "deep_cnn"},
     })
     server = ServerProcess("--model_config_file", str(config), "--max_request_bytes",
-                           str(8 << 20), log=tmp / "server.log")
+                           str(8 << 20), *data_plane_args(), log=tmp / "server.log")
     yield (server.address, server.rest, exported)
     assert server.stop() == 0, server.logs()

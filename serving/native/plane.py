@@ -19,6 +19,8 @@ import logging
 import os
 from pathlib import Path
 
+import grpc
+
 from serving.runtime import tensors
 
 log = logging.getLogger("serving")
@@ -26,6 +28,7 @@ log = logging.getLogger("serving")
 BINARY = Path(__file__).resolve().parents[2] / "build" / "native" / "predictd"
 SYNC_SECONDS = 0.2
 PLANES = ("auto", "native", "python")
+CODES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
 def built() -> bool:
@@ -98,6 +101,7 @@ class NativePlane:
         self._lock = asyncio.Lock()
 
     async def start(self) -> int:
+        self.core.metrics.pullers.append(self.pull_stats)
         await self._spawn()
         await self.sync()
         self._watch = asyncio.get_running_loop().create_task(self._watch_forever())
@@ -155,6 +159,22 @@ class NativePlane:
             for key in [k for k in self.failed if k not in now]:
                 del self.failed[key]
 
+    async def pull_stats(self) -> None:
+        """The Predicts predictd answered since the last pull, into the Python plane's metrics
+        (the one Prometheus page; a scrape pulls first)."""
+        async with self._lock:
+            if self.process is None or self.process.returncode is not None:
+                return
+            try:
+                answer = await self._command(["stats"])
+                rows = [(await self.process.stdout.readline()).decode().rstrip("\n").split("\t")
+                        for _ in range(int(answer[2]))]
+            except (ConnectionError, BrokenPipeError):
+                return
+        for model, code, seconds in rows:
+            self.core.metrics.request(model, "Predict", "GRPC", CODES[int(code)],
+                                      float(seconds))
+
     def serves(self, name: str, version: int) -> bool:
         """Whether predictd answers this version's Predict (else the Python plane does)."""
         return (name, version) in self.told
@@ -165,6 +185,7 @@ class NativePlane:
                 await asyncio.sleep(SYNC_SECONDS)
                 if self.process.returncode is None:
                     await self.sync()
+                    await self.pull_stats()
                     continue
             except (ConnectionError, BrokenPipeError):
                 pass
@@ -179,6 +200,8 @@ class NativePlane:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.core.metrics.pullers.remove(self.pull_stats)
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,8 @@
 //     in|out ALIAS TENSOR DTYPE DIMS(comma-separated)
 //   available NAME V1,V2,...   the versions the Python plane serves (it decides; this follows)
 //   unload NAME VERSION
+//   stats                      the Predicts answered since the last stats: N, then N lines
+//                              MODEL CODE SECONDS (for the Python plane's metrics)
 //   quit
 // Answers: "listening PORT" once, then "ok ..." or "error ... MESSAGE" for each command.
 
@@ -218,6 +220,22 @@ Status Run(const Version& v, Prepared& p, tensorflow::serving::PredictResponse* 
   return result;
 }
 
+// ---------------------------------------------------------------- what was answered
+// Each Predict this plane answered, for the Python plane's metrics ("stats" drains them).
+struct Answered {
+  std::string model;
+  int code;
+  double seconds;
+};
+std::mutex answered_mutex;
+std::vector<Answered> answered;
+
+void Record(const std::string& model, int code, std::chrono::steady_clock::time_point start) {
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::lock_guard lock(answered_mutex);
+  answered.push_back({model, code, seconds});
+}
+
 // ---------------------------------------------------------------- the worker threads
 class Pool {
  public:
@@ -282,6 +300,7 @@ class PredictCall : public grpc::ServerGenericBidiReactor {
       Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Predict sent no request"));
       return;
     }
+    start_ = std::chrono::steady_clock::now();
     pool->Post([this] { Answer(); });
   }
   void OnDone() override { delete this; }
@@ -306,6 +325,7 @@ class PredictCall : public grpc::ServerGenericBidiReactor {
     if (s.code == kForward) return Forward();
     tensorflow::serving::PredictResponse response;
     if (s.ok()) s = Run(*v, prepared, &response);
+    Record(v->name, s.code, start_);
     if (!s.ok()) {
       Finish(grpc::Status(static_cast<grpc::StatusCode>(s.code), s.message));
       return;
@@ -340,6 +360,7 @@ class PredictCall : public grpc::ServerGenericBidiReactor {
   grpc::GenericCallbackServerContext* ctx_;
   grpc::ClientContext client_;
   grpc::ByteBuffer in_, copy_, out_;
+  std::chrono::steady_clock::time_point start_;
 };
 
 // ---------------------------------------------------------------- everything else: a proxy
@@ -533,6 +554,17 @@ void Control() {
         lock.unlock();
         gone.reset();
         Say("ok\tunload\t" + f[1] + "\t" + f[2]);
+      } else if (f[0] == "stats") {
+        std::vector<Answered> taken;
+        {
+          std::lock_guard lock(answered_mutex);
+          taken.swap(answered);
+        }
+        std::string out = "ok\tstats\t" + std::to_string(taken.size()) + "\n";
+        for (const auto& a : taken) {
+          out += a.model + "\t" + std::to_string(a.code) + "\t" + std::to_string(a.seconds) + "\n";
+        }
+        std::cout << out << std::flush;
       } else if (f[0] == "quit") {
         return;
       } else {
