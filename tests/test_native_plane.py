@@ -199,6 +199,21 @@ def test_malformed_protobufs_are_invalid_argument_and_predictd_stays_up(servers,
     assert answer(native, predict_request(x=digits[0][:1]))[0] == grpc.StatusCode.OK
 
 
+DECODE_CHECK = plane.BINARY.parent / "sanitized" / "decode_check"
+
+
+@pytest.mark.skipif(not DECODE_CHECK.is_file(), reason=f"{DECODE_CHECK} is not built (make "
+                    "native-check, or make test where the toolchain is installed)")
+def test_request_decoding_is_clean_under_asan_and_ubsan_over_malformed_requests():
+    import subprocess
+
+    done = subprocess.run([str(DECODE_CHECK), "20000", "1"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "AddressSanitizer" not in done.stderr and "runtime error" not in done.stderr
+    assert done.stdout.startswith("decode_check: 20000 requests"), done.stdout
+
+
 def test_kill_9_of_predictd_is_survived(servers, digits):
     native = servers["native"]
     pid = predictd_pid(native)
