@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -61,15 +60,7 @@ def stub(server):
 
 
 def predictd_pid(server) -> int | None:
-    """The server process's predictd child, if it has one now."""
-    for task in Path(f"/proc/{server.proc.pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            try:
-                if Path(f"/proc/{pid}/exe").resolve(strict=True) == plane.BINARY:
-                    return int(pid)
-            except OSError:  # a child that is exiting (a zombie has no exe)
-                continue
-    return None
+    return plane.predictd_of(server.proc.pid)
 
 
 def answer(server, request):

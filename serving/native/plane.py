@@ -52,6 +52,18 @@ def unsupported(args) -> str | None:
     return None
 
 
+def predictd_of(parent: int) -> int | None:
+    """The pid of process `parent`'s predictd child, if it has one now (tests, benchmarks)."""
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if Path(f"/proc/{pid}/exe").resolve(strict=True) == BINARY:
+                    return int(pid)
+            except OSError:  # a child that is exiting (a zombie has no exe)
+                continue
+    return None
+
+
 def tf_library() -> str:
     import tensorflow as tf
 
