@@ -301,37 +301,45 @@ class PredictCall : public grpc::ServerGenericBidiReactor {
       return;
     }
     start_ = std::chrono::steady_clock::now();
-    pool->Post([this] { Answer(); });
+    Answer();
   }
   void OnDone() override { delete this; }
 
  private:
+  // Parsing and checking on gRPC's callback thread; the run too for up to kInlineRows rows (as
+  // the Python plane runs small requests inline: a hand-off costs more than they do), else on
+  // the worker pool, so that a long run does not hold a callback thread.
+  static constexpr int64_t kInlineRows = 8;
+
   void Answer() {
-    tensorflow::serving::PredictRequest request;
     size_t length = in_.Length();
     grpc::Status parsed = grpc::SerializationTraits<tensorflow::serving::PredictRequest>::Deserialize(
-        &in_copy(), &request);
+        &in_copy(), &request_);
     if (!parsed.ok()) {  // grpc_server.RequestDecoding's words
       Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           "Malformed request: " + std::to_string(length) +
                               " bytes that are not a Predict request message (protobuf)"));
       return;
     }
-    std::shared_ptr<Version> v = Find(request.model_spec());
-    if (!v) return Forward();
-    Prepared prepared;
-    Status s = Prepare(v->name, v->number, v->signatures, &request, options.max_request_elements,
-                       &prepared);
+    version_ = Find(request_.model_spec());
+    if (!version_) return Forward();
+    Status s = Prepare(version_->name, version_->number, version_->signatures, &request_,
+                       options.max_request_elements, &prepared_);
     if (s.code == kForward) return Forward();
-    tensorflow::serving::PredictResponse response;
-    if (s.ok()) s = Run(*v, prepared, &response);
-    Record(v->name, s.code, start_);
+    if (!s.ok()) return Reply(s);
+    if (prepared_.rows <= kInlineRows) return Reply(Run(*version_, prepared_, &response_));
+    pool->Post([this] { Reply(Run(*version_, prepared_, &response_)); });
+  }
+
+  void Reply(const Status& s) {
+    Record(version_->name, s.code, start_);
     if (!s.ok()) {
       Finish(grpc::Status(static_cast<grpc::StatusCode>(s.code), s.message));
       return;
     }
     bool own;
-    grpc::SerializationTraits<tensorflow::serving::PredictResponse>::Serialize(response, &out_, &own);
+    grpc::SerializationTraits<tensorflow::serving::PredictResponse>::Serialize(response_, &out_,
+                                                                               &own);
     StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
   }
 
@@ -361,6 +369,10 @@ class PredictCall : public grpc::ServerGenericBidiReactor {
   grpc::ClientContext client_;
   grpc::ByteBuffer in_, copy_, out_;
   std::chrono::steady_clock::time_point start_;
+  tensorflow::serving::PredictRequest request_;
+  tensorflow::serving::PredictResponse response_;
+  std::shared_ptr<Version> version_;
+  Prepared prepared_;
 };
 
 // ---------------------------------------------------------------- everything else: a proxy
