@@ -15,13 +15,16 @@ VERSIONS = $(PY) -P serving/repository/versions.py
 
 .PHONY: run serve web-screenshot test test-precision test-fast lint data train evaluate benchmarks \
 	bench-serving report clean \
-	perf-analyzer bench-peers
+	perf-analyzer bench-peers native native-if-possible native-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# make native: the native data plane, build/native/predictd (serving/native/native.mk)
+include serving/native/native.mk
 
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
@@ -67,6 +70,7 @@ PRECISION_TESTS := tests/test_train.py tests/test_export.py tests/test_precision
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	@$(MAKE) --no-print-directory native-if-possible
 	$(PY) -m pytest
 	$(MAKE) test-precision
 

@@ -43,6 +43,7 @@ from serving.core.batching import BatchingOptions
 from serving.core.errors import ServingError
 from serving.core.lifecycle import Lifecycle
 from serving.core.server_core import ServerCore
+from serving.native import plane as native_plane
 from serving.observability import access_log
 from serving.observability.metrics import Metrics
 from serving.protocols.open_inference import dataplane as v2_dataplane
@@ -68,6 +69,7 @@ class ServerRoutes:
         self.metrics = metrics
 
     async def get_metrics(self, params, headers, body):
+        await self.metrics.refresh()
         return 200, self.metrics.render()  # every worker's sums in a --workers server
 
     async def get_openapi(self, params, headers, body):
@@ -168,6 +170,11 @@ def parser() -> argparse.ArgumentParser:
                    help="refuse versions without a metadata.json certificate (by default they "
                         "are served with a warning in their status; a certificate that does not "
                         "match its files is always refused)")
+    g.add_argument("--data_plane", choices=native_plane.PLANES, default="python",
+                   help="who answers Predict on --port: python (default), native (predictd, "
+                        "C++ over TensorFlow's C API, in front of the Python plane, which still "
+                        "answers every other call; make native builds it) or auto (native where "
+                        "it is built and can serve these options)")
     g.add_argument("--drain_seconds", type=float, default=30.0,
                    help="on SIGTERM, how long requests in flight may take to finish")
     g.add_argument("--log_level", default="INFO")
@@ -252,6 +259,7 @@ class Server:
         self._access: access_log.AccessLog | None = None
         self._lame_duck: grpc_server.LameDuck | None = None
         self._v2 = None  # the Open Inference Protocol's data plane
+        self.native: native_plane.NativePlane | None = None
 
     async def start(self) -> None:
         try:
@@ -274,6 +282,7 @@ class Server:
                 except ValueError as e:
                     raise protos.ConfigError(f"{args.batching_parameters_file}: {e}") from None
         config, root = initial_config(args)
+        native = self._data_plane()
         creds = (grpc_server.server_credentials(args.ssl_config_file) if args.ssl_config_file
                  else None)
         peers = None
@@ -325,7 +334,9 @@ class Server:
         # Until every part is up, the health service says so (a client may ask during start-up).
         for name in ("", *services[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        address = f"{args.host}:{args.port}"
+        # With the native plane, predictd takes the public port and the Python server answers
+        # behind it on loopback (docs/ARCHITECTURE.md, "The native data plane").
+        address = "127.0.0.1:0" if native else f"{args.host}:{args.port}"
         try:
             self.port = (server.add_secure_port(address, creds) if creds
                          else server.add_insecure_port(address))
@@ -338,7 +349,20 @@ class Server:
                 raise protos.ConfigError(f"cannot listen on {peers.own_address} (worker port): "
                                          f"{e}") from None
         await server.start()
-        _say(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{self.port}")
+        if native:
+            behind = self.port
+            self.native = native_plane.NativePlane(
+                core, args.host, args.port, behind, args.max_request_bytes,
+                core.max_request_elements, args.tensorflow_intra_op_parallelism,
+                args.tensorflow_inter_op_parallelism)
+            try:
+                self.port = await self.native.start()
+            except RuntimeError as e:
+                raise protos.ConfigError(f"--data_plane native: {e}") from None
+            _say(f"[serving] gRPC on {args.host}:{self.port}: native data plane (predictd) "
+                 f"answers Predict, the Python plane the rest (on 127.0.0.1:{behind})")
+        else:
+            _say(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{self.port}")
         if args.rest_api_port:
             handlers = {tf_rest.OWNER: tf_rest.TfServingRest(core),
                         v2_rest.OWNER: v2_rest.V2Rest(self._v2),
@@ -361,9 +385,22 @@ class Server:
         served = ", ".join(f"{n} v{','.join(map(str, core.available(n))) or ' (none)'}"
                            for n in core.model_names())
         loop = asyncio.get_running_loop()
-        _say(f"[serving] models: {served or '(none yet)'}; backend {args.backend}; batching "
+        _say(f"[serving] models: {served or '(none yet)'}; backend {args.backend}; data plane "
+             f"{'native' if self.native else 'python'}; batching "
              f"{'on' if batching else 'off'}; event loop {type(loop).__module__}")
         self._poller = loop.create_task(core.poll_forever())
+
+    def _data_plane(self) -> bool:
+        """Whether predictd answers Predict (--data_plane), saying why not under auto."""
+        wanted = self.args.data_plane
+        if wanted == "python":
+            return False
+        reason = native_plane.unsupported(self.args)
+        if reason and wanted == "native":
+            raise protos.ConfigError(f"--data_plane native: {reason}")
+        if reason:
+            _say(f"[serving] data plane: python ({reason})")
+        return reason is None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let requests in flight finish (up to `grace`, default
@@ -376,6 +413,9 @@ class Server:
             await self._health.enter_graceful_shutdown()
         if self._v2 is not None:
             self._v2.stopping = True
+        if self.native is not None:  # first: it forwards to the Python server until it stops
+            await self.native.stop()
+            self.native = None
         stops = []
         if self._grpc is not None:
             stops.append(self._stop_grpc(grace))

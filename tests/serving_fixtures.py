@@ -202,12 +202,27 @@ def onnx_reference(version_dir: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(names, s.run(names, {s.get_inputs()[0].name: x})))
 
 
-@pytest.fixture(scope="session")
-def contract_server(exported, tmp_path_factory):
-    """(gRPC address, REST address, local export base or None) of the server under contract."""
+def data_planes() -> list[str]:
+    """The --data_plane values the contract suite runs against: ZOO_SERVING_DATA_PLANE alone
+    when set, else both planes (native is skipped, saying why, where predictd is not built)."""
+    plane = os.environ.get("ZOO_SERVING_DATA_PLANE")
+    return [plane] if plane else ["python", "native"]
+
+
+@pytest.fixture(scope="session", params=data_planes())
+def contract_server(request, exported, tmp_path_factory):
+    """(gRPC address, REST address, local export base or None) of the server under contract,
+    once per data plane (docs/ARCHITECTURE.md, "The native data plane")."""
     if os.environ.get("ZOO_SERVING_ADDRESS"):
+        if request.param != data_planes()[0]:
+            pytest.skip("ZOO_SERVING_ADDRESS: the server given is tested once")
         yield (os.environ["ZOO_SERVING_ADDRESS"], os.environ.get("ZOO_SERVING_REST"), None)
         return
+    if request.param == "native":
+        from serving.native import plane
+
+        if not plane.built():
+            pytest.skip(f"--data_plane {request.param}: {plane.BINARY} is not built (make native)")
     tmp = tmp_path_factory.mktemp("contract")
     config = write_config(tmp / "models.config", {
         "softmax_regression": {"base": exported / "softmax_regression",
@@ -215,6 +230,7 @@ def contract_server(exported, tmp_path_factory):
         "deep_cnn": {"base": exported / "deep_cnn"},
     })
     server = ServerProcess("--model_config_file", str(config), "--max_request_bytes",
-                           str(8 << 20), log=tmp / "server.log")
+                           str(8 << 20), "--data_plane", request.param,
+                           log=tmp / "server.log")
     yield (server.address, server.rest, exported)
     assert server.stop() == 0, server.logs()

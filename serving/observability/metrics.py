@@ -47,7 +47,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -91,6 +91,7 @@ class Metrics:
     def __init__(self, served: Callable[[str], bool] | None = None, worker: int | None = None,
                  restarted: bool = False):
         self.served = served or (lambda name: False)
+        self.pullers: list[Callable[[], Awaitable[None]]] = []  # see refresh()
         self.worker = None if worker is None else str(worker)
         self.multiprocess = multiprocess_dir()
         if self.multiprocess:
@@ -155,6 +156,12 @@ class Metrics:
         return name if self.served(name) else UNKNOWN_MODEL
 
     # ------------------------------------------------------------------ recording
+    async def refresh(self) -> None:
+        """Before a scrape: pull what other processes answered (the native data plane's
+        Predicts, serving/native/plane.py) into these metrics."""
+        for pull in self.pullers:
+            await pull()
+
     def request(self, model: str, api: str, entrypoint: str, code: str, seconds: float) -> None:
         """One answered request: counted under its code; its latency if it succeeded."""
         model = self.model_label(model)

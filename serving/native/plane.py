@@ -1,0 +1,232 @@
+"""The native data plane's control side (docs/ARCHITECTURE.md, "The native data plane"): starts
+build/native/predictd on the server's public gRPC port, in front of the Python gRPC server on a
+loopback port, tells it which SavedModel versions the lifecycle has made available (and which it
+has unloaded), restarts it if it dies, and stops it with the server. predictd answers Predict
+for those versions and forwards everything else to the Python server; it never decides which
+versions exist.
+
+The channel is predictd's stdin and stdout, one tab-separated line each (the format is in
+serving/native/src/predictd.cc). The lifecycle is read every `SYNC_SECONDS`: a version is told to
+predictd after the Python plane serves it, so until predictd has loaded it the Python plane
+answers for it; a version the Python plane stops serving is forwarded again from the next sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import grpc
+
+from serving.runtime import tensors
+
+log = logging.getLogger("serving")
+
+BINARY = Path(__file__).resolve().parents[2] / "build" / "native" / "predictd"
+SYNC_SECONDS = 0.2
+PLANES = ("auto", "native", "python")
+CODES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def built() -> bool:
+    return BINARY.is_file() and os.access(BINARY, os.X_OK)
+
+
+def unsupported(args) -> str | None:
+    """Why the native plane cannot serve a server with these options, or None if it can."""
+    if not built():
+        return f"{BINARY} is not built (make native; needs g++, libgrpc++-dev, " \
+               "protobuf-compiler-grpc, libprotobuf-dev)"
+    for flag, value in (("--backend onnx", args.backend != "savedmodel"),
+                        ("--enable_batching", args.enable_batching),
+                        ("--ssl_config_file", args.ssl_config_file),
+                        ("--auth_token_file", args.auth_token_file),
+                        ("--access_log", args.access_log),
+                        ("--payload_log_sample_rate", args.payload_log_sample_rate),
+                        ("--workers", args.workers > 1)):
+        if value:
+            return f"the native plane does not do {flag} yet"
+    return None
+
+
+def predictd_of(parent: int) -> int | None:
+    """The pid of process `parent`'s predictd child, if it has one now (tests, benchmarks)."""
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if Path(f"/proc/{pid}/exe").resolve(strict=True) == BINARY:
+                    return int(pid)
+            except OSError:  # a child that is exiting (a zombie has no exe)
+                continue
+    return None
+
+
+def tf_library() -> str:
+    import tensorflow as tf
+
+    return str(Path(tf.sysconfig.get_lib()) / "libtensorflow_cc.so.2")
+
+
+def _clean(text: str) -> str:
+    """A field of a control line: no tab or newline may end it early."""
+    return text.replace("\t", " ").replace("\n", " ")
+
+
+def load_lines(loaded) -> list[str]:
+    """The "load" command for a LoadedVersion: its path and every signature as the Python plane
+    checks it (input order, dtypes, shapes, the describe() its messages quote)."""
+    lines = [f"load\t{loaded.name}\t{loaded.version}\t{loaded.path}\t{len(loaded.signatures)}"]
+    for name, sig in loaded.signatures.items():
+        native = all(s.dtype in tensors.DTYPES for s in (*sig.inputs.values(),
+                                                         *sig.outputs.values()))
+        lines.append(f"sig\t{name}\t{int(native)}\t{_clean(sig.describe())}\t{len(sig.inputs)}"
+                     f"\t{len(sig.outputs)}")
+        for kind, specs, infos in (("in", sig.inputs, sig.proto.inputs),
+                                   ("out", sig.outputs, sig.proto.outputs)):
+            for alias, spec in specs.items():
+                lines.append(f"{kind}\t{alias}\t{infos[alias].name}\t{spec.dtype}\t"
+                             f"{','.join(map(str, spec.shape))}")
+    return lines
+
+
+class NativePlane:
+    """predictd on `host:port`, forwarding to the Python gRPC server on 127.0.0.1:`forward_port`;
+    `await start()` returns the bound port (port 0 picks one, kept across restarts)."""
+
+    def __init__(self, core, host: str, port: int, forward_port: int, max_request_bytes: int,
+                 max_request_elements: int, intra_op: int = 0, inter_op: int = 0):
+        self.core, self.host, self.port = core, host, port
+        self.forward_port = forward_port
+        self.argv = ["--forward", f"127.0.0.1:{forward_port}", "--tf_library", tf_library(),
+                     "--max_request_bytes", str(max_request_bytes),
+                     "--max_request_elements", str(max_request_elements),
+                     "--intra_op", str(intra_op), "--inter_op", str(inter_op)]
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.told: dict[tuple[str, int], object] = {}  # (model, version) -> LoadedVersion
+        self.failed: dict[tuple[str, int], str] = {}   # what predictd could not load, and why
+        self._available: dict[str, list[int]] = {}
+        self._watch: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> int:
+        self.core.metrics.pullers.append(self.pull_stats)
+        await self._spawn()
+        await self.sync()
+        self._watch = asyncio.get_running_loop().create_task(self._watch_forever())
+        return self.port
+
+    async def _spawn(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            str(BINARY), "--listen", f"{self.host}:{self.port}", *self.argv,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        first = (await self.process.stdout.readline()).decode().rstrip("\n").split("\t")
+        if first[0] != "listening":
+            code = await self.process.wait()
+            raise RuntimeError(f"predictd did not start (exit code {code}; see its message "
+                               "above)")
+        self.port = int(first[1])
+        self.told.clear()
+        self.failed.clear()
+        self._available.clear()
+
+    async def _command(self, lines: list[str]) -> list[str]:
+        """Send one command; its answer's fields."""
+        self.process.stdin.write("".join(f"{line}\n" for line in lines).encode())
+        await self.process.stdin.drain()
+        answer = await self.process.stdout.readline()
+        if not answer:
+            raise ConnectionError("predictd is gone")
+        return answer.decode().rstrip("\n").split("\t")
+
+    async def sync(self) -> None:
+        """Tell predictd what the lifecycle serves now: loads first, then the available
+        versions, then unloads (so a request never finds the list ahead of the loads)."""
+        async with self._lock:
+            models = self.core.lifecycle.models
+            now = {(name, v): loaded for name, state in models.items()
+                   for v, loaded in state.available.items()}
+            for key, loaded in now.items():
+                if self.told.get(key) is loaded or key in self.failed:
+                    continue
+                answer = await self._command(load_lines(loaded))
+                if answer[0] == "ok":
+                    self.told[key] = loaded
+                else:
+                    self.failed[key] = answer[-1]
+                    log.warning("model %s version %d is served by the Python plane: predictd "
+                                "cannot load it: %s", *key, answer[-1])
+            available = {name: sorted(v for (n, v) in now if n == name) for name in models}
+            for name in set(available) | set(self._available):
+                versions = available.get(name, [])
+                if self._available.get(name) != versions:
+                    await self._command([f"available\t{name}\t{','.join(map(str, versions))}"])
+                    self._available[name] = versions
+            for key in [k for k in self.told if k not in now]:
+                await self._command([f"unload\t{key[0]}\t{key[1]}"])
+                del self.told[key]
+            for key in [k for k in self.failed if k not in now]:
+                del self.failed[key]
+
+    async def pull_stats(self) -> None:
+        """The Predicts predictd answered since the last pull, into the Python plane's metrics
+        (the one Prometheus page; a scrape pulls first)."""
+        async with self._lock:
+            if self.process is None or self.process.returncode is not None:
+                return
+            try:
+                answer = await self._command(["stats"])
+                rows = [(await self.process.stdout.readline()).decode().rstrip("\n").split("\t")
+                        for _ in range(int(answer[2]))]
+            except (ConnectionError, BrokenPipeError):
+                return
+        for model, code, seconds in rows:
+            self.core.metrics.request(model, "Predict", "GRPC", CODES[int(code)],
+                                      float(seconds))
+
+    def serves(self, name: str, version: int) -> bool:
+        """Whether predictd answers this version's Predict (else the Python plane does)."""
+        return (name, version) in self.told
+
+    async def _watch_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.sleep(SYNC_SECONDS)
+                if self.process.returncode is None:
+                    await self.sync()
+                    await self.pull_stats()
+                    continue
+            except (ConnectionError, BrokenPipeError):
+                pass
+            code = await self.process.wait()
+            self.restarts += 1
+            log.error("predictd exited (code %s); restarting it on port %d", code, self.port)
+            try:
+                await self._spawn()
+                await self.sync()
+            except (RuntimeError, ConnectionError, BrokenPipeError, OSError) as e:
+                log.error("predictd did not restart: %s", e)
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.core.metrics.pullers.remove(self.pull_stats)
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        p, self.process = self.process, None
+        if p is None or p.returncode is not None:
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionError):
+            p.stdin.write(b"quit\n")
+            await p.stdin.drain()
+        try:
+            await asyncio.wait_for(p.wait(), 10)
+        except TimeoutError:
+            p.kill()
+            await p.wait()
