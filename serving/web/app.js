@@ -277,17 +277,8 @@ function showBars(probabilities, what, bars, prediction) {
 
 // A dropped (or chosen) image: classified from its own pixels, and shown on the pad.
 async function useFile(file) {
-  if (!file.type.startsWith("image/")) {
-    showError($("detail-error"), `${file.name} is not an image (${file.type || "unknown type"}): drop a PNG`);
-    return;
-  }
-  let bitmap;
-  try {
-    bitmap = await createImageBitmap(file);
-  } catch {
-    showError($("detail-error"), `${file.name} could not be decoded as an image`);
-    return;
-  }
+  const bitmap = await bitmapOf(file, ": drop a PNG");
+  if (!bitmap) return;
   const scratch = new OffscreenCanvas(bitmap.width, bitmap.height);
   const sctx = scratch.getContext("2d");
   sctx.drawImage(bitmap, 0, 0);
@@ -333,18 +324,23 @@ function clearImage() {
   for (const k of ["class", "name", "input"]) delete p.dataset[k];
 }
 
-async function useImageFile(file) {
+// A chosen file's pixels, or null once the page has said why it cannot read them.
+async function bitmapOf(file, advice = "") {
   if (!file.type.startsWith("image/")) {
-    showError($("detail-error"), `${file.name} is not an image (${file.type || "unknown type"})`);
-    return;
+    showError($("detail-error"), `${file.name} is not an image (${file.type || "unknown type"})${advice}`);
+    return null;
   }
-  let bitmap;
   try {
-    bitmap = await createImageBitmap(file);
+    return await createImageBitmap(file);
   } catch {
     showError($("detail-error"), `${file.name} could not be decoded as an image`);
-    return;
+    return null;
   }
+}
+
+async function useImageFile(file) {
+  const bitmap = await bitmapOf(file);
+  if (!bitmap) return;
   const { height, width, channels } = state.image;
   const { instance, rgba } = imageInput(bitmap, height, width, channels);
   $("image-preview").getContext("2d").putImageData(new ImageData(rgba, width, height), 0, 0);
