@@ -172,7 +172,7 @@ class NativePlane:
                 del self.failed[key]
 
     async def pull_stats(self) -> None:
-        """The Predicts predictd answered since the last pull, into the Python plane's metrics
+        """The calls predictd answered since the last pull, into the Python plane's metrics
         (the one Prometheus page; a scrape pulls first)."""
         async with self._lock:
             if self.process is None or self.process.returncode is not None:
@@ -183,9 +183,8 @@ class NativePlane:
                         for _ in range(int(answer[2]))]
             except (ConnectionError, BrokenPipeError):
                 return
-        for model, code, seconds in rows:
-            self.core.metrics.request(model, "Predict", "GRPC", CODES[int(code)],
-                                      float(seconds))
+        for model, _version, method, code, seconds, _rows, _peer in rows:
+            self.core.metrics.request(model, method, "GRPC", CODES[int(code)], float(seconds))
 
     def serves(self, name: str, version: int) -> bool:
         """Whether predictd answers this version's Predict (else the Python plane does)."""

@@ -14,8 +14,9 @@
 //     in|out ALIAS TENSOR DTYPE DIMS(comma-separated)
 //   available NAME V1,V2,...   the versions the Python plane serves (it decides; this follows)
 //   unload NAME VERSION
-//   stats                      the Predicts answered since the last stats: N, then N lines
-//                              MODEL CODE SECONDS (for the Python plane's metrics)
+//   stats                      the calls answered since the last stats: N, then N lines
+//                              MODEL VERSION METHOD CODE SECONDS ROWS PEER (for the Python
+//                              plane's metrics and access log)
 //   quit
 // Answers: "listening PORT" once, then "ok ..." or "error ... MESSAGE" for each command.
 
@@ -221,19 +222,24 @@ Status Run(const Version& v, Prepared& p, tensorflow::serving::PredictResponse* 
 }
 
 // ---------------------------------------------------------------- what was answered
-// Each Predict this plane answered, for the Python plane's metrics ("stats" drains them).
+// Each call this plane answered, for the Python plane's metrics and access log ("stats"
+// drains them). `method` is the gRPC method's last part (Predict, ModelInfer, ...).
 struct Answered {
   std::string model;
+  int64_t version;
+  std::string method;
   int code;
   double seconds;
+  int64_t rows;
+  std::string peer;
 };
 std::mutex answered_mutex;
 std::vector<Answered> answered;
 
-void Record(const std::string& model, int code, std::chrono::steady_clock::time_point start) {
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+void Record(Answered a, std::chrono::steady_clock::time_point start) {
+  a.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::lock_guard lock(answered_mutex);
-  answered.push_back({model, code, seconds});
+  answered.push_back(std::move(a));
 }
 
 // ---------------------------------------------------------------- the worker threads
@@ -332,7 +338,8 @@ class PredictCall : public grpc::ServerGenericBidiReactor {
   }
 
   void Reply(const Status& s) {
-    Record(version_->name, s.code, start_);
+    Record({version_->name, version_->number, "Predict", s.code, 0, prepared_.rows, ctx_->peer()},
+           start_);
     if (!s.ok()) {
       Finish(grpc::Status(static_cast<grpc::StatusCode>(s.code), s.message));
       return;
@@ -574,7 +581,9 @@ void Control() {
         }
         std::string out = "ok\tstats\t" + std::to_string(taken.size()) + "\n";
         for (const auto& a : taken) {
-          out += a.model + "\t" + std::to_string(a.code) + "\t" + std::to_string(a.seconds) + "\n";
+          out += a.model + "\t" + std::to_string(a.version) + "\t" + a.method + "\t" +
+                 std::to_string(a.code) + "\t" + std::to_string(a.seconds) + "\t" +
+                 std::to_string(a.rows) + "\t" + a.peer + "\n";
         }
         std::cout << out << std::flush;
       } else if (f[0] == "quit") {
