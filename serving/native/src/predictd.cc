@@ -621,6 +621,7 @@ int main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);  // dies with the Python server, even one killed by SIGKILL
   // A message that does not parse is answered INVALID_ARGUMENT; protobuf need not log it too.
   google::protobuf::SetLogHandler(nullptr);
+  KeepFreedBuffers();
   if (!ParseArgs(argc, argv)) {
     std::cerr << "usage: predictd --listen HOST:PORT --forward HOST:PORT --tf_library PATH "
                  "[--max_request_bytes N] [--max_request_elements N] [--threads N] "
