@@ -54,8 +54,8 @@ using BatchRun = std::function<Status(std::vector<Input>& inputs, std::vector<Te
 // batch's error. Called once, on a batch thread.
 using BatchDone = std::function<void(const Status& status, std::vector<Tensor> outputs)>;
 
-// Whether requests of `sig` are batched: every input has a leading batch dimension (-1), as the
-// Python plane's lifecycle decides.
+// Whether requests of `sig` are batched: it has inputs and every one has a leading batch
+// dimension (-1), as the Python plane's lifecycle decides.
 bool Batchable(const Signature& sig);
 
 // What one batch did, for the Python plane's batch metrics (the "stats" command).
