@@ -480,6 +480,7 @@ def busy(r: dict, server_cpu: float, rows: tuple[float, float],
     client_cpu = r.get("client_cpu_us", 0.0) * calls / 1e6
     elapsed = r["requests"] / r["rate"] if r["rate"] else float("nan")
     r["server_cpu_s"] = server_cpu
+    r["server_cpu_us"] = server_cpu / max(calls, 1) * 1e6
     r["cpu_busy"] = (server_cpu + client_cpu) / (elapsed * (os.cpu_count() or 1))
     batches = rows[1] - rows_before[1]
     r["avg_batch_rows"] = (rows[0] - rows_before[0]) / batches if batches else None
@@ -493,6 +494,7 @@ def fmt(name: str, r: dict, baseline: float | None) -> str:
             + (f" {r['errors']}" if err else "")
             + (f"  client CPU {r['client_cpu_us']:.0f} us/call" if "client_cpu_us" in r else "")
             + (f"  CPUs busy {r['cpu_busy']:.0%}" if "cpu_busy" in r else "")
+            + (f"  server CPU {r['server_cpu_us']:.0f} us/call" if "server_cpu_us" in r else "")
             + (f"  batch {r['avg_batch_rows']:.1f} rows" if r.get("avg_batch_rows") else ""))
 
 
