@@ -2,6 +2,7 @@
 
     python -m benchmarks.serving_load [--base-path exported_models] [--seconds 5] [--long-run 60]
         [--workers 1 2] [--client auto|cxx|python] [--access-log-rounds 5]
+        [--data_plane python native] [--batching_parameters_file FILE]
 
 For every backend (savedmodel, onnx) x batching (off, on) x --workers, a server subprocess is
 started on 127.0.0.1; for softmax_regression and deep_cnn, 1 and 16 concurrent clients send a
@@ -9,7 +10,8 @@ prebuilt one-image PredictRequest for --seconds; at 16 clients the same image is
 v2 ModelInferRequest (the C++ client's generic stub sends any method's pre-serialised bytes), and
 softmax over REST as v1 JSON and as v2 binary tensors (wrk), each against the same server.
 Printed: p50/p99 latency, predictions/s, errors, and the ratio to the in-process rate measured in
-this same run; then softmax x16 with the access log off and on, in turns (issue 12's cost
+this same run (--data_plane: each plane in turn; the native one only where it serves: savedmodel,
+one worker); then softmax x16 with the access log off and on, in turns (issue 12's cost
 target); then the issues' targets, each marked met or not. Bounded: every phase has a time limit
 and the server is stopped at the end.
 Wrap in `flock /tmp/zoo-cpu.lock` on a shared machine.
@@ -262,7 +264,9 @@ def batching_limit(backend: str, path: Path, x: np.ndarray, seconds: float) -> d
     """Images/s in-process the way the server runs them: 1-row calls from 4 threads (batching
     off, --inference_threads 4) against 16-row calls from 2 threads (batching on with 16
     clients, num_batch_threads 2). Their ratio bounds what batching can give over gRPC, where
-    every request also pays the same fixed RPC cost."""
+    every request also pays the same fixed RPC cost. 16-row calls from 2 threads need 32 rows in
+    flight, which 16 clients never have: `ratio_16` is the best that 16 requests in flight allow
+    (16-row calls from 1 thread or 8-row calls from 2)."""
     import threading
 
     from serving.runtime import backends
@@ -286,7 +290,9 @@ def batching_limit(backend: str, path: Path, x: np.ndarray, seconds: float) -> d
             t.join()
         return sum(counts) / (time.perf_counter() - started)
     off, on = rate(4, 1), rate(2, 16)
-    return {"off_rate": off, "on_rate": on, "ratio": on / off}
+    on_16 = max(rate(1, 16), rate(2, 8))
+    return {"off_rate": off, "on_rate": on, "ratio": on / off, "on_16_rate": on_16,
+            "ratio_16": on_16 / off}
 
 
 def conversion(x: np.ndarray, rows: int, seconds: float = 0.5) -> list[tuple[str, float, float]]:
@@ -377,7 +383,7 @@ def tree_cpu_seconds(root: int) -> float:
 
 class Server:
     def __init__(self, base: Path, backend: str, batching: bool, tmp: Path, workers: int = 1,
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), batching_text: str = BATCHING):
         self.port = free_port()
         self.rest_port = free_port()
         cmd = [sys.executable, "-m", "serving.server", "--model_base_path", str(base),
@@ -386,10 +392,11 @@ class Server:
                "--file_system_poll_wait_seconds", "0", "--log_level", "WARNING", *extra]
         if batching:
             cfg = tmp / "batching.config"
-            cfg.write_text(BATCHING)
+            cfg.write_text(batching_text)
             cmd += ["--enable_batching", "--batching_parameters_file", str(cfg)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        self.log = open(tmp / f"server-{backend}-{batching}-{workers}-{len(extra)}.log", "w")
+        self.log = open(tmp / f"server-{backend}-{batching}-{workers}-{'-'.join(extra)}.log"
+                        .replace("/", "_"), "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=self.log,
                                      stdout=subprocess.DEVNULL)
         self.address = f"127.0.0.1:{self.port}"
@@ -473,6 +480,7 @@ def busy(r: dict, server_cpu: float, rows: tuple[float, float],
     client_cpu = r.get("client_cpu_us", 0.0) * calls / 1e6
     elapsed = r["requests"] / r["rate"] if r["rate"] else float("nan")
     r["server_cpu_s"] = server_cpu
+    r["server_cpu_us"] = server_cpu / max(calls, 1) * 1e6
     r["cpu_busy"] = (server_cpu + client_cpu) / (elapsed * (os.cpu_count() or 1))
     batches = rows[1] - rows_before[1]
     r["avg_batch_rows"] = (rows[0] - rows_before[0]) / batches if batches else None
@@ -486,6 +494,7 @@ def fmt(name: str, r: dict, baseline: float | None) -> str:
             + (f" {r['errors']}" if err else "")
             + (f"  client CPU {r['client_cpu_us']:.0f} us/call" if "client_cpu_us" in r else "")
             + (f"  CPUs busy {r['cpu_busy']:.0%}" if "cpu_busy" in r else "")
+            + (f"  server CPU {r['server_cpu_us']:.0f} us/call" if "server_cpu_us" in r else "")
             + (f"  batch {r['avg_batch_rows']:.1f} rows" if r.get("avg_batch_rows") else ""))
 
 
@@ -517,8 +526,18 @@ def main(argv=None) -> int:
     p.add_argument("--v2", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the Open Inference Protocol (v2 ModelInfer at 16 clients, "
                         "v2 REST with binary tensors) against Predict and v1 REST (default on)")
+    p.add_argument("--data_plane", nargs="+", default=["python"],
+                   choices=["python", "native"],
+                   help="data planes to measure, each in turn (default python; native: "
+                        "savedmodel with one worker only)")
+    p.add_argument("--batching_parameters_file", type=Path,
+                   help="BatchingParameters for the batching-on servers (default: max_batch_size "
+                        "32, batch_timeout_micros 1000, max_enqueued_batches 64, "
+                        "num_batch_threads 2)")
     p.add_argument("--json", type=Path, help="write every figure here")
     args = p.parse_args(argv)
+    batching_text = (args.batching_parameters_file.read_text() if args.batching_parameters_file
+                     else BATCHING)
     print(machine(), flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     base = args.base_path.resolve()
@@ -561,55 +580,60 @@ def main(argv=None) -> int:
                 backend, latest(base, "deep_cnn"), x, args.seconds)
             print(f"in-process {backend:10s} deep_cnn 1-row calls x4 threads "
                   f"{r['off_rate']:6.0f} img/s, 16-row batches x2 threads {r['on_rate']:6.0f} "
-                  f"img/s: batching limit {r['ratio']:.2f}x", flush=True)
+                  f"img/s: batching limit {r['ratio']:.2f}x; 16 rows in flight (16-row x1 or "
+                  f"8-row x2) {r['on_16_rate']:6.0f} img/s: {r['ratio_16']:.2f}x", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for backend in args.backends:
-            for batching in args.batching:
-                for workers in args.workers:
-                    server = Server(base, backend, batching == "on", Path(tmp), workers)
-                    try:
-                        for model in args.models:
-                            payload = request_bytes(model, x)
-                            base_rate = results[f"inproc/{backend}/{model}"]["rate"]
-                            for clients in args.clients:
-                                cpu0, rows0 = server.cpu_seconds(), server.batch_rows(model)
-                                r = run_load(server.address, payload, clients, args.seconds)
-                                busy(r, server.cpu_seconds() - cpu0, server.batch_rows(model),
-                                     rows0)
-                                key = (f"grpc/{backend}/batching-{batching}/workers-{workers}/"
-                                       f"{model}/{clients}")
-                                results[key] = r
-                                label = (f"{backend:10s} batching {batching:3s} workers {workers} "
-                                         f"{model:18s} x{clients:<2d}")
-                                print(fmt(f"gRPC {label}", r, base_rate), flush=True)
-                                if clients == 16 and args.v2:  # v2 ModelInfer, same server
-                                    v = run_load(server.address, v2_request_bytes(model, x),
-                                                 clients, args.seconds, MODEL_INFER)
-                                    results["v2grpc/" + key[5:]] = v
-                                    print(fmt(f"v2 gRPC {label}", v, r["rate"]), flush=True)
-                                if model == "softmax_regression" and clients == 16:
-                                    w = load_wrk(server.rest, model, x, clients, args.seconds,
-                                                 Path(tmp))
-                                    if w is not None:
-                                        results["rest/" + key[5:]] = w
-                                        print(fmt(f"REST {label} (wrk)", w, r["rate"]),
-                                              flush=True)
-                                    w2 = load_wrk(server.rest, model, x, clients, args.seconds,
-                                                  Path(tmp), v2=True) if args.v2 else None
-                                    if w is not None and w2 is not None:
-                                        results["v2rest/" + key[5:]] = w2
-                                        print(fmt(f"v2 REST binary {label} (wrk)", w2,
-                                                  w["rate"]), flush=True)
-                        if (args.long_run and backend == "onnx" and batching == "off"
-                                and workers == max(args.workers)
-                                and "softmax_regression" in args.models):
-                            r = run_load(server.address, request_bytes("softmax_regression", x),
-                                         16, args.long_run)
-                            results["long_run"] = r
-                            print(fmt(f"gRPC onnx batching off workers {workers} softmax x16 for "
-                                      f"{args.long_run:g} s", r, None), flush=True)
-                    finally:
-                        server.stop()
+        for backend, batching, workers, data_plane in [
+                (b, on, w, d) for b in args.backends for on in args.batching
+                for w in args.workers for d in args.data_plane
+                if d == "python" or (b == "savedmodel" and w == 1)]:
+            suffix = "" if data_plane == "python" else f"/{data_plane}"
+            server = Server(base, backend, batching == "on", Path(tmp), workers,
+                            ("--data_plane", data_plane), batching_text)
+            try:
+                for model in args.models:
+                    payload = request_bytes(model, x)
+                    base_rate = results[f"inproc/{backend}/{model}"]["rate"]
+                    for clients in args.clients:
+                        cpu0, rows0 = server.cpu_seconds(), server.batch_rows(model)
+                        r = run_load(server.address, payload, clients, args.seconds)
+                        busy(r, server.cpu_seconds() - cpu0, server.batch_rows(model),
+                             rows0)
+                        key = (f"grpc/{backend}/batching-{batching}/workers-{workers}/"
+                               f"{model}/{clients}{suffix}")
+                        results[key] = r
+                        label = (f"{backend:10s} batching {batching:3s} workers {workers} "
+                                 f"{model:18s} x{clients:<2d}"
+                                 + ("" if data_plane == "python" else f" {data_plane}"))
+                        print(fmt(f"gRPC {label}", r, base_rate), flush=True)
+                        if clients == 16 and args.v2:  # v2 ModelInfer, same server
+                            v = run_load(server.address, v2_request_bytes(model, x),
+                                         clients, args.seconds, MODEL_INFER)
+                            results["v2grpc/" + key[5:]] = v
+                            print(fmt(f"v2 gRPC {label}", v, r["rate"]), flush=True)
+                        if model == "softmax_regression" and clients == 16:
+                            w = load_wrk(server.rest, model, x, clients, args.seconds,
+                                         Path(tmp))
+                            if w is not None:
+                                results["rest/" + key[5:]] = w
+                                print(fmt(f"REST {label} (wrk)", w, r["rate"]),
+                                      flush=True)
+                            w2 = load_wrk(server.rest, model, x, clients, args.seconds,
+                                          Path(tmp), v2=True) if args.v2 else None
+                            if w is not None and w2 is not None:
+                                results["v2rest/" + key[5:]] = w2
+                                print(fmt(f"v2 REST binary {label} (wrk)", w2,
+                                          w["rate"]), flush=True)
+                if (args.long_run and backend == "onnx" and batching == "off"
+                        and workers == max(args.workers)
+                        and "softmax_regression" in args.models):
+                    r = run_load(server.address, request_bytes("softmax_regression", x),
+                                 16, args.long_run)
+                    results["long_run"] = r
+                    print(fmt(f"gRPC onnx batching off workers {workers} softmax x16 for "
+                              f"{args.long_run:g} s", r, None), flush=True)
+            finally:
+                server.stop()
         if args.access_log_rounds > 0:
             results["access_log"] = access_log_cost(base, args.backends[0], Path(tmp), run_load,
                                                     x, args.seconds, args.access_log_rounds)
@@ -645,6 +669,22 @@ def main(argv=None) -> int:
                       f"limit {limit:.2f}x); with batching on, CPUs busy {on['cpu_busy']:.0%} "
                       f"({'met' if on['cpu_busy'] >= 0.9 else 'NOT met'}; target >= 90%), "
                       f"average batch {on['avg_batch_rows'] or 0:.1f} rows")
+    for backend in args.backends:  # issue 26: on/off >= 0.8x the in-process limit, per plane
+        for plane in args.data_plane:
+            suffix = "" if plane == "python" else f"/{plane}"
+            on = results.get(f"grpc/{backend}/batching-on/workers-1/deep_cnn/16{suffix}")
+            off = results.get(f"grpc/{backend}/batching-off/workers-1/deep_cnn/16{suffix}")
+            if on and off:
+                ratio = on["rate"] / off["rate"]
+                inproc = results[f"inproc-batching/{backend}/deep_cnn"]
+                limit = inproc["ratio"]
+                print(f"  deep_cnn x16 {backend}, {plane} plane, workers 1: batching on / off = "
+                      f"{ratio:.2f}x = {ratio / limit:.2f}x the in-process limit {limit:.2f}x "
+                      f"({'met' if ratio >= 0.8 * limit else 'NOT met'}; target >= 0.8x; "
+                      f"{ratio / inproc['ratio_16']:.2f}x the limit with 16 rows in flight, "
+                      f"{inproc['ratio_16']:.2f}x); "
+                      f"on {on['rate']:.0f}, off {off['rate']:.0f} pred/s, average batch "
+                      f"{on['avg_batch_rows'] or 0:.1f} rows, CPUs busy {on['cpu_busy']:.0%}")
     for name, key, better, ok in checks:
         found = best(key, better)
         if found:

@@ -7,9 +7,12 @@ Skipped, saying why, where predictd is not built (make native)."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import random
 import signal
+import subprocess
+import urllib.request
 
 import grpc
 import numpy as np
@@ -25,6 +28,7 @@ from tests.serving_fixtures import (  # noqa: F401
     predict_request,
     wait_for,
     write_config,
+    write_gated_model,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -221,21 +225,171 @@ def test_kill_9_of_predictd_is_survived(servers, digits):
 
 
 def test_native_is_refused_where_it_cannot_serve_and_auto_says_why(exported, tmp_path):
-    import subprocess
     import sys
 
     from tests.serving_fixtures import ENV, ROOT
 
+    log = str(tmp_path / "access.log")
     args = [sys.executable, "-m", "serving.server", "--model_base_path",
-            str(exported / "softmax_regression"), "--port", "0", "--enable_batching"]
+            str(exported / "softmax_regression"), "--port", "0", "--access_log", log]
     refused = subprocess.run([*args, "--data_plane", "native"], cwd=ROOT, env=ENV,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
-    assert "--data_plane native: the native plane does not do --enable_batching yet" in \
+    assert "--data_plane native: the native plane does not do --access_log yet" in \
         refused.stderr
     server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
-                           "--enable_batching", "--data_plane", "auto", rest=False,
+                           "--access_log", log, "--data_plane", "auto", rest=False,
                            log=tmp_path / "auto.log")
-    assert "data plane: python (the native plane does not do --enable_batching yet)" in \
+    assert "data plane: python (the native plane does not do --access_log yet)" in \
         server.logs()
     assert server.stop() == 0
+
+
+# ---------------------------------------------------------------- batching (src/batcher.h)
+BATCHING = ("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 20000 }\n"
+            "max_enqueued_batches { value: 2 }\nnum_batch_threads { value: 1 }\n"
+            "allowed_batch_sizes: 4\nallowed_batch_sizes: 8\n")
+
+
+@pytest.fixture(scope="module")
+def batching(exported, tmp_path_factory):
+    """A native server with --enable_batching (BATCHING: batches of at most 8 rows padded to 4
+    or 8, at most 2 waiting, one batch thread): deep_cnn, and a gated model whose calls wait
+    until the test creates the file `gate` (tests/serving_fixtures.py). Yields (server, gate,
+    arrived)."""
+    tmp = tmp_path_factory.mktemp("batching")
+    gate, arrived = tmp / "gate", tmp / "arrived"
+    write_gated_model(tmp / "gated", gate, arrived)
+    config = write_config(tmp / "models.config", {"deep_cnn": {"base": exported / "deep_cnn"},
+                                                  "gated": {"base": tmp / "gated"}})
+    params = tmp / "batching.config"
+    params.write_text(BATCHING)
+    server = ServerProcess("--model_config_file", str(config), "--enable_batching",
+                           "--batching_parameters_file", str(params), "--data_plane", "native",
+                           log=tmp / "server.log")
+    try:
+        yield server, gate, arrived
+    finally:
+        gate.touch()  # nothing stays held in the model
+        assert server.stop() == 0, server.logs()
+
+
+def python_queue_full(rows: int) -> str:
+    """The Python plane's refusal of a `rows`-row request by an idle queue of BATCHING (its
+    Batcher itself, serving/core/batching.py): the message both planes must give."""
+    import asyncio
+
+    from google.protobuf import text_format
+
+    from serving.core.batching import Batcher, BatchingOptions, QueueFull
+    from serving.repository import protos
+
+    options = BatchingOptions.from_proto(text_format.Parse(BATCHING, protos.BatchingParameters()))
+
+    async def refused() -> str:
+        b = Batcher(lambda inputs: inputs, options, None)
+        try:
+            await b.submit({"images": np.zeros((rows, 1), np.float32)})
+        except QueueFull as e:
+            return str(e)
+        finally:
+            await b.close()
+        raise AssertionError(f"the Python plane queued {rows} rows")
+    return asyncio.run(refused())
+
+
+def batch_sizes(server, model: str) -> tuple[float, float]:
+    """(rows, batches) the server ran for `model` (zoo_serving_batch_size's sum and count)."""
+    with urllib.request.urlopen(f"http://{server.rest}/monitoring/prometheus/metrics",
+                                timeout=30) as r:
+        text = r.read().decode()
+    found = {}
+    for line in text.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f"zoo_serving_batch_size_{part}{{") and f'model="{model}"' in line:
+                found[part] = float(line.rsplit(" ", 1)[1])
+    return found.get("sum", 0.0), found.get("count", 0.0)
+
+
+def test_batched_answers_equal_the_python_planes_and_oversize_requests_split(
+        batching, servers, digits):
+    """Each caller gets its own rows, padding stripped, at the tolerance of the Python plane's
+    batching test: requests of 1-12 rows (12: split into 8 + 4) one at a time and 8 at once,
+    with and without an output filter; 17 rows would make 3 batches wait: refused as the
+    Python plane refuses it."""
+    server = batching[0]
+    x = digits[0]
+    slices = [(0, 1), (1, 4), (4, 12), (12, 24)] + [(24 + i, 25 + i + i % 3) for i in range(8)]
+
+    def request(a, b, only=None):
+        r = predict_request("deep_cnn", x[a:b])
+        if only:
+            r.output_filter.append(only)
+        return r
+
+    before = batch_sizes(server, "deep_cnn")
+    got = [answer(server, request(a, b)) for a, b in slices[:4]]
+    with cf.ThreadPoolExecutor(8) as pool:
+        got += list(pool.map(lambda s: answer(server, request(*s)), slices[4:]))
+    for (a, b), g in zip(slices, got):
+        expected = answer(servers["python"], request(a, b))
+        assert g[0] == grpc.StatusCode.OK, g
+        assert g[2].keys() == expected[2].keys()
+        for k in g[2]:
+            assert g[2][k].dtype == expected[2][k].dtype and g[2][k].shape[0] == b - a
+            np.testing.assert_allclose(g[2][k], expected[2][k], atol=1e-5)
+    only = answer(server, request(0, 3, "classes"))
+    assert only[0] == grpc.StatusCode.OK and list(only[2]) == ["classes"]
+    rows, batches = batch_sizes(server, "deep_cnn")
+    rows, batches = rows - before[0], batches - before[1]
+    assert rows % 4 == 0 and rows >= 28 + 16 + 4  # padded to allowed sizes
+    assert batches >= 5  # the 12-row request alone ran as two batches
+    refused = answer(server, request(0, 17))
+    assert refused[:2] == (grpc.StatusCode.UNAVAILABLE, python_queue_full(17))
+
+
+def test_batches_form_while_the_batch_thread_is_busy_and_a_full_queue_is_refused(batching):
+    """One 1-row request held in the gated model by the one batch thread; 20 more arrive: 16
+    fill the queue (2 batches of 8), 4 are refused UNAVAILABLE at once with the Python plane's
+    words; once the gate opens, the 16 run as two batches of 8 (the first padded to 4)."""
+    server, gate, arrived = batching
+    x = np.ones((1, 4), np.float32)
+
+    def call(_):
+        r = predict_request("gated")
+        tensors.to_proto(x, r.inputs["x"])
+        got = answer(server, r)
+        if got[0] == grpc.StatusCode.OK:
+            return "OK" if np.array_equal(got[2]["y"], x) else "WRONG"
+        return got[:2]
+
+    before = batch_sizes(server, "gated")
+    with cf.ThreadPoolExecutor(21) as pool:
+        held = pool.submit(call, 0)
+        wait_for(lambda: len(list(arrived.iterdir())) == 1, 60, what="a request in the model")
+        futures = [pool.submit(call, i) for i in range(20)]
+        wait_for(lambda: sum(f.done() for f in futures) >= 4, 60,
+                 what="four requests refused while one is in the model")
+        early = [f.result() for f in futures if f.done()]
+        gate.touch()
+        codes = [f.result() for f in futures]
+        assert held.result() == "OK"
+    full = (grpc.StatusCode.UNAVAILABLE, python_queue_full(17))
+    assert early == [full] * 4, early
+    assert codes.count("OK") == 16 and codes.count(full) == 4, codes
+    rows, batches = batch_sizes(server, "gated")
+    assert (rows - before[0], batches - before[1]) == (4 + 8 + 8, 3)
+    assert len(list(arrived.iterdir())) == 3  # three model runs for 17 requests
+
+
+BATCHER_CHECK = plane.BINARY.parent / "tsan" / "batcher_check"
+
+
+@pytest.mark.skipif(not BATCHER_CHECK.is_file(), reason=f"{BATCHER_CHECK} is not built (make "
+                    "native-check, or make test where the toolchain is installed)")
+def test_the_batcher_is_clean_under_thread_sanitizer_with_concurrent_callers():
+    done = subprocess.run([str(BATCHER_CHECK), "1000", "8"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ThreadSanitizer" not in done.stderr
+    assert done.stdout.startswith("batcher_check: ") and " 0 wrong," in done.stdout, done.stdout

@@ -50,7 +50,7 @@ $(NATIVE_OUT)/%.o: $(NATIVE_SRC)/%.cc $(wildcard $(NATIVE_SRC)/*.h) $(NATIVE_OUT
 	$(CXX) $(NATIVE_CXXFLAGS) -I$(NATIVE_GEN) -isystem $(NATIVE_TF_INCLUDE) -c $< -o $@
 
 $(NATIVE_OUT)/predictd: $(NATIVE_OUT)/predictd.o $(NATIVE_OUT)/decode.o $(NATIVE_OUT)/tf_api.o \
-		$(NATIVE_PB_O)
+		$(NATIVE_OUT)/batcher.o $(NATIVE_OUT)/session.o $(NATIVE_PB_O)
 	$(CXX) -o $@ $^ $(NATIVE_GRPC) -ldl -lpthread
 
 native: $(NATIVE_OUT)/predictd
@@ -61,7 +61,8 @@ NATIVE_TOOLCHAIN := $(shell command -v $(CXX) >/dev/null && command -v protoc >/
 	command -v grpc_cpp_plugin >/dev/null && pkg-config --exists grpc++ protobuf && echo yes)
 native-if-possible:
 ifeq ($(NATIVE_TOOLCHAIN),yes)
-	@$(MAKE) --no-print-directory native $(NATIVE_SAN_OUT)/decode_check $(NATIVE_OUT)/decode_bench
+	@$(MAKE) --no-print-directory native $(NATIVE_SAN_OUT)/decode_check \
+	  $(NATIVE_TSAN_OUT)/batcher_check $(NATIVE_OUT)/decode_bench
 else
 	@echo "[native] not built: needs g++ and pkg-config, libgrpc++-dev, protobuf-compiler-grpc, libprotobuf-dev (apt-get install g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev); the server runs the Python plane"
 endif
@@ -82,8 +83,20 @@ $(NATIVE_SAN_OUT)/decode_check: $(NATIVE_SRC)/decode_check.cc $(NATIVE_SRC)/deco
 	$(CXX) $(NATIVE_SAN_FLAGS) -I$(NATIVE_GEN) -o $@ $(NATIVE_SRC)/decode_check.cc \
 	  $(NATIVE_SRC)/decode.cc $(NATIVE_SAN_PB_O) $$(pkg-config --libs protobuf)
 
-native-check: $(NATIVE_SAN_OUT)/decode_check
+# The batcher under ThreadSanitizer, over concurrent callers (src/batcher_check.cc): no
+# TensorFlow and no gRPC in it, only the queues, the batch threads and the answers.
+NATIVE_TSAN_OUT := $(NATIVE_OUT)/tsan
+NATIVE_TSAN_FLAGS := -std=c++17 -O1 -g -fsanitize=thread -fno-omit-frame-pointer -Wall -Wno-switch
+
+$(NATIVE_TSAN_OUT)/batcher_check: $(NATIVE_SRC)/batcher_check.cc $(NATIVE_SRC)/batcher.cc \
+		$(NATIVE_SRC)/batcher.h $(NATIVE_SRC)/decode.h $(NATIVE_OUT)/generated
+	@mkdir -p $(dir $@)
+	$(CXX) $(NATIVE_TSAN_FLAGS) -I$(NATIVE_GEN) -o $@ $(NATIVE_SRC)/batcher_check.cc \
+	  $(NATIVE_SRC)/batcher.cc -lpthread
+
+native-check: $(NATIVE_SAN_OUT)/decode_check $(NATIVE_TSAN_OUT)/batcher_check
 	$< $(or $(ITERATIONS),20000)
+	$(NATIVE_TSAN_OUT)/batcher_check
 
 # The request decoding's own cost, typed value fields against tensor_content
 # (src/decode_bench.cc, run by benchmarks/tensor_decode.py).

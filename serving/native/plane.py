@@ -41,7 +41,6 @@ def unsupported(args) -> str | None:
         return f"{BINARY} is not built (make native; needs g++, libgrpc++-dev, " \
                "protobuf-compiler-grpc, libprotobuf-dev)"
     for flag, value in (("--backend onnx", args.backend != "savedmodel"),
-                        ("--enable_batching", args.enable_batching),
                         ("--ssl_config_file", args.ssl_config_file),
                         ("--auth_token_file", args.auth_token_file),
                         ("--access_log", args.access_log),
@@ -75,6 +74,20 @@ def _clean(text: str) -> str:
     return text.replace("\t", " ").replace("\n", " ")
 
 
+def batching_argv(batching) -> list[str]:
+    """predictd's flags for the Python plane's BatchingOptions (None: no batching). The
+    parameters are read and checked once, by the Python plane (--batching_parameters_file)."""
+    if batching is None:
+        return []
+    argv = ["--max_batch_size", str(batching.max_batch_size),
+            "--batch_timeout_micros", str(batching.batch_timeout_micros),
+            "--max_enqueued_batches", str(batching.max_enqueued_batches),
+            "--num_batch_threads", str(batching.num_batch_threads)]
+    if batching.allowed_batch_sizes:
+        argv += ["--allowed_batch_sizes", ",".join(map(str, batching.allowed_batch_sizes))]
+    return argv
+
+
 def load_lines(loaded) -> list[str]:
     """The "load" command for a LoadedVersion: its path and every signature as the Python plane
     checks it (input order, dtypes, shapes, the describe() its messages quote)."""
@@ -97,13 +110,15 @@ class NativePlane:
     `await start()` returns the bound port (port 0 picks one, kept across restarts)."""
 
     def __init__(self, core, host: str, port: int, forward_port: int, max_request_bytes: int,
-                 max_request_elements: int, intra_op: int = 0, inter_op: int = 0):
+                 max_request_elements: int, intra_op: int = 0, inter_op: int = 0,
+                 batching=None):
         self.core, self.host, self.port = core, host, port
         self.forward_port = forward_port
         self.argv = ["--forward", f"127.0.0.1:{forward_port}", "--tf_library", tf_library(),
                      "--max_request_bytes", str(max_request_bytes),
                      "--max_request_elements", str(max_request_elements),
-                     "--intra_op", str(intra_op), "--inter_op", str(inter_op)]
+                     "--intra_op", str(intra_op), "--inter_op", str(inter_op),
+                     *batching_argv(batching)]
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.told: dict[tuple[str, int], object] = {}  # (model, version) -> LoadedVersion
@@ -179,12 +194,36 @@ class NativePlane:
                 return
             try:
                 answer = await self._command(["stats"])
-                rows = [(await self.process.stdout.readline()).decode().rstrip("\n").split("\t")
-                        for _ in range(int(answer[2]))]
+                rows = [await self._line() for _ in range(int(answer[2]))]
+                head = await self._line()  # the batcher's part: batches M Q
+                batches = [await self._line() for _ in range(int(head[1]))]
+                queues = [await self._line() for _ in range(int(head[2]))]
             except (ConnectionError, BrokenPipeError):
                 return
         for model, _version, method, code, seconds, _rows, _peer in rows:
             self.core.metrics.request(model, method, "GRPC", CODES[int(code)], float(seconds))
+        self._batch_stats(batches, queues)
+
+    async def _line(self) -> list[str]:
+        return (await self.process.stdout.readline()).decode().rstrip("\n").split("\t")
+
+    def _batch_stats(self, batches: list[list[str]], queues: list[list[str]]) -> None:
+        """predictd's batches into the metrics the Python plane's batching reports
+        (lifecycle._make_batcher: batch size, queuing latency, compute, the version's
+        statistics) and its queues' rows into the queue gauge (with the Python plane's own
+        queue for the version, which answers what predictd forwards)."""
+        m = self.core.metrics
+        for model, version, sig, size, _rows, seconds, ok, waits in batches:
+            m.batch(model, int(version), sig, int(size))
+            m.batch_run(model, int(version), sig, [float(w) for w in waits.split(",")],
+                        float(seconds))
+            loaded = self.told.get((model, int(version)))
+            if ok == "1" and loaded is not None:
+                loaded.statistics.execution(int(size), int(float(seconds) * 1e9))
+        for model, version, sig, rows in queues:
+            loaded = self.told.get((model, int(version)))
+            own = loaded.batchers.get(sig) if loaded is not None else None
+            m.batch_queue(model, int(version), sig, int(rows) + (own.queued_rows if own else 0))
 
     def serves(self, name: str, version: int) -> bool:
         """Whether predictd answers this version's Predict (else the Python plane does)."""

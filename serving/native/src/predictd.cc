@@ -7,6 +7,8 @@
 //   predictd --listen HOST:PORT --forward HOST:PORT --tf_library PATH
 //            [--max_request_bytes N] [--max_request_elements N] [--threads N]
 //            [--intra_op N] [--inter_op N]
+//            [--max_batch_size N [--batch_timeout_micros N] [--max_enqueued_batches N]
+//             [--num_batch_threads N] [--allowed_batch_sizes N,N,...]]   (batching: batcher.h)
 //
 // The control channel is stdin/stdout, one tab-separated line each (serving/native/plane.py):
 //   load NAME VERSION PATH NSIGS, then per signature
@@ -16,7 +18,8 @@
 //   unload NAME VERSION
 //   stats                      the calls answered since the last stats: N, then N lines
 //                              MODEL VERSION METHOD CODE SECONDS ROWS PEER (for the Python
-//                              plane's metrics and access log)
+//                              plane's metrics and access log), then the batcher's part:
+//                              batches M Q and M + Q lines (batcher.h, Batcher::TakeStats)
 //   quit
 // Answers: "listening PORT" once, then "ok ..." or "error ... MESSAGE" for each command.
 
@@ -43,7 +46,9 @@
 #include <thread>
 #include <vector>
 
+#include "batcher.h"
 #include "decode.h"
+#include "session.h"
 #include "tf_api.h"
 
 namespace predictd {
@@ -56,6 +61,8 @@ struct Options {
   std::string listen = "127.0.0.1:0", forward, tf_library;
   int64_t max_request_bytes = 64 << 20, max_request_elements = (64 << 20) / 4;
   int threads = 0, intra_op = 0, inter_op = 0;
+  bool batching = false;  // --max_batch_size given
+  BatchOptions batch;
 } options;
 
 // ---------------------------------------------------------------- loaded versions
@@ -190,14 +197,8 @@ Status Run(const Version& v, Prepared& p, tensorflow::serving::PredictResponse* 
         [](void*, size_t, void* owner) { delete static_cast<std::string*>(owner); }, bytes));
   }
   for (const auto* o : p.outputs) outs.push_back(Output(v.graph, o->tensor));
-  // RunOptions{inter_op_thread_pool: -1} (field 3, -1 as a 10-byte varint): the graph's ops run
-  // in this thread, not handed to the inter-op pool, as the Python plane runs them
-  // (serving/runtime/backends.py); the hand-off and the pool's spinning were most of a small
-  // model's cost. Convolutions still use the intra-op pool.
-  static const char kInline[] = "\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01";
-  static const TF_Buffer run_options{kInline, sizeof kInline - 1, nullptr};
   TF_Status* status = tf.TF_NewStatus();
-  tf.TF_SessionRun(v.session, &run_options, ins.data(), in_values.data(),
+  tf.TF_SessionRun(v.session, InlineRunOptions(), ins.data(), in_values.data(),
                    static_cast<int>(ins.size()), outs.data(), out_values.data(),
                    static_cast<int>(outs.size()), nullptr, 0, nullptr, status);
   Status result;
@@ -282,6 +283,7 @@ class Pool {
 };
 
 Pool* pool;
+Batcher* batcher;  // with --max_batch_size
 std::unique_ptr<grpc::GenericStub> python;  // the Python plane's gRPC server
 
 // The call's metadata and deadline, for the same call to the Python plane.
@@ -339,8 +341,30 @@ class PredictCall : public grpc::ServerGenericBidiReactor {
                        options.max_request_elements, &prepared_);
     if (s.code == kForward) return Forward();
     if (!s.ok()) return Reply(s);
+    if (batcher && prepared_.rows > 0 && Batchable(*prepared_.signature)) return Batch();
     if (prepared_.rows <= kInlineRows) return Reply(Run(*version_, prepared_, &response_));
     pool->Post([this] { Reply(Run(*version_, prepared_, &response_)); });
+  }
+
+  // Through the batcher: every output of the signature is run, the filter's are answered.
+  void Batch() {
+    response_.mutable_model_spec()->set_name(version_->name);
+    response_.mutable_model_spec()->mutable_version()->set_value(version_->number);
+    response_.mutable_model_spec()->set_signature_name(prepared_.signature->name);
+    Status s = batcher->Submit(
+        version_->name, version_->number, prepared_.signature->name,
+        std::move(prepared_.inputs),
+        [v = version_, sig = prepared_.signature](std::vector<Input>& in,
+                                                   std::vector<Tensor>* out) {
+          return RunSession(tf, v->graph, v->session, in, sig->outputs, out);
+        },
+        [this](const Status& status, std::vector<Tensor> outputs) {
+          if (status.ok()) {
+            FillPredict(*prepared_.signature, prepared_.outputs, outputs, &response_);
+          }
+          Reply(status);
+        });
+    if (!s.ok()) Reply(s);
   }
 
   void Reply(const Status& s) {
@@ -591,6 +615,7 @@ void Control() {
                  std::to_string(a.code) + "\t" + std::to_string(a.seconds) + "\t" +
                  std::to_string(a.rows) + "\t" + a.peer + "\n";
         }
+        out += batcher ? batcher->TakeStats() : "batches\t0\t0\n";
         std::cout << out << std::flush;
       } else if (f[0] == "quit") {
         return;
@@ -614,7 +639,13 @@ bool ParseArgs(int argc, char** argv) {
     else if (k == "--threads") options.threads = std::stoi(v);
     else if (k == "--intra_op") options.intra_op = std::stoi(v);
     else if (k == "--inter_op") options.inter_op = std::stoi(v);
+    else if (k == "--max_batch_size") options.batch.max_batch_size = std::stoll(v);
+    else if (k == "--batch_timeout_micros") options.batch.batch_timeout_micros = std::stoll(v);
+    else if (k == "--max_enqueued_batches") options.batch.max_enqueued_batches = std::stoll(v);
+    else if (k == "--num_batch_threads") options.batch.num_batch_threads = std::stoll(v);
+    else if (k == "--allowed_batch_sizes") options.batch.allowed_batch_sizes = Numbers(v);
     else return false;
+    if (k == "--max_batch_size") options.batching = true;
   }
   return argc % 2 == 1 && !options.forward.empty() && !options.tf_library.empty();
 }
@@ -631,7 +662,9 @@ int main(int argc, char** argv) {
   if (!ParseArgs(argc, argv)) {
     std::cerr << "usage: predictd --listen HOST:PORT --forward HOST:PORT --tf_library PATH "
                  "[--max_request_bytes N] [--max_request_elements N] [--threads N] "
-                 "[--intra_op N] [--inter_op N]\n";
+                 "[--intra_op N] [--inter_op N] [--max_batch_size N [--batch_timeout_micros N] "
+                 "[--max_enqueued_batches N] [--num_batch_threads N] "
+                 "[--allowed_batch_sizes N,N,...]]\n";
     return 2;
   }
   std::string error;
@@ -642,6 +675,7 @@ int main(int argc, char** argv) {
   int threads = options.threads > 0 ? options.threads
                                     : std::max(1u, std::thread::hardware_concurrency());
   pool = new Pool(threads);
+  if (options.batching) batcher = new Batcher(options.batch);  // never deleted: see _Exit below
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
