@@ -6,7 +6,8 @@
 Triton's perf_analyzer (benchmarks/perf_analyzer.py installs it) sends the same real MNIST test
 digits (--input-data JSON, 64 images) to every server, one cell per batch size x concurrency,
 100 warm-up requests, 1 s windows until three agree within --stability percent:
-- ours: serving.server with --backend savedmodel|onnx x --workers 1|2 (w1, w2), over TF
+- ours: serving.server with --backend savedmodel|onnx x --workers 1|2 (w1, w2), and where
+  build/native/predictd is built, savedmodel with --data_plane native ("native"), over TF
   Serving's Predict (perf_analyzer's tfserving kind) and over the Open Inference Protocol (v2,
   its triton kind: needs our ModelConfig);
 - KServe (benchmarks/peer_kserve.py; ONNX Runtime's defaults, and with its idle threads
@@ -42,6 +43,7 @@ import numpy as np
 from benchmarks import perf_analyzer
 from benchmarks.common import machine, table
 from benchmarks.serving_load import Server, free_port, latest, tree_cpu_seconds
+from serving.native import plane
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,8 +144,8 @@ def start_peer(peer: str, version_dir: Path, model: str, tmp: Path, extra: list[
     return address, stop, proc.pid
 
 
-def start_ours(base: Path, backend: str, workers: int, tmp: Path):
-    server = Server(base, backend, False, tmp, workers)
+def start_ours(base: Path, backend: str, workers: int, tmp: Path, data_plane: str = "python"):
+    server = Server(base, backend, False, tmp, workers, extra=("--data_plane", data_plane))
     return server.address, server.stop, server.proc.pid
 
 
@@ -213,6 +215,10 @@ def targets(args, base: Path, version_dir: Path, tmp: Path) -> list[Target]:
                 start = (lambda b=backend, w=workers: start_ours(base, b, w, tmp))
                 ours.append([Target(f"ours {api} {backend} w{workers}", "ours", kind, start)
                              for kind, api in (("tfserving", "Predict"), ("triton", "v2"))])
+        if plane.built():  # the native data plane (issue 26): SavedModel versions, one process
+            start = (lambda: start_ours(base, "savedmodel", 1, tmp, "native"))
+            ours.append([Target(f"ours {api} savedmodel native", "ours", kind, start)
+                         for kind, api in (("tfserving", "Predict"), ("triton", "v2"))])
     if args.only != "ours":
         for spin, flags in (("", []), (", ORT no spinning", ["--no_spinning"])):
             peers.append([Target(f"KServe 0.21 v2{spin}", "kserve", "triton",

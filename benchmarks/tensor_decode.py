@@ -6,7 +6,9 @@ does not count). Target: the typed field within 2x of tensor_content (issue 23; 
 TF Serving client and many Java, Go and C++ clients send float_val). Also prints where the typed
 field's time goes (the tensor's `SerializeToString`, which re-encodes every varint, against the
 decode of its bytes) and what `np.asarray(proto.<field>)` costs, the per-element read protobuf 6
-makes (the old path).
+makes (the old path). Then the same for the native data plane, where it is built
+(build/native/decode_bench, `make native-if-possible`): the request parsed by C++ protobuf and
+decoded by serving/native/src/decode.cc.
 
     python -m benchmarks.tensor_decode [--rounds 7] [--calls 200]
 """
@@ -14,7 +16,9 @@ makes (the old path).
 from __future__ import annotations
 
 import argparse
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 from tensorflow.core.framework import tensor_pb2
@@ -23,6 +27,7 @@ from benchmarks.common import machine, median, table
 from serving.runtime import tensors
 
 SHAPE = (16, 28, 28)
+NATIVE = Path(__file__).resolve().parents[1] / "build" / "native" / "decode_bench"
 
 
 def sample(dtype: np.dtype, shape=SHAPE, seed: int = 0) -> np.ndarray:
@@ -91,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                      f"{s:.1f}", f"{old:.0f}"))
     print(table(rows, ("dtype", "typed field", "tensor_content", "typed field",
                        "typed/content", "of it SerializeToString", "np.asarray(field) (old)")))
+    if not NATIVE.is_file():
+        print(f"native plane: {NATIVE} is not built (make native-if-possible)")
+        return 0
+    print("\nthe native plane (serving/native/src/decode.cc): the PredictRequest parsed and "
+          "decoded, us per call")
+    out = subprocess.run([str(NATIVE), str(args.rounds), str(args.calls)], check=True,
+                         capture_output=True, text=True).stdout
+    lines = [line.split("\t") for line in out.splitlines()]
+    print(table(lines[1:], lines[0]))
     return 0
 
 

@@ -62,7 +62,7 @@ NATIVE_TOOLCHAIN := $(shell command -v $(CXX) >/dev/null && command -v protoc >/
 	command -v grpc_cpp_plugin >/dev/null && pkg-config --exists grpc++ protobuf && echo yes)
 native-if-possible:
 ifeq ($(NATIVE_TOOLCHAIN),yes)
-	@$(MAKE) --no-print-directory native $(NATIVE_SAN_OUT)/decode_check
+	@$(MAKE) --no-print-directory native $(NATIVE_SAN_OUT)/decode_check $(NATIVE_OUT)/decode_bench
 else
 	@echo "[native] not built: needs g++ and pkg-config, libgrpc++-dev, protobuf-compiler-grpc, libprotobuf-dev (apt-get install g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev); the server runs the Python plane"
 endif
@@ -87,3 +87,8 @@ $(NATIVE_SAN_OUT)/decode_check: $(NATIVE_CHECKED) $(NATIVE_SRC)/decode.h \
 
 native-check: $(NATIVE_SAN_OUT)/decode_check
 	$< $(or $(ITERATIONS),20000)
+
+# The request decoding's own cost, typed value fields against tensor_content
+# (src/decode_bench.cc, run by benchmarks/tensor_decode.py).
+$(NATIVE_OUT)/decode_bench: $(NATIVE_OUT)/decode_bench.o $(NATIVE_OUT)/decode.o $(NATIVE_PB_O)
+	$(CXX) -o $@ $^ $$(pkg-config --libs protobuf)

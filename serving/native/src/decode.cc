@@ -1,5 +1,7 @@
 #include "decode.h"
 
+#include <malloc.h>
+
 #include <cstring>
 #include <set>
 #include <sstream>
@@ -69,27 +71,36 @@ Field ValueField(const TensorProto& t) {
   return {"", 0};
 }
 
-// Value i of the typed field as the dtype's little-endian bytes at `out`.
-void PutValue(const TensorProto& t, int64_t i, char* out) {
-  auto put = [out](auto v) { std::memcpy(out, &v, sizeof v); };
+// The first `n` values of the typed field as the dtype's little-endian bytes at `out`: one
+// loop per dtype (a memcpy where the field holds the dtype's own width), not a switch per value,
+// so a float_val tensor costs about what its tensor_content does (issue 23).
+template <typename To, typename Field>
+void Narrow(const Field& values, int64_t n, char* out) {
+  To* o = reinterpret_cast<To*>(out);  // `out` is a std::string's buffer: aligned for any type
+  for (int64_t i = 0; i < n; ++i) o[i] = static_cast<To>(values[i]);
+}
+
+void PutValues(const TensorProto& t, int64_t n, char* out) {
+  if (n == 0) return;  // an empty field's data() is null, which memcpy may not be given
+  const auto copy = [out, n](const auto& field, size_t width) {
+    std::memcpy(out, field.data(), static_cast<size_t>(n) * width);
+  };
   switch (t.dtype()) {
-    case tensorflow::DT_FLOAT: put(t.float_val(i)); break;
-    case tensorflow::DT_DOUBLE: put(t.double_val(i)); break;
-    case tensorflow::DT_INT32: put(t.int_val(i)); break;
-    case tensorflow::DT_UINT8: put(static_cast<uint8_t>(t.int_val(i))); break;
-    case tensorflow::DT_INT8: put(static_cast<int8_t>(t.int_val(i))); break;
-    case tensorflow::DT_INT16: put(static_cast<int16_t>(t.int_val(i))); break;
-    case tensorflow::DT_UINT16: put(static_cast<uint16_t>(t.int_val(i))); break;
-    case tensorflow::DT_INT64: put(t.int64_val(i)); break;
-    case tensorflow::DT_UINT32: put(t.uint32_val(i)); break;
-    case tensorflow::DT_UINT64: put(t.uint64_val(i)); break;
-    case tensorflow::DT_BOOL: put(static_cast<uint8_t>(t.bool_val(i) ? 1 : 0)); break;
+    case tensorflow::DT_FLOAT: copy(t.float_val(), 4); break;
+    case tensorflow::DT_DOUBLE: copy(t.double_val(), 8); break;
+    case tensorflow::DT_INT32: copy(t.int_val(), 4); break;
+    case tensorflow::DT_UINT8: Narrow<uint8_t>(t.int_val(), n, out); break;
+    case tensorflow::DT_INT8: Narrow<int8_t>(t.int_val(), n, out); break;
+    case tensorflow::DT_INT16: Narrow<int16_t>(t.int_val(), n, out); break;
+    case tensorflow::DT_UINT16: Narrow<uint16_t>(t.int_val(), n, out); break;
+    case tensorflow::DT_INT64: copy(t.int64_val(), 8); break;
+    case tensorflow::DT_UINT32: copy(t.uint32_val(), 4); break;
+    case tensorflow::DT_UINT64: copy(t.uint64_val(), 8); break;
+    case tensorflow::DT_BOOL: Narrow<uint8_t>(t.bool_val(), n, out); break;
     case tensorflow::DT_HALF: case tensorflow::DT_BFLOAT16:
-      put(static_cast<uint16_t>(t.half_val(i))); break;
-    case tensorflow::DT_COMPLEX64:  // (real, imaginary) pairs
-      std::memcpy(out, &t.scomplex_val().data()[2 * i], 8); break;
-    case tensorflow::DT_COMPLEX128:
-      std::memcpy(out, &t.dcomplex_val().data()[2 * i], 16); break;
+      Narrow<uint16_t>(t.half_val(), n, out); break;
+    case tensorflow::DT_COMPLEX64: copy(t.scomplex_val(), 8); break;  // (real, imaginary) pairs
+    case tensorflow::DT_COMPLEX128: copy(t.dcomplex_val(), 16); break;
   }
 }
 
@@ -125,9 +136,9 @@ Status Decode(TensorProto* t, int64_t n, const std::vector<int64_t>& shape, Inpu
   in->bytes->assign(static_cast<size_t>(n) * size, '\0');
   char* out = in->bytes->data();
   if (count == n) {
-    for (int64_t i = 0; i < n; ++i) PutValue(*t, i, out + i * size);
+    PutValues(*t, n, out);
   } else if (count == 1 && n > 0) {
-    PutValue(*t, 0, out);
+    PutValues(*t, 1, out);
     for (int64_t i = 1; i < n; ++i) std::memcpy(out + i * size, out, size);
   }
   return {};
@@ -188,6 +199,11 @@ bool SkipsRun(const Prepared& p) {
     if (o.shape.empty() || o.shape[0] != -1) return false;
   }
   return true;
+}
+
+void KeepFreedBuffers() {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // a buffer below this comes from (and returns to) the heap
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);  // the heap is given back only past this much free top
 }
 
 size_t ElementSize(int dtype) {

@@ -87,6 +87,12 @@ std::string Dims(const std::vector<int64_t>& shape, const char* sep);
 // output batched.
 bool SkipsRun(const Prepared& p);
 
+// Tells malloc to keep request-sized buffers (up to 32 MiB) for reuse: by default a freed
+// 100 KB block at the top of the heap is given back and the next request faults its pages in
+// again, which made a 16x28x28 double_val request cost 6x its float_val twin
+// (src/decode_bench.cc). Called once at the start of each program that decodes requests.
+void KeepFreedBuffers();
+
 // Bytes of one element of the dtypes this plane decodes; 0 for any other.
 size_t ElementSize(int dtype);
 std::string DtypeName(int dtype);

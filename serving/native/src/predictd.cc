@@ -195,8 +195,14 @@ Status Run(const Version& v, Prepared& p, tensorflow::serving::PredictResponse* 
         [](void*, size_t, void* owner) { delete static_cast<std::string*>(owner); }, bytes));
   }
   for (const auto* o : p.outputs) outs.push_back(Output(v.graph, o->tensor));
+  // RunOptions{inter_op_thread_pool: -1} (field 3, -1 as a 10-byte varint): the graph's ops run
+  // in this thread, not handed to the inter-op pool, as the Python plane runs them
+  // (serving/runtime/backends.py); the hand-off and the pool's spinning were most of a small
+  // model's cost. Convolutions still use the intra-op pool.
+  static const char kInline[] = "\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01";
+  static const TF_Buffer run_options{kInline, sizeof kInline - 1, nullptr};
   TF_Status* status = tf.TF_NewStatus();
-  tf.TF_SessionRun(v.session, nullptr, ins.data(), in_values.data(),
+  tf.TF_SessionRun(v.session, &run_options, ins.data(), in_values.data(),
                    static_cast<int>(ins.size()), outs.data(), out_values.data(),
                    static_cast<int>(outs.size()), nullptr, 0, nullptr, status);
   Status result;
@@ -599,6 +605,7 @@ int main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);  // dies with the Python server, even one killed by SIGKILL
   // A message that does not parse is answered INVALID_ARGUMENT; protobuf need not log it too.
   google::protobuf::SetLogHandler(nullptr);
+  KeepFreedBuffers();
   if (!ParseArgs(argc, argv)) {
     std::cerr << "usage: predictd --listen HOST:PORT --forward HOST:PORT --tf_library PATH "
                  "[--max_request_bytes N] [--max_request_elements N] [--threads N] "
