@@ -57,7 +57,8 @@ def measure(server: Server, binary: Path, payload: bytes, clients: int, seconds:
     r["server_cpu_us"] = (server.cpu_seconds() - before) / n * 1e6
     r["predictd_cpu_us"] = (predictd_cpu_seconds(server) - native) / n * 1e6
     r["cores"] = (server.cpu_seconds() - before) / seconds
-    r["client_cores"] = r["client_cpu_seconds"] / seconds  # the same 2 cores: the bound
+    calls = r["requests"] + sum(r["errors"].values())  # summary() gives the client's CPU a call
+    r["client_cores"] = r["client_cpu_us"] * calls / 1e6 / seconds  # the same 2 cores: the bound
     return r
 
 
