@@ -4,10 +4,12 @@ gRPC connection with 8 requests in flight, predictions/s and the cores the serve
 clients over 8 connections, native against the Python plane's best of --workers 1 and 2; then
 --long-run seconds of the native plane at 16 clients (errors, p99 against p50). The load
 generator is benchmarks/grpc_load.cc (C++, one thread). deep_cnn's batching target is
-benchmarks/serving_load.py's (--data_plane native).
+benchmarks/serving_load.py's (--data_plane native). With --v2, only the Open Inference
+Protocol's ModelInfer (raw contents, as tritonclient sends them): 1 row and 16 rows,
+sequential, server CPU a request, native against python.
 
     python -m benchmarks.native_plane [--base-path exported_models] [--seconds 4] [--rounds 3]
-        [--long-run 60]
+        [--long-run 60] [--v2]
 
 Needs build/native/predictd (make native). Wrap in `flock -x /tmp/zoo-cpu.lock` on a shared
 machine. Medians over the rounds; ratios native / python.
@@ -25,6 +27,8 @@ import numpy as np
 
 from benchmarks.common import machine
 from benchmarks.serving_load import (
+    MODEL_INFER,
+    PREDICT,
     ROOT,
     Server,
     cxx_client,
@@ -32,6 +36,7 @@ from benchmarks.serving_load import (
     load_cxx,
     request_bytes,
     tree_cpu_seconds,
+    v2_request_bytes,
 )
 from serving.native import plane
 
@@ -44,14 +49,16 @@ def predictd_cpu_seconds(server: Server) -> float:
     return tree_cpu_seconds(pid) if pid else 0.0
 
 
-def measure(server: Server, binary: Path, payload: bytes, clients: int, seconds: float) -> dict:
+def measure(server: Server, binary: Path, payload: bytes, clients: int, seconds: float,
+            method: str = PREDICT) -> dict:
     before, native = server.cpu_seconds(), predictd_cpu_seconds(server)
-    r = load_cxx(binary, server.address, payload, clients, seconds, channels=1)
+    r = load_cxx(binary, server.address, payload, clients, seconds, channels=1, method=method)
     n = max(r["requests"], 1)
     r["server_cpu_us"] = (server.cpu_seconds() - before) / n * 1e6
     r["predictd_cpu_us"] = (predictd_cpu_seconds(server) - native) / n * 1e6
     r["cores"] = (server.cpu_seconds() - before) / seconds
-    r["client_cores"] = r["client_cpu_seconds"] / seconds  # the same 2 cores: the bound
+    calls = r["requests"] + sum(r["errors"].values())  # summary() gives the client's CPU a call
+    r["client_cores"] = r["client_cpu_us"] * calls / 1e6 / seconds  # the same 2 cores: the bound
     return r
 
 
@@ -62,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--long-run", type=float, default=60.0,
                    help="seconds of the native plane at 16 clients (0: skip)")
+    p.add_argument("--v2", action="store_true",
+                   help="only v2 ModelInfer, 1 and 16 rows, sequential: server CPU a request")
     args = p.parse_args(argv)
     print(machine())
     if not plane.built():
@@ -69,9 +78,11 @@ def main(argv=None) -> int:
     binary, why = cxx_client()
     if binary is None:
         raise SystemExit(f"the C++ load generator cannot be built: {why}")
+    latest(args.base_path, "softmax_regression")
+    if args.v2:
+        return v2(binary, args)
     x = np.zeros((1, 28, 28), np.float32)
     payload = request_bytes("softmax_regression", x)
-    latest(args.base_path, "softmax_regression")
     figures = {(pl, c): [] for pl in PLANES for c in (1, 8)}
     wide = {cfg: [] for cfg in WIDE}
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +143,45 @@ def main(argv=None) -> int:
           f"(target >= 2: {'met' if ratio >= 2 else 'not met'})")
     if args.long_run > 0:
         long_run(binary, args.base_path, payload, args.long_run)
+    return 0
+
+
+def v2(binary: Path, args) -> int:
+    """ModelInfer of 1 and 16 rows, one at a time, on each plane in turns."""
+    rows = (1, 16)
+    payloads = {n: v2_request_bytes("softmax_regression", np.zeros((n, 28, 28), np.float32))
+                for n in rows}
+    figures = {(pl, n): [] for n in rows for pl in PLANES}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "models"
+        base.mkdir()
+        (base / "softmax_regression").symlink_to(args.base_path.resolve() / "softmax_regression")
+        for _ in range(args.rounds):
+            for pl in PLANES:
+                server = Server(base, "savedmodel", False, Path(tmp),
+                                extra=("--data_plane", pl))
+                try:
+                    for n in rows:
+                        load_cxx(binary, server.address, payloads[n], 1, 1.0, 1, MODEL_INFER)
+                        figures[pl, n].append(measure(server, binary, payloads[n], 1,
+                                                      args.seconds, MODEL_INFER))
+                finally:
+                    server.stop()
+    print(f"softmax_regression, v2 ModelInfer over gRPC (raw contents), one at a time, "
+          f"{args.rounds} rounds of {args.seconds:g} s, medians:")
+    print(f"{'rows':>4} {'plane':8} {'server CPU/req':>15} {'of it predictd':>15} {'req/s':>8} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    med = {}
+    for (pl, n), v in figures.items():
+        m = med[pl, n] = {f: statistics.median(r[f] for r in v)
+                          for f in ("server_cpu_us", "predictd_cpu_us", "rate", "p50_ms",
+                                    "p99_ms")}
+        print(f"{n:4d} {pl:8} {m['server_cpu_us']:12.0f} us {m['predictd_cpu_us']:12.0f} us "
+              f"{m['rate']:8.0f} {m['p50_ms']:7.3f} {m['p99_ms']:7.3f} "
+              f"{sum(sum(r['errors'].values()) for r in v):6d}")
+    for n in rows:
+        print(f"server CPU a request, native / python, ModelInfer x{n}: "
+              f"{med['native', n]['server_cpu_us'] / med['python', n]['server_cpu_us']:.2f}")
     return 0
 
 

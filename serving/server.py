@@ -171,8 +171,9 @@ def parser() -> argparse.ArgumentParser:
                         "are served with a warning in their status; a certificate that does not "
                         "match its files is always refused)")
     g.add_argument("--data_plane", choices=native_plane.PLANES, default="python",
-                   help="who answers Predict on --port: python (default), native (predictd, "
-                        "C++ over TensorFlow's C API, in front of the Python plane, which still "
+                   help="who answers Predict and v2 ModelInfer on --port: python (default), "
+                        "native (predictd, C++ over TensorFlow's C API, in front of the Python "
+                        "plane, which still "
                         "answers every other call; make native builds it) or auto (native where "
                         "it is built and can serve these options)")
     g.add_argument("--drain_seconds", type=float, default=30.0,
@@ -360,7 +361,8 @@ class Server:
             except RuntimeError as e:
                 raise protos.ConfigError(f"--data_plane native: {e}") from None
             _say(f"[serving] gRPC on {args.host}:{self.port}: native data plane (predictd) "
-                 f"answers Predict, the Python plane the rest (on 127.0.0.1:{behind})")
+                 f"answers Predict and ModelInfer, the Python plane the rest "
+                 f"(on 127.0.0.1:{behind})")
         else:
             _say(f"[serving] gRPC{' (TLS)' if creds else ''} on {args.host}:{self.port}")
         if args.rest_api_port:

@@ -1,9 +1,10 @@
 # ruff: noqa: F811  (pytest fixtures imported from serving_fixtures are redefined as arguments)
 """The native data plane (serving/native/, docs/ARCHITECTURE.md "The native data plane"):
-predictd's Predict answers equal the Python plane's on a real export, its error statuses and
-messages are the Python plane's, kill -9 of predictd is survived (restarted, the port answers
-again), and malformed protobufs do not bring it down. Real servers on 127.0.0.1, one per plane.
-Skipped, saying why, where predictd is not built (make native)."""
+predictd's Predict and Open Inference ModelInfer answers equal the Python plane's on a real
+export (ModelInfer byte for byte), its error statuses and messages are the Python plane's, it
+answers them itself (with the Python plane stopped), kill -9 of predictd is survived
+(restarted, the port answers again), and malformed protobufs do not bring it down. Real servers
+on 127.0.0.1, one per plane. Skipped, saying why, where predictd is not built (make native)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import grpc
 import numpy as np
 import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tritonclient.grpc import service_pb2
 
 from serving.native import plane
 from serving.runtime import tensors
@@ -36,6 +38,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     "libgrpc++-dev, protobuf-compiler-grpc, libprotobuf-dev)")]
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
+V2 = "/inference.GRPCInferenceService/"
 MAX_BYTES = 8 << 20  # so the element limit is 2,097,152
 
 
@@ -76,16 +79,31 @@ def answer(server, request):
     return grpc.StatusCode.OK, "", {k: tensors.to_ndarray(v) for k, v in r.outputs.items()}
 
 
-def raw_predict(server, data: bytes):
+def raw_call(server, data: bytes, method: str = PREDICT, timeout: float = 30):
+    """(code, details, answer bytes) of a call with `data` as it is (no (de)serializer)."""
     channel = grpc.insecure_channel(server.address)
-    call = channel.unary_unary(PREDICT)  # bytes as they are, no (de)serializer
+    call = channel.unary_unary(method)
     try:
-        call(data, timeout=30)
-        return grpc.StatusCode.OK, ""
+        return grpc.StatusCode.OK, "", call(data, timeout=timeout)
     except grpc.RpcError as e:
-        return e.code(), e.details()
+        return e.code(), e.details(), None
     finally:
         channel.close()
+
+
+def behind(native):
+    """The native server's own Python plane, on the loopback port predictd forwards to: the
+    one whose answers predictd's must equal byte for byte (a signature's outputs come in the
+    order of the SavedModel's protobuf map, which is not the same in every process)."""
+    import re
+    import types
+
+    port = re.search(r"the Python plane the rest \(on (127\.0\.0\.1:\d+)\)", native.logs())
+    return types.SimpleNamespace(address=port.group(1))
+
+
+def raw_predict(server, data: bytes):
+    return raw_call(server, data)[:2]
 
 
 def test_the_native_server_says_which_plane_answers(servers):
@@ -393,3 +411,226 @@ def test_the_batcher_is_clean_under_thread_sanitizer_with_concurrent_callers():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ThreadSanitizer" not in done.stderr
     assert done.stdout.startswith("batcher_check: ") and " 0 wrong," in done.stdout, done.stdout
+
+# ---------------------------------------------------------------- the Open Inference Protocol
+def infer(model="softmax_regression", x=None, shape=None, datatype="FP32", raw=None,
+          outputs=(), version="", contents=False, **fields):
+    """A ModelInferRequest with `x` (or zeros of `shape`) as its "images" input, raw unless
+    `contents`; `raw` replaces its raw bytes."""
+    shape = shape or (x.shape if x is not None else (1, 28, 28))
+    if x is None and raw is None:
+        x = np.zeros(shape, np.float32)
+    r = service_pb2.ModelInferRequest(model_name=model, model_version=version, **fields)
+    t = r.inputs.add(name="images", datatype=datatype, shape=shape)
+    if contents:
+        t.contents.fp32_contents.extend(x.ravel().tolist())
+    else:
+        r.raw_input_contents.append(x.tobytes() if raw is None else raw)
+    for o in outputs:
+        r.outputs.add(name=o)
+    return r
+
+
+def _infer_requests(digits):
+    """What the native plane answers itself: name -> request."""
+    x = digits[0]
+    cases = {
+        "1 row raw": infer(x=x[:1]),
+        "16 rows raw": infer(x=x[:16], id="sixteen"),
+        "16 rows contents": infer(x=x[:16], contents=True),
+        "deep_cnn 9 rows, version 1": infer("deep_cnn", x=x[:9], version="1"),
+        "version 01": infer(x=x[:2], version="01"),
+        "one output": infer(x=x[:3], outputs=["classes"]),
+        "both outputs, reversed": infer(x=x[:3], outputs=["probabilities", "classes"]),
+        "empty batch": infer(shape=(0, 28, 28)),
+        "wrong datatype": infer(datatype="FP64", raw=np.zeros((1, 28, 28)).tobytes()),
+        "unknown datatype": infer(datatype="FP8"),
+        "unknown datatype with quotes": infer(datatype="F'P\"8\\"),
+        "wrong shape": infer(shape=(1, 28, 27)),
+        "wrong rank": infer(shape=(28, 28)),
+        "negative dimension": infer(shape=(-1, 28, 28), raw=b""),
+        "over the element limit": infer(shape=(1 << 20, 28, 28), raw=b""),
+        "raw size": infer(raw=b"\0" * 100),
+        "contents count": infer(x=x[:2], contents=True, shape=(3, 28, 28)),
+        "unknown output": infer(outputs=["logits"]),
+        "repeated output": infer(outputs=["classes", "classes"]),
+    }
+    r = infer()
+    r.ClearField("inputs")
+    r.ClearField("raw_input_contents")
+    cases["missing input"] = r
+    r = infer()
+    r.inputs[0].name = "pixels"
+    cases["unexpected input"] = r
+    r = infer()
+    r.inputs.add().CopyFrom(r.inputs[0])
+    r.raw_input_contents.append(r.raw_input_contents[0])
+    cases["repeated input"] = r
+    r = infer()
+    r.raw_input_contents.append(b"")
+    cases["raw entries"] = r
+    r = infer()
+    r.inputs[0].contents.fp32_contents.append(1.0)
+    cases["contents and raw"] = r
+    r = infer(outputs=["classes"])
+    r.outputs[0].parameters["classification"].int64_param = 2
+    cases["classification"] = r
+    r = infer(x=x[:1])
+    r.parameters["priority"].int64_param = 1  # parameters are not read
+    r.inputs[0].parameters["shared_memory_region"].string_param = "nowhere"
+    cases["parameters"] = r
+    return {k: v.SerializeToString() for k, v in cases.items()}
+
+
+def _forwarded_infer_requests(digits):
+    """What the native plane leaves to the Python plane: name -> request bytes."""
+    cases = {
+        "unknown model": infer("no_such_model"),
+        "unknown version": infer(version="2"),
+        "not a version": infer(version="one"),
+        "beyond int64": infer(version="9" * 20),
+        "no model name": infer(""),
+        "non-ASCII datatype": infer(datatype="FP\u00e9"),
+        "dimensions beyond an exact count": infer(shape=(1 << 62, 1 << 62, 28), raw=b""),
+    }
+    r = infer()
+    r.inputs[0].datatype = "INT8"
+    r.ClearField("raw_input_contents")
+    r.inputs[0].contents.int_contents.extend([300] * 784)  # numpy's OverflowError
+    cases["int8 contents out of range"] = r
+    return {k: v.SerializeToString() for k, v in cases.items()}
+
+
+def _health_requests():
+    m = service_pb2
+    return {
+        "ServerLive": [m.ServerLiveRequest()],
+        "ServerReady": [m.ServerReadyRequest()],
+        "ModelReady": [m.ModelReadyRequest(name="deep_cnn"),
+                       m.ModelReadyRequest(name="deep_cnn", version="1"),
+                       m.ModelReadyRequest(name="deep_cnn", version="2"),
+                       m.ModelReadyRequest(name="no_such_model"),
+                       m.ModelReadyRequest(name="deep_cnn", version="x")],
+    }
+
+
+def _malformed(valid: bytes) -> list[bytes]:
+    rng = random.Random(0)
+    cases = [b"\xff" * 40, b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", valid[:-3],
+             valid[:7], b"\x2a\x05\x0a\x03abc" * 3 + b"\x2a"]
+    for _ in range(100):  # bit flips and truncations of a real request
+        b = bytearray(valid[:rng.randrange(1, len(valid))] if rng.random() < 0.3 else valid)
+        for _ in range(rng.randrange(1, 6)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        cases.append(bytes(b))
+    return cases
+
+
+def test_model_infer_answers_are_the_python_planes_byte_for_byte(servers, digits):
+    native, python = servers["native"], servers["python"]
+    cases = {**_infer_requests(digits), **_forwarded_infer_requests(digits)}
+    for what, data in cases.items():
+        got = raw_call(native, data, V2 + "ModelInfer")
+        assert got == raw_call(behind(native), data, V2 + "ModelInfer"), what
+        # another server: the same code (its messages and outputs may list outputs in another
+        # order)
+        assert got[0] == raw_call(python, data, V2 + "ModelInfer")[0], what
+    ok = [k for k, d in cases.items() if raw_call(python, d, V2 + "ModelInfer")[0] ==
+          grpc.StatusCode.OK]
+    assert len(ok) == 9, ok  # the table holds what it means to (the rest are refusals)
+    for method, requests in _health_requests().items():
+        for r in requests:
+            data = r.SerializeToString()
+            assert raw_call(native, data, V2 + method) == raw_call(python, data, V2 + method), r
+
+
+def test_model_infer_malformed_protobufs_and_predictd_stays_up(servers, digits):
+    native, python = servers["native"], servers["python"]
+    pid = predictd_pid(native)
+    for data in _malformed(_infer_requests(digits)["16 rows raw"]):
+        got = raw_call(native, data, V2 + "ModelInfer")
+        expected = raw_call(python, data, V2 + "ModelInfer")
+        if expected[0] == grpc.StatusCode.INVALID_ARGUMENT and "Malformed" in expected[1]:
+            assert got == expected
+        assert got[0] != grpc.StatusCode.UNKNOWN, got
+    assert predictd_pid(native) == pid
+    assert raw_call(native, _infer_requests(digits)["1 row raw"], V2 + "ModelInfer")[0] == \
+        grpc.StatusCode.OK
+
+
+def test_predictd_answers_model_infer_and_health_itself(servers, digits):
+    """With the Python plane stopped (SIGSTOP), predictd still answers what it should: every
+    answer equal to the Python server's."""
+    native, python = servers["native"], servers["python"]
+    cases = [(V2 + "ModelInfer", d) for d in _infer_requests(digits).values()]
+    cases += [(V2 + "ModelInfer", b"\xff" * 40), (PREDICT, b"\xff" * 40),
+              (PREDICT, predict_request(x=digits[0][:2]).SerializeToString())]
+    cases += [(V2 + m, r.SerializeToString()) for m, rs in _health_requests().items()
+              for r in rs[:2]]
+    from tensorflow_serving.apis import predict_pb2
+
+    def answer(server, method, data, **kw):  # a Predict's outputs are a map: in any order
+        code, details, out = raw_call(server, data, method, **kw)
+        if method == PREDICT and out is not None:
+            out = predict_pb2.PredictResponse.FromString(out)
+        return code, details, out
+
+    expected = [answer(behind(native), m, d) for m, d in cases]
+    assert [e[0] for e in expected] == [raw_call(python, d, m)[0] for m, d in cases]
+    os.kill(native.proc.pid, signal.SIGSTOP)
+    try:
+        got = [answer(native, m, d, timeout=60) for m, d in cases]
+    finally:
+        os.kill(native.proc.pid, signal.SIGCONT)
+    assert got == expected
+
+
+def _statistics(server, model="softmax_regression"):
+    from google.protobuf import json_format
+
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.unary_unary(V2 + "ModelStatistics",
+                                   request_serializer=service_pb2.ModelStatisticsRequest.
+                                   SerializeToString,
+                                   response_deserializer=service_pb2.ModelStatisticsResponse.
+                                   FromString)
+        (stat,) = call(service_pb2.ModelStatisticsRequest(name=model, version="1"),
+                       timeout=30).model_stats
+    return json_format.MessageToDict(stat, preserving_proto_field_name=True)
+
+
+@pytest.mark.parametrize("plane_", ["python", "native"])
+def test_model_statistics_count_both_protocols_on_both_planes(servers, digits, plane_):
+    server = servers[plane_]
+    x = digits[0]
+    before = _statistics(server)
+    for method, r in ((V2 + "ModelInfer", infer(x=x[:16])), (V2 + "ModelInfer", infer(x=x[:1])),
+                      (V2 + "ModelInfer", infer(shape=(0, 28, 28))),
+                      (PREDICT, predict_request(x=x[:5]))):
+        assert raw_call(server, r.SerializeToString(), method)[0] == grpc.StatusCode.OK
+    assert raw_call(server, infer(shape=(1, 27, 28)).SerializeToString(),
+                    V2 + "ModelInfer")[0] == grpc.StatusCode.INVALID_ARGUMENT  # resolved, refused
+    assert raw_call(server, infer(datatype="FP8").SerializeToString(),  # refused before it
+                    V2 + "ModelInfer")[0] == grpc.StatusCode.INVALID_ARGUMENT
+    after = _statistics(server)
+
+    def count(stat, *path):
+        for p in path:
+            stat = stat.get(p, {})
+        return int(stat or 0)
+
+    def delta(*path):
+        return count(after, *path) - count(before, *path)
+
+    phases = ("compute_input", "queue", "compute_infer", "compute_output")
+    assert delta("inference_stats", "success", "count") == 4
+    assert delta("inference_stats", "fail", "count") == 1
+    assert [delta("inference_stats", p, "count") for p in phases] == [4, 4, 4, 4]
+    assert sum(delta("inference_stats", p, "ns") for p in phases) <= \
+        delta("inference_stats", "success", "ns")
+    assert delta("inference_count") == 16 + 1 + 0 + 5
+    assert delta("execution_count") == 3  # the empty batch is not run
+    batches = {int(b["batch_size"]): int(b["compute_infer"]["count"])
+               for b in after.get("batch_stats", [])}
+    assert {1, 5, 16} <= set(batches)
+    assert int(after["last_inference"]) >= int(before.get("last_inference", 0))

@@ -2,7 +2,8 @@
 client (gRPC, and HTTP with binary tensors and JSON): real MNIST digits get exactly the classes
 TF Serving's Predict gives on the same server, on both backends, batching on and off; health,
 metadata and readiness; bad requests get the right code and a message naming what is wrong.
-One server per backend x batching combination (module fixture)."""
+One server per backend x batching combination (module fixture), and one with the native data
+plane (docs/ARCHITECTURE.md, "The native data plane": SavedModel, batching off)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 from serving.clients.tf_serving import ZooClient
 from tests.serving_fixtures import (  # noqa: F401
     ServerProcess,
+    data_planes,
     digits,
     exported,
     write_config,
@@ -32,16 +34,28 @@ MODELS = ("softmax_regression", "deep_cnn")
 BATCHING = "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 2000 }\n"
 
 
-@pytest.fixture(scope="module", params=[("savedmodel", "off"), ("savedmodel", "on"),
-                                        ("onnx", "off"), ("onnx", "on")],
-                ids=lambda p: f"{p[0]}-batching-{p[1]}")
+# (backend, batching, data plane): every combination on the Python plane; the native plane
+# where it serves (SavedModel, no batching).
+SERVERS = [(backend, batching, plane) for plane in data_planes()
+           for backend, batching in (("savedmodel", "off"), ("savedmodel", "on"), ("onnx", "off"),
+                                     ("onnx", "on"))
+           if plane == "python" or (backend, batching) == ("savedmodel", "off")]
+
+
+@pytest.fixture(scope="module", params=SERVERS,
+                ids=lambda p: f"{p[0]}-batching-{p[1]}" + ("-native" if p[2] == "native" else ""))
 def server(request, exported, tmp_path_factory):  # noqa: F811
-    backend, batching = request.param
-    tmp = tmp_path_factory.mktemp(f"v2-{backend}-{batching}")
+    backend, batching, plane = request.param
+    if plane == "native":
+        from serving.native import plane as native
+
+        if not native.built():
+            pytest.skip(f"--data_plane native: {native.BINARY} is not built (make native)")
+    tmp = tmp_path_factory.mktemp(f"v2-{backend}-{batching}-{plane}")
     config = write_config(tmp / "models.config",
                           {m: {"base": exported / m} for m in MODELS})
     args = ["--model_config_file", str(config), "--backend", backend,
-            "--file_system_poll_wait_seconds", "0"]
+            "--file_system_poll_wait_seconds", "0", "--data_plane", plane]
     if batching == "on":
         (tmp / "batching.config").write_text(BATCHING)
         args += ["--enable_batching", "--batching_parameters_file", str(tmp / "batching.config")]

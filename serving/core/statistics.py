@@ -54,6 +54,21 @@ class VersionStatistics:
             self.inference_count += rows
         self.last_inference_ms = time.time_ns() // 1_000_000
 
+    def answered(self, ok: bool, ns: int, rows: int, phases: tuple[int, int, int, int] | None,
+                 executed: int, at_ms: int) -> None:
+        """A request another process answered (the native data plane's stats line,
+        serving/native/plane.py), as `ServerCore.serve` counts its own: its phases
+        (compute_input, queue, compute_infer, compute_output ns; None: it did not run to its
+        end), the rows of the model run it counts as an execution (0: none), its end (Unix ms)."""
+        if phases is not None:
+            self.compute_input.add(phases[0])
+            self.ran(phases[1], phases[2])
+            self.compute_output.add(phases[3])
+        if executed:
+            self.execution(executed, phases[2] if phases else 0)
+        self.request(ok, ns, rows if ok else 0)
+        self.last_inference_ms = at_ms
+
     def execution(self, size: int, infer_ns: int) -> None:
         """One model run of `size` rows."""
         self.execution_count += 1

@@ -8,10 +8,11 @@ NATIVE_GEN := $(NATIVE_OUT)/gen
 NATIVE_SRC := serving/native/src
 CXX ?= g++
 NATIVE_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wno-unused-parameter -Wno-switch -fPIC
-# What the request path compiles: predict.proto and the files it imports.
+# What the request path compiles: predict.proto, Triton's grpc_service.proto (the Open
+# Inference Protocol) and the files they import.
 NATIVE_PROTOS := tensorflow/core/framework/tensor_shape tensorflow/core/framework/types \
 	tensorflow/core/framework/resource_handle tensorflow/core/framework/tensor \
-	tensorflow_serving/apis/model tensorflow_serving/apis/predict
+	tensorflow_serving/apis/model tensorflow_serving/apis/predict model_config grpc_service
 NATIVE_PB_CC := $(NATIVE_PROTOS:%=$(NATIVE_GEN)/%.pb.cc)
 NATIVE_PB_O := $(NATIVE_PB_CC:%.cc=%.o)
 NATIVE_GRPC = $(shell pkg-config --libs grpc++ protobuf)
@@ -49,8 +50,9 @@ $(NATIVE_OUT)/%.o: $(NATIVE_SRC)/%.cc $(wildcard $(NATIVE_SRC)/*.h) $(NATIVE_OUT
 		| $(NATIVE_TF_INCLUDE)
 	$(CXX) $(NATIVE_CXXFLAGS) -I$(NATIVE_GEN) -isystem $(NATIVE_TF_INCLUDE) -c $< -o $@
 
-$(NATIVE_OUT)/predictd: $(NATIVE_OUT)/predictd.o $(NATIVE_OUT)/decode.o $(NATIVE_OUT)/tf_api.o \
-		$(NATIVE_OUT)/batcher.o $(NATIVE_OUT)/session.o $(NATIVE_PB_O)
+$(NATIVE_OUT)/predictd: $(NATIVE_OUT)/predictd.o $(NATIVE_OUT)/decode.o \
+		$(NATIVE_OUT)/infer_decode.o $(NATIVE_OUT)/tf_api.o $(NATIVE_OUT)/batcher.o \
+		$(NATIVE_OUT)/session.o $(NATIVE_PB_O)
 	$(CXX) -o $@ $^ $(NATIVE_GRPC) -ldl -lpthread
 
 native: $(NATIVE_OUT)/predictd
@@ -78,10 +80,12 @@ $(NATIVE_SAN_OUT)/%.pb.o: $(NATIVE_GEN)/%.pb.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(NATIVE_SAN_FLAGS) -I$(NATIVE_GEN) -c $< -o $@
 
-$(NATIVE_SAN_OUT)/decode_check: $(NATIVE_SRC)/decode_check.cc $(NATIVE_SRC)/decode.cc \
-		$(NATIVE_SRC)/decode.h $(NATIVE_SAN_PB_O)
-	$(CXX) $(NATIVE_SAN_FLAGS) -I$(NATIVE_GEN) -o $@ $(NATIVE_SRC)/decode_check.cc \
-	  $(NATIVE_SRC)/decode.cc $(NATIVE_SAN_PB_O) $$(pkg-config --libs protobuf)
+NATIVE_CHECKED := $(NATIVE_SRC)/decode_check.cc $(NATIVE_SRC)/decode.cc \
+	$(NATIVE_SRC)/infer_decode.cc
+$(NATIVE_SAN_OUT)/decode_check: $(NATIVE_CHECKED) $(NATIVE_SRC)/decode.h \
+		$(NATIVE_SRC)/infer_decode.h $(NATIVE_SAN_PB_O)
+	$(CXX) $(NATIVE_SAN_FLAGS) -I$(NATIVE_GEN) -o $@ $(NATIVE_CHECKED) $(NATIVE_SAN_PB_O) \
+	  $$(pkg-config --libs protobuf)
 
 # The batcher under ThreadSanitizer, over concurrent callers (src/batcher_check.cc): no
 # TensorFlow and no gRPC in it, only the queues, the batch threads and the answers.

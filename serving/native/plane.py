@@ -2,8 +2,9 @@
 build/native/predictd on the server's public gRPC port, in front of the Python gRPC server on a
 loopback port, tells it which SavedModel versions the lifecycle has made available (and which it
 has unloaded), restarts it if it dies, and stops it with the server. predictd answers Predict
-for those versions and forwards everything else to the Python server; it never decides which
-versions exist.
+and the Open Inference Protocol's ModelInfer (and its ServerLive, ServerReady, ModelReady) for
+those versions and forwards everything else to the Python server; it never decides which
+versions exist. Its answers reach the metrics and the versions' statistics through `stats`.
 
 The channel is predictd's stdin and stdout, one tab-separated line each (the format is in
 serving/native/src/predictd.cc). The lifecycle is read every `SYNC_SECONDS`: a version is told to
@@ -124,6 +125,7 @@ class NativePlane:
         self.told: dict[tuple[str, int], object] = {}  # (model, version) -> LoadedVersion
         self.failed: dict[tuple[str, int], str] = {}   # what predictd could not load, and why
         self._available: dict[str, list[int]] = {}
+        self._ready: bool | None = None  # what predictd's ServerReady answers
         self._watch: asyncio.Task | None = None
         self._lock = asyncio.Lock()
 
@@ -147,6 +149,7 @@ class NativePlane:
         self.told.clear()
         self.failed.clear()
         self._available.clear()
+        self._ready = None
 
     async def _command(self, lines: list[str]) -> list[str]:
         """Send one command; its answer's fields."""
@@ -180,6 +183,10 @@ class NativePlane:
                 if self._available.get(name) != versions:
                     await self._command([f"available\t{name}\t{','.join(map(str, versions))}"])
                     self._available[name] = versions
+            ready = self.core.ready()  # DataPlane.ready(); the stop says 0 before it quits
+            if ready != self._ready:
+                await self._command([f"ready\t{int(ready)}"])
+                self._ready = ready
             for key in [k for k in self.told if k not in now]:
                 await self._command([f"unload\t{key[0]}\t{key[1]}"])
                 del self.told[key]
@@ -188,7 +195,8 @@ class NativePlane:
 
     async def pull_stats(self) -> None:
         """The calls predictd answered since the last pull, into the Python plane's metrics
-        (the one Prometheus page; a scrape pulls first)."""
+        (the one Prometheus page) and its versions' statistics (Triton's ModelStatistics); a
+        scrape and a statistics call pull first."""
         async with self._lock:
             if self.process is None or self.process.returncode is not None:
                 return
@@ -200,8 +208,15 @@ class NativePlane:
                 queues = [await self._line() for _ in range(int(head[2]))]
             except (ConnectionError, BrokenPipeError):
                 return
-        for model, _version, method, code, seconds, _rows, _peer in rows:
+        for row in rows:
+            model, version, method, code, seconds, n = row[:6]
             self.core.metrics.request(model, method, "GRPC", CODES[int(code)], float(seconds))
+            stats = self.core.statistics(model).get(int(version))  # None: version 0, or gone
+            if stats is not None and len(row) >= 14:
+                ns, input_ns, queue_ns, infer_ns, output_ns, executed, end_ms = map(int, row[7:14])
+                stats.answered(code == "0", ns, int(n),
+                               None if input_ns < 0 else (input_ns, queue_ns, infer_ns, output_ns),
+                               executed, end_ms)
         self._batch_stats(batches, queues)
 
     async def _line(self) -> list[str]:
@@ -226,7 +241,8 @@ class NativePlane:
             m.batch_queue(model, int(version), sig, int(rows) + (own.queued_rows if own else 0))
 
     def serves(self, name: str, version: int) -> bool:
-        """Whether predictd answers this version's Predict (else the Python plane does)."""
+        """Whether predictd answers this version's Predict and ModelInfer (else the Python
+        plane does)."""
         return (name, version) in self.told
 
     async def _watch_forever(self) -> None:
@@ -261,7 +277,7 @@ class NativePlane:
         if p is None or p.returncode is not None:
             return
         with contextlib.suppress(BrokenPipeError, ConnectionError):
-            p.stdin.write(b"quit\n")
+            p.stdin.write(b"ready\t0\nquit\n")
             await p.stdin.drain()
         try:
             await asyncio.wait_for(p.wait(), 10)

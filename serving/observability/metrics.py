@@ -157,8 +157,9 @@ class Metrics:
 
     # ------------------------------------------------------------------ recording
     async def refresh(self) -> None:
-        """Before a scrape: pull what other processes answered (the native data plane's
-        Predicts, serving/native/plane.py) into these metrics."""
+        """Before a scrape (and a statistics call): pull what other processes answered (the
+        native data plane's calls, serving/native/plane.py) into these metrics and the
+        versions' statistics."""
         for pull in self.pullers:
             await pull()
 

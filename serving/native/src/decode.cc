@@ -15,17 +15,6 @@ using tensorflow::TensorProto;
 
 Status Invalid(std::string message) { return {kInvalidArgument, std::move(message)}; }
 
-// [1,784]: how the checks of the shape print it; [1, 784]: Python's list(), as the tensor's
-// own errors print it.
-std::string Dims(const std::vector<int64_t>& shape, const char* sep) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += sep;
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 std::string Join(const std::set<std::string>& names) {
   std::string s;
   for (const auto& n : names) {
@@ -157,6 +146,61 @@ Status Decode(TensorProto* t, int64_t n, const std::vector<int64_t>& shape, Inpu
 
 }  // namespace
 
+std::string Dims(const std::vector<int64_t>& shape, const char* sep) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += sep;
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+bool InputCheck::Matches(const std::vector<int64_t>& shape, const TensorSpec& spec) {
+  bool match = shape.size() == spec.shape.size();
+  for (size_t i = 0; match && i < shape.size(); ++i) {
+    match = spec.shape[i] == -1 || spec.shape[i] == shape[i];
+  }
+  return match;
+}
+
+Status InputCheck::MismatchError(const std::string& name, const std::vector<int64_t>& shape,
+                                 const std::string& expects) {
+  return Invalid("input \"" + name + "\" has shape " + Dims(shape, ",") + " but " + expects);
+}
+
+Status InputCheck::Count(const std::string& name, const std::vector<int64_t>& shape,
+                         const TensorSpec& spec, int64_t* elements) {
+  __int128 n = Elements(shape);
+  if (n < 0) return {kForward, ""};
+  elements_ += n;
+  const std::string quoted = "input \"" + name + "\"";
+  if (elements_ > max_elements_) {
+    return Invalid("the request asks for " + ToString(elements_) + " elements (" + quoted +
+                   " has shape " + Dims(shape, ",") + "), more than the " +
+                   std::to_string(max_elements_) +
+                   " a request may hold (--max_request_elements)");
+  }
+  if (!spec.shape.empty() && spec.shape[0] == -1) {
+    if (batched_ && shape[0] != batch_) {
+      return Invalid(quoted + " has batch size " + std::to_string(shape[0]) +
+                     " but another input has " + std::to_string(batch_) +
+                     "; all inputs must have the same batch size");
+    }
+    batched_ = true;
+    batch_ = shape[0];
+  }
+  *elements = static_cast<int64_t>(n);
+  return {};
+}
+
+bool SkipsRun(const Prepared& p) {
+  if (p.rows != 0) return false;
+  for (const auto& o : p.signature->outputs) {
+    if (o.shape.empty() || o.shape[0] != -1) return false;
+  }
+  return true;
+}
+
 void KeepFreedBuffers() {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);  // a buffer below this comes from (and returns to) the heap
   mallopt(M_TRIM_THRESHOLD, 64 << 20);  // the heap is given back only past this much free top
@@ -213,9 +257,7 @@ Status Prepare(const std::string& model, int64_t version,
                    "}) != len({" + Join(expected) + "}). Sent extra: {" + Join(extra) +
                    "}. Missing but required: {" + Join(missing) + "}. (" + sig.describe + ")");
   }
-  __int128 elements = 0;
-  bool batched = false;
-  int64_t batch = 0;
+  InputCheck check(max_elements);
   auto* inputs = request->mutable_inputs();
   for (const auto& spec : sig.inputs) {
     TensorProto& t = (*inputs)[spec.alias];
@@ -232,31 +274,11 @@ Status Prepare(const std::string& model, int64_t version,
                        " has a negative dimension");
       }
     }
-    bool match = shape.size() == spec.shape.size();
-    for (size_t i = 0; match && i < shape.size(); ++i) {
-      match = spec.shape[i] == -1 || spec.shape[i] == shape[i];
-    }
-    if (!match) return Invalid(quoted + " has shape " + Dims(shape, ",") + " but " + sig.describe);
-    __int128 n = Elements(shape);
-    if (n < 0) return {kForward, ""};
-    elements += n;
-    if (elements > max_elements) {
-      return Invalid("the request asks for " + ToString(elements) + " elements (" + quoted +
-                     " has shape " + Dims(shape, ",") + "), more than the " +
-                     std::to_string(max_elements) +
-                     " a request may hold (--max_request_elements)");
-    }
-    if (!spec.shape.empty() && spec.shape[0] == -1) {
-      if (batched && shape[0] != batch) {
-        return Invalid(quoted + " has batch size " + std::to_string(shape[0]) +
-                       " but another input has " + std::to_string(batch) +
-                       "; all inputs must have the same batch size");
-      }
-      batched = true;
-      batch = shape[0];
-    }
+    int64_t n = 0;
+    Status checked = check.Shape(spec.alias, shape, spec, [&sig] { return sig.describe; }, &n);
+    if (!checked.ok()) return checked;
     Input in{&spec, shape, nullptr};
-    Status s = Decode(&t, static_cast<int64_t>(n), shape, &in);
+    Status s = Decode(&t, n, shape, &in);
     if (!s.ok()) return Invalid(quoted + ": " + s.message);
     out->inputs.push_back(std::move(in));
   }

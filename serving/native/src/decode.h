@@ -53,6 +53,40 @@ struct Prepared {
   int64_t rows = 1;
 };
 
+// What both protocols check of each input in turn, once its name and dtype match
+// (validation.InputCheck): its shape against the signature's, the request's elements so far
+// against the limit, and one batch size across batched inputs. `expects` words what the
+// signature expects, as the protocol does (called only for the message).
+class InputCheck {
+ public:
+  explicit InputCheck(int64_t max_elements) : max_elements_(max_elements) {}
+  // kForward when the element count does not fit an exact count (Python words it then).
+  template <class Expects>
+  Status Shape(const std::string& name, const std::vector<int64_t>& shape,
+               const TensorSpec& spec, const Expects& expects, int64_t* elements) {
+    if (!Matches(shape, spec)) return MismatchError(name, shape, expects());
+    return Count(name, shape, spec, elements);
+  }
+
+ private:
+  static bool Matches(const std::vector<int64_t>& shape, const TensorSpec& spec);
+  static Status MismatchError(const std::string& name, const std::vector<int64_t>& shape,
+                              const std::string& expects);
+  Status Count(const std::string& name, const std::vector<int64_t>& shape,
+               const TensorSpec& spec, int64_t* elements);
+  int64_t max_elements_;
+  __int128 elements_ = 0;
+  bool batched_ = false;
+  int64_t batch_ = 0;
+};
+
+// [1,784]: how the checks of a shape print it; [1, 784] with sep ", " (Python's list()).
+std::string Dims(const std::vector<int64_t>& shape, const char* sep);
+
+// Whether a prepared request is answered without a run (server_core._run): no rows, and every
+// output batched.
+bool SkipsRun(const Prepared& p);
+
 // Tells malloc to keep request-sized buffers (up to 32 MiB) for reuse: by default a freed
 // 100 KB block at the top of the heap is given back and the next request faults its pages in
 // again, which made a 16x28x28 double_val request cost 6x its float_val twin

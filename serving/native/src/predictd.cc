@@ -1,7 +1,8 @@
 // predictd: the native data plane (docs/ARCHITECTURE.md, "The native data plane"). It listens on
 // the server's public gRPC port and answers TF Serving's PredictionService/Predict for the
-// SavedModel versions the Python control plane told it to load; every other call, and every
-// Predict it cannot answer itself (a version label, a version it does not hold, a dtype it does
+// SavedModel versions the Python control plane told it to load, and the Open Inference
+// Protocol's ModelInfer and health calls for them (infer_call.h); every other call, and every
+// request it cannot answer itself (a version label, a version it does not hold, a dtype it does
 // not decode), is forwarded unchanged to the Python server's gRPC port on loopback.
 //
 //   predictd --listen HOST:PORT --forward HOST:PORT --tf_library PATH
@@ -17,9 +18,15 @@
 //   available NAME V1,V2,...   the versions the Python plane serves (it decides; this follows)
 //   unload NAME VERSION
 //   stats                      the calls answered since the last stats: N, then N lines
-//                              MODEL VERSION METHOD CODE SECONDS ROWS PEER (for the Python
-//                              plane's metrics and access log), then the batcher's part:
-//                              batches M Q and M + Q lines (batcher.h, Batcher::TakeStats)
+//                              MODEL VERSION METHOD CODE SECONDS ROWS PEER NS INPUT_NS
+//                              QUEUE_NS INFER_NS OUTPUT_NS EXECUTED END_MS (for the Python
+//                              plane's metrics, access log and version statistics: VERSION 0
+//                              refused before a version was resolved; INPUT_NS -1 did not
+//                              run, else server_core.serve's phases; EXECUTED the rows of the
+//                              model run it counts, 0 none; END_MS its end, Unix ms), then the
+//                              batcher's part: batches M Q and M + Q lines (batcher.h,
+//                              Batcher::TakeStats)
+//   ready 0|1                  what the v2 ServerReady answers (DataPlane.ready())
 //   quit
 // Answers: "listening PORT" once, then "ok ..." or "error ... MESSAGE" for each command.
 
@@ -48,6 +55,7 @@
 
 #include "batcher.h"
 #include "decode.h"
+#include "infer_decode.h"
 #include "session.h"
 #include "tf_api.h"
 
@@ -173,9 +181,7 @@ Status Run(const Version& v, Prepared& p, tensorflow::serving::PredictResponse* 
   response->mutable_model_spec()->mutable_version()->set_value(v.number);
   response->mutable_model_spec()->set_signature_name(p.signature->name);
   auto& outputs = *response->mutable_outputs();
-  bool batched = true;
-  for (const auto& o : p.signature->outputs) batched &= !o.shape.empty() && o.shape[0] == -1;
-  if (p.rows == 0 && batched) {  // server_core._run: an empty batch is not run
+  if (SkipsRun(p)) {  // server_core._run: an empty batch is not run
     for (const auto* o : p.outputs) {
       auto& t = outputs[o->alias];
       t.set_dtype(static_cast<tensorflow::DataType>(o->dtype));
@@ -229,8 +235,9 @@ Status Run(const Version& v, Prepared& p, tensorflow::serving::PredictResponse* 
 }
 
 // ---------------------------------------------------------------- what was answered
-// Each call this plane answered, for the Python plane's metrics and access log ("stats"
-// drains them). `method` is the gRPC method's last part (Predict, ModelInfer, ...).
+// Each call this plane answered, for the Python plane's metrics, access log and version
+// statistics ("stats" drains them). `method` is the gRPC method's last part (Predict,
+// ModelInfer, ...); version 0: refused before a version was resolved.
 struct Answered {
   std::string model;
   int64_t version;
@@ -239,12 +246,28 @@ struct Answered {
   double seconds;
   int64_t rows;
   std::string peer;
+  // The run's clock points (unset: it did not run to its end) and the rows of the model run
+  // it counts as an execution (0: none, e.g. an empty batch); Record makes the phases of them.
+  std::chrono::steady_clock::time_point asked{}, began{}, ran{};
+  int64_t executed = 0;
+  int64_t ns = 0, input_ns = -1, queue_ns = 0, infer_ns = 0, output_ns = 0, end_ms = 0;
 };
 std::mutex answered_mutex;
 std::vector<Answered> answered;
 
 void Record(Answered a, std::chrono::steady_clock::time_point start) {
-  a.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  auto end = std::chrono::steady_clock::now();
+  auto ns = [](auto d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); };
+  a.seconds = std::chrono::duration<double>(end - start).count();
+  a.ns = ns(end - start);
+  if (a.ran != std::chrono::steady_clock::time_point()) {  // server_core.serve's phases
+    a.input_ns = ns(a.asked - start);
+    a.queue_ns = ns(a.began - a.asked);
+    a.infer_ns = ns(a.ran - a.began);
+    a.output_ns = ns(end - a.ran);
+  }
+  a.end_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::system_clock::now().time_since_epoch()).count();
   std::lock_guard lock(answered_mutex);
   answered.push_back(std::move(a));
 }
@@ -305,112 +328,42 @@ void CopyMetadata(const std::multimap<grpc::string_ref, grpc::string_ref>& from,
 }
 
 // ---------------------------------------------------------------- Predict
-class PredictCall : public grpc::ServerGenericBidiReactor {
- public:
-  explicit PredictCall(grpc::GenericCallbackServerContext* ctx) : ctx_(ctx) { StartRead(&in_); }
+#include "unary_call.h"
 
-  void OnReadDone(bool ok) override {
-    if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Predict sent no request"));
-      return;
-    }
-    start_ = std::chrono::steady_clock::now();
-    Answer();
-  }
-  void OnDone() override { delete this; }
+class PredictCall : public UnaryCall {
+ public:
+  using UnaryCall::UnaryCall;
 
  private:
-  // Parsing and checking on gRPC's callback thread; the run too for up to kInlineRows rows (as
-  // the Python plane runs small requests inline: a hand-off costs more than they do), else on
-  // the worker pool, so that a long run does not hold a callback thread.
-  static constexpr int64_t kInlineRows = 8;
-
-  void Answer() {
-    size_t length = in_.Length();
-    grpc::Status parsed = grpc::SerializationTraits<tensorflow::serving::PredictRequest>::Deserialize(
-        &in_copy(), &request_);
-    if (!parsed.ok()) {  // grpc_server.RequestDecoding's words
-      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "Malformed request: " + std::to_string(length) +
-                              " bytes that are not a Predict request message (protobuf)"));
-      return;
-    }
+  void Answer() override {
+    if (!Parse(&request_)) return;
     version_ = Find(request_.model_spec());
     if (!version_) return Forward();
     Status s = Prepare(version_->name, version_->number, version_->signatures, &request_,
                        options.max_request_elements, &prepared_);
     if (s.code == kForward) return Forward();
     if (!s.ok()) return Reply(s);
-    if (batcher && prepared_.rows > 0 && Batchable(*prepared_.signature)) return Batch();
-    if (prepared_.rows <= kInlineRows) return Reply(Run(*version_, prepared_, &response_));
-    pool->Post([this] { Reply(Run(*version_, prepared_, &response_)); });
-  }
-
-  // Through the batcher: every output of the signature is run, the filter's are answered.
-  void Batch() {
-    response_.mutable_model_spec()->set_name(version_->name);
-    response_.mutable_model_spec()->mutable_version()->set_value(version_->number);
-    response_.mutable_model_spec()->set_signature_name(prepared_.signature->name);
-    Status s = batcher->Submit(
-        version_->name, version_->number, prepared_.signature->name,
-        std::move(prepared_.inputs),
-        [v = version_, sig = prepared_.signature](std::vector<Input>& in,
-                                                   std::vector<Tensor>* out) {
-          return RunSession(tf, v->graph, v->session, in, sig->outputs, out);
-        },
-        [this](const Status& status, std::vector<Tensor> outputs) {
-          if (status.ok()) {
-            FillPredict(*prepared_.signature, prepared_.outputs, outputs, &response_);
-          }
-          Reply(status);
-        });
-    if (!s.ok()) Reply(s);
+    if (Batching(prepared_)) {
+      return Batch(version_, prepared_, &response_, [this](const Status& s) { Reply(s); });
+    }
+    Execute(prepared_.rows, [this] { return Run(*version_, prepared_, &response_); },
+            [this](const Status& s) { Reply(s); });
   }
 
   void Reply(const Status& s) {
-    Record({version_->name, version_->number, "Predict", s.code, 0, prepared_.rows, ctx_->peer()},
-           start_);
-    if (!s.ok()) {
-      Finish(grpc::Status(static_cast<grpc::StatusCode>(s.code), s.message));
-      return;
-    }
-    bool own;
-    grpc::SerializationTraits<tensorflow::serving::PredictResponse>::Serialize(response_, &out_,
-                                                                               &own);
-    StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+    Note(version_->name, version_->number, s, prepared_);
+    if (!s.ok()) return Fail(s);
+    Send(response_);
   }
 
-  // Deserialize consumes its buffer; the original stays for forwarding.
-  grpc::ByteBuffer& in_copy() {
-    copy_ = in_;
-    return copy_;
-  }
-
-  void Forward() {
-    CopyRequestContext(ctx_, &client_);
-    python->UnaryCall(&client_, kPredict, grpc::StubOptions(), &in_, &out_,
-                      [this](grpc::Status status) {
-                        CopyMetadata(client_.GetServerInitialMetadata(),
-                                     [this](auto& k, auto& v) { ctx_->AddInitialMetadata(k, v); });
-                        CopyMetadata(client_.GetServerTrailingMetadata(),
-                                     [this](auto& k, auto& v) { ctx_->AddTrailingMetadata(k, v); });
-                        if (status.ok()) {
-                          StartWriteAndFinish(&out_, grpc::WriteOptions(), status);
-                        } else {
-                          Finish(status);
-                        }
-                      });
-  }
-
-  grpc::GenericCallbackServerContext* ctx_;
-  grpc::ClientContext client_;
-  grpc::ByteBuffer in_, copy_, out_;
-  std::chrono::steady_clock::time_point start_;
   tensorflow::serving::PredictRequest request_;
   tensorflow::serving::PredictResponse response_;
   std::shared_ptr<Version> version_;
   Prepared prepared_;
 };
+
+// ---------------------------------------------------------------- the Open Inference Protocol
+#include "infer_call.h"
 
 // ---------------------------------------------------------------- everything else: a proxy
 // Each message from the caller goes on to the Python plane and each of its answers back, one
@@ -515,6 +468,7 @@ void ToPython::OnDone(const grpc::Status& status) {
 class Service : public grpc::CallbackGenericService {
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
     if (ctx->method() == kPredict) return new PredictCall(ctx);
+    if (auto* call = NewInferCall(ctx)) return call;
     return &(new Proxy(ctx))->caller_side;
   }
 };
@@ -613,10 +567,16 @@ void Control() {
         for (const auto& a : taken) {
           out += a.model + "\t" + std::to_string(a.version) + "\t" + a.method + "\t" +
                  std::to_string(a.code) + "\t" + std::to_string(a.seconds) + "\t" +
-                 std::to_string(a.rows) + "\t" + a.peer + "\n";
+                 std::to_string(a.rows) + "\t" + a.peer + "\t" + std::to_string(a.ns) + "\t" +
+                 std::to_string(a.input_ns) + "\t" + std::to_string(a.queue_ns) + "\t" +
+                 std::to_string(a.infer_ns) + "\t" + std::to_string(a.output_ns) + "\t" +
+                 std::to_string(a.executed) + "\t" + std::to_string(a.end_ms) + "\n";
         }
         out += batcher ? batcher->TakeStats() : "batches\t0\t0\n";
         std::cout << out << std::flush;
+      } else if (f[0] == "ready") {
+        server_ready = std::stoi(f.at(1)) ? 1 : 0;
+        Say("ok\tready");
       } else if (f[0] == "quit") {
         return;
       } else {

@@ -69,6 +69,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
     async def ModelStatistics(self, request, context):
+        await self.metrics.refresh()  # the native plane's answers first (serving/native)
         try:
             stats = self.plane.model_statistics(request.name, request.version)
         except ServingError as e:

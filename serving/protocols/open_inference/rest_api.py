@@ -75,6 +75,7 @@ class V2Rest:
         return 200, self.plane.model_config(params["name"], params.get("version") or "")
 
     async def model_statistics(self, params, headers, body):
+        await self.plane.core.metrics.refresh()  # the native plane's answers first
         return 200, self.plane.model_statistics(params.get("name") or "",
                                                 params.get("version") or "")
 
