@@ -634,3 +634,33 @@ def test_model_statistics_count_both_protocols_on_both_planes(servers, digits, p
                for b in after.get("batch_stats", [])}
     assert {1, 5, 16} <= set(batches)
     assert int(after["last_inference"]) >= int(before.get("last_inference", 0))
+
+
+def test_model_infer_is_batched_with_predict_and_answers_as_the_python_plane(
+        batching, servers, digits):
+    """ModelInfer goes through the native batcher (the queues Predict uses): 8 concurrent
+    deep_cnn requests of 1-3 rows, each answer's outputs equal to the Python plane's unbatched
+    ones, and the batches counted in zoo_serving_batch_size."""
+    server, x = batching[0], digits[0]
+    slices = [(i, i + 1 + i % 3) for i in range(0, 24, 3)]
+    before = batch_sizes(server, "deep_cnn")
+
+    def call(target, a, b):
+        data = infer("deep_cnn", x[a:b]).SerializeToString()
+        code, details, raw = raw_call(target, data, V2 + "ModelInfer")
+        assert code == grpc.StatusCode.OK, details
+        r = service_pb2.ModelInferResponse.FromString(raw)
+        dtypes = {"FP32": np.float32, "INT64": np.int64}
+        return {o.name: np.frombuffer(c, dtypes[o.datatype]).reshape(o.shape)
+                for o, c in zip(r.outputs, r.raw_output_contents)}
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda s: call(server, *s), slices))
+    for (a, b), g in zip(slices, got):
+        expected = call(servers["python"], a, b)
+        assert g.keys() == expected.keys()
+        for k in g:
+            assert g[k].shape[0] == b - a
+            np.testing.assert_allclose(g[k], expected[k], atol=1e-5)
+    rows, batches = batch_sizes(server, "deep_cnn")
+    assert rows - before[0] >= sum(b - a for a, b in slices) and batches > before[1]
