@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -19,6 +21,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from serving.native import plane
 from serving.runtime import tensors
 from tests.serving_fixtures import (  # noqa: F401
+    ENV,
+    ROOT,
     ServerProcess,
     digits,
     exported,
@@ -47,7 +51,7 @@ def servers(exported, tmp_path_factory):
         for name in ("python", "native"):
             started[name] = ServerProcess(
                 "--model_config_file", str(config), "--max_request_bytes", str(MAX_BYTES),
-                "--data_plane", name, rest=False, log=tmp / f"{name}.log")
+                "--data_plane", name, log=tmp / f"{name}.log")
         yield started
     finally:
         for s in started.values():
@@ -89,6 +93,37 @@ def test_the_native_server_says_which_plane_answers(servers):
     assert "native data plane (predictd) answers Predict" in log
     assert "data plane native" in log and predictd_pid(servers["native"])
     assert predictd_pid(servers["python"]) is None
+
+
+def listed_planes(server) -> dict[str, dict]:
+    """model -> the data_planes of the REST listing (/v1/models, the web page's source)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.rest}/v1/models", timeout=30) as r:
+        return {m["name"]: m["data_planes"] for m in json.loads(r.read())["models"]}
+
+
+def test_status_listing_and_start_up_line_name_each_versions_plane(servers):
+    from serving.clients.tf_serving import ZooClient
+
+    for name, named, why in (("native", "native", ""),
+                             ("python", "python", "--data_plane python")):
+        with ZooClient(servers[name].address) as client:
+            for model in ("softmax_regression", "deep_cnn"):
+                assert client.data_planes(model) == {1: named + (f": {why}" if why else "")}
+            assert client.data_planes("softmax_regression", label="stable") == \
+                client.data_planes("softmax_regression")
+        one = {"1": {"plane": named, "reason": why}}
+        assert listed_planes(servers[name]) == {"softmax_regression": one, "deep_cnn": one}
+    assert "models: deep_cnn v1 native, softmax_regression v1 native; " in \
+        servers["native"].logs()
+    assert "models: deep_cnn v1, softmax_regression v1; backend savedmodel; data plane python " \
+        "(--data_plane python); " in servers["python"].logs()
+    done = subprocess.run([sys.executable, "-m", "serving.client", "--address",
+                           servers["native"].address, "status", "deep_cnn"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout == "deep_cnn v1: AVAILABLE; data plane native\n", done.stderr
 
 
 @pytest.mark.parametrize("model", ["softmax_regression", "deep_cnn"])
@@ -239,3 +274,18 @@ def test_native_is_refused_where_it_cannot_serve_and_auto_says_why(exported, tmp
     assert "data plane: python (the native plane does not do --enable_batching yet)" in \
         server.logs()
     assert server.stop() == 0
+
+
+def test_auto_falling_back_names_the_python_plane_and_why_per_version(exported, tmp_path):
+    from serving.clients.tf_serving import ZooClient
+
+    why = "--data_plane auto: the native plane does not do --backend onnx yet"
+    server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
+                           "--backend", "onnx", "--data_plane", "auto", log=tmp_path / "a.log")
+    try:
+        with ZooClient(server.address) as client:
+            assert client.data_planes("default") == {1: f"python: {why}"}
+        assert listed_planes(server) == {"default": {"1": {"plane": "python", "reason": why}}}
+        assert f"data plane python ({why}); " in server.logs()
+    finally:
+        assert server.stop() == 0

@@ -75,13 +75,17 @@ def _clean(text: str) -> str:
     return text.replace("\t", " ").replace("\n", " ")
 
 
+def native_signature(sig) -> bool:
+    """Whether predictd decodes every tensor of a signature (else its requests are forwarded)."""
+    return all(s.dtype in tensors.DTYPES for s in (*sig.inputs.values(), *sig.outputs.values()))
+
+
 def load_lines(loaded) -> list[str]:
     """The "load" command for a LoadedVersion: its path and every signature as the Python plane
     checks it (input order, dtypes, shapes, the describe() its messages quote)."""
     lines = [f"load\t{loaded.name}\t{loaded.version}\t{loaded.path}\t{len(loaded.signatures)}"]
     for name, sig in loaded.signatures.items():
-        native = all(s.dtype in tensors.DTYPES for s in (*sig.inputs.values(),
-                                                         *sig.outputs.values()))
+        native = native_signature(sig)
         lines.append(f"sig\t{name}\t{int(native)}\t{_clean(sig.describe())}\t{len(sig.inputs)}"
                      f"\t{len(sig.outputs)}")
         for kind, specs, infos in (("in", sig.inputs, sig.proto.inputs),
@@ -155,6 +159,8 @@ class NativePlane:
                 answer = await self._command(load_lines(loaded))
                 if answer[0] == "ok":
                     self.told[key] = loaded
+                    log.info("model %s version %d: gRPC Predict is answered by the native "
+                             "plane", *key)
                 else:
                     self.failed[key] = answer[-1]
                     log.warning("model %s version %d is served by the Python plane: predictd "
@@ -189,6 +195,21 @@ class NativePlane:
     def serves(self, name: str, version: int) -> bool:
         """Whether predictd answers this version's Predict (else the Python plane does)."""
         return (name, version) in self.told
+
+    def plane_of(self, name: str, version: int) -> tuple[str, str]:
+        """("native" or "python", why): which plane answers this version's gRPC Predict, and
+        what of it (or why not) predictd does not answer (ServerCore.data_plane)."""
+        loaded = self.told.get((name, version))
+        if loaded is not None:
+            python = [n for n, sig in loaded.signatures.items() if not native_signature(sig)]
+            if not python:
+                return "native", ""
+            return "native", (f"signature{'s' * (len(python) > 1)} {', '.join(python)} on the "
+                              "Python plane: a dtype predictd does not decode")
+        why = self.failed.get((name, version))
+        if why is not None:
+            return "python", f"predictd cannot load it: {why}"
+        return "python", "not loaded by predictd yet"
 
     async def _watch_forever(self) -> None:
         while True:
