@@ -312,6 +312,8 @@ class Server:
 
         try:  # docs/ARCHITECTURE.md, "Request logging" and "Auth"
             access = self._access = access_log.AccessLog.from_args(args, args.worker_index)
+            if access is not None:
+                access.behind_native = native
             guard = auth.Guard.from_args(args)
         except ValueError as e:
             raise protos.ConfigError(str(e)) from None
@@ -355,7 +357,7 @@ class Server:
             self.native = native_plane.NativePlane(
                 core, args.host, args.port, behind, args.max_request_bytes,
                 core.max_request_elements, args.tensorflow_intra_op_parallelism,
-                args.tensorflow_inter_op_parallelism)
+                args.tensorflow_inter_op_parallelism, access)
             try:
                 self.port = await self.native.start()
             except RuntimeError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -289,3 +290,67 @@ def test_auto_falling_back_names_the_python_plane_and_why_per_version(exported, 
         assert f"data plane python ({why}); " in server.logs()
     finally:
         assert server.stop() == 0
+
+
+def test_the_access_log_has_a_line_for_every_native_request_as_the_python_planes(
+        exported, digits, tmp_path):
+    """The same Predicts (answered, refused by their checks, malformed, forwarded) to a native
+    and a Python server with --access_log: one line each, equal but for time, latency, the
+    client's port and id; a forwarded call's peer is the client's too. The servers are stopped
+    first, so every line is written."""
+    import json
+
+    def call(channel, data: bytes):
+        try:
+            channel.unary_unary(PREDICT)(data, timeout=30)
+            return grpc.StatusCode.OK, ""
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+
+    config = write_config(tmp_path / "models.config", {
+        "softmax_regression": {"base": exported / "softmax_regression", "labels": {"stable": 1}},
+        "deep_cnn": {"base": exported / "deep_cnn"}})
+    cases = [("ok", predict_request(x=digits[0][:3])),
+             ("ok cnn", predict_request("deep_cnn", digits[0][:2])),
+             *_requests(digits).items()]
+    malformed = [b"\xff" * 40, predict_request(x=digits[0][:1]).SerializeToString()[:-3]]
+    lines, answered = {}, {}
+    for name in ("python", "native"):
+        server = ServerProcess("--model_config_file", str(config), "--max_request_bytes",
+                               str(MAX_BYTES), "--data_plane", name, "--access_log",
+                               str(tmp_path / f"{name}.access"), rest=False,
+                               log=tmp_path / f"{name}.log")
+        channel = grpc.insecure_channel(server.address)  # one connection: one peer
+        try:
+            answered[name] = [call(channel, r.SerializeToString()) for _, r in cases] + [
+                call(channel, data) for data in malformed]
+        finally:
+            channel.close()
+            assert server.stop() == 0, server.logs()
+        lines[name] = [json.loads(line) for line in
+                       (tmp_path / f"{name}.access").read_text().splitlines()]
+    assert answered["native"] == answered["python"]
+    n = len(cases) + len(malformed)
+    predicts = {name: [line for line in got if line["method"] == PREDICT]
+                for name, got in lines.items()}
+    assert len(predicts["native"]) == len(predicts["python"]) == n
+    # A line is written when its call ends, predictd's when they are pulled (every 0.2 s):
+    # the file is not in the order of the calls, so the lines are compared as a multiset.
+    assert sorted(line["status"] for line in predicts["native"]) == \
+        sorted(code.name for code, _ in answered["native"])
+    for line in predicts["native"]:
+        assert line["peer"].startswith("ipv4:127.0.0.1:") and line["latency_ms"] > 0
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+        assert list(line) == list(predicts["python"][0])  # the same keys in the same order
+    assert len({line["id"] for line in lines["native"]}) == len(lines["native"])
+    for name in lines:  # answered by predictd or forwarded to the Python plane: the caller
+        assert len({line["peer"] for line in predicts[name]}) == 1, predicts[name]
+
+    def same(line):
+        return json.dumps({k: v for k, v in line.items()
+                           if k not in ("time", "latency_ms", "peer", "id")}, sort_keys=True)
+
+    assert sorted(map(same, predicts["native"])) == sorted(map(same, predicts["python"]))
+    assert {"protocol": "tfs-grpc", "method": PREDICT, "model": "softmax_regression",
+            "version": 1, "rows": 3, "status": "OK"} in [
+        json.loads(same(line)) for line in predicts["native"]]

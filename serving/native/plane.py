@@ -29,6 +29,9 @@ BINARY = Path(__file__).resolve().parents[2] / "build" / "native" / "predictd"
 SYNC_SECONDS = 0.2
 PLANES = ("auto", "native", "python")
 CODES = {c.value[0]: c.name for c in grpc.StatusCode}
+# The gRPC methods of predictd's stats rows (it names them by their last part).
+METHODS = {"Predict": "/tensorflow.serving.PredictionService/Predict",
+           "ModelInfer": "/inference.GRPCInferenceService/ModelInfer"}
 
 
 def built() -> bool:
@@ -44,7 +47,7 @@ def unsupported(args) -> str | None:
                         ("--enable_batching", args.enable_batching),
                         ("--ssl_config_file", args.ssl_config_file),
                         ("--auth_token_file", args.auth_token_file),
-                        ("--access_log", args.access_log),
+                        # predictd keeps no tensors for the payload log
                         ("--payload_log_sample_rate", args.payload_log_sample_rate),
                         ("--workers", args.workers > 1)):
         if value:
@@ -101,8 +104,10 @@ class NativePlane:
     `await start()` returns the bound port (port 0 picks one, kept across restarts)."""
 
     def __init__(self, core, host: str, port: int, forward_port: int, max_request_bytes: int,
-                 max_request_elements: int, intra_op: int = 0, inter_op: int = 0):
+                 max_request_elements: int, intra_op: int = 0, inter_op: int = 0,
+                 access=None):
         self.core, self.host, self.port = core, host, port
+        self.access = access  # the server's AccessLog (or None): a line per call predictd answers
         self.forward_port = forward_port
         self.argv = ["--forward", f"127.0.0.1:{forward_port}", "--tf_library", tf_library(),
                      "--max_request_bytes", str(max_request_bytes),
@@ -179,18 +184,37 @@ class NativePlane:
 
     async def pull_stats(self) -> None:
         """The calls predictd answered since the last pull, into the Python plane's metrics
-        (the one Prometheus page; a scrape pulls first)."""
+        (the one Prometheus page; a scrape pulls first) and its access log."""
         async with self._lock:
             if self.process is None or self.process.returncode is not None:
                 return
             try:
                 answer = await self._command(["stats"])
-                rows = [(await self.process.stdout.readline()).decode().rstrip("\n").split("\t")
-                        for _ in range(int(answer[2]))]
+                rows = await self._stats_rows(answer)
             except (ConnectionError, BrokenPipeError):
                 return
-        for model, _version, method, code, seconds, _rows, _peer in rows:
-            self.core.metrics.request(model, method, "GRPC", CODES[int(code)], float(seconds))
+        self._take(rows)
+
+    async def _stats_rows(self, answer: list[str]) -> list[list[str]]:
+        if answer[:2] != ["ok", "stats"]:
+            raise ConnectionError(f"predictd answered {answer!r} to stats")
+        return [(await self.process.stdout.readline()).decode().rstrip("\n").split("\t")
+                for _ in range(int(answer[2]))]
+
+    def _take(self, lines: list[list[str]]) -> None:
+        """Stats rows (serving/native/src/predictd.cc: MODEL VERSION METHOD CODE SECONDS ROWS
+        PEER TIME, more fields may follow) as the Python plane counts and logs its own calls:
+        one it did not parse or that was refused before it is counted in no metric (model
+        empty), and the access log has no version or rows for one that was not run (-1)."""
+        for model, version, method, code, seconds, rows, peer, when, *_ in lines:
+            status, seconds = CODES[int(code)], float(seconds)
+            if model:
+                self.core.metrics.request(model, method, "GRPC", status, seconds)
+            if self.access is not None:
+                self.access.answered(float(when), METHODS.get(method, method), model or None,
+                                     None if version == "-1" else int(version),
+                                     None if rows == "-1" else int(rows), status, seconds,
+                                     peer or None)
 
     def serves(self, name: str, version: int) -> bool:
         """Whether predictd answers this version's Predict (else the Python plane does)."""
@@ -239,12 +263,17 @@ class NativePlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
-        p, self.process = self.process, None
+        p = self.process
         if p is None or p.returncode is not None:
+            self.process = None
             return
-        with contextlib.suppress(BrokenPipeError, ConnectionError):
-            p.stdin.write(b"quit\n")
-            await p.stdin.drain()
+        # quit: predictd lets its calls in flight finish, then answers with their stats.
+        with contextlib.suppress(BrokenPipeError, ConnectionError, ValueError, TimeoutError):
+            async with asyncio.timeout(10):
+                async with self._lock:
+                    answer = await self._command(["quit"])
+                    self._take(await self._stats_rows(answer))
+        self.process = None
         try:
             await asyncio.wait_for(p.wait(), 10)
         except TimeoutError:

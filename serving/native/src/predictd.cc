@@ -15,9 +15,13 @@
 //   available NAME V1,V2,...   the versions the Python plane serves (it decides; this follows)
 //   unload NAME VERSION
 //   stats                      the calls answered since the last stats: N, then N lines
-//                              MODEL VERSION METHOD CODE SECONDS ROWS PEER (for the Python
-//                              plane's metrics and access log)
-//   quit
+//                              MODEL VERSION METHOD CODE SECONDS ROWS PEER TIME (for the Python
+//                              plane's metrics and access log; MODEL empty, VERSION and ROWS -1
+//                              where the Python plane's access log has no value: a message that
+//                              does not parse, a request that fails its checks; TIME: the
+//                              answer's wall-clock time, Unix seconds)
+//   quit                       stop: the calls in flight finish (up to 5 s), then a last
+//                              stats answer
 // Answers: "listening PORT" once, then "ok ..." or "error ... MESSAGE" for each command.
 
 #include <grpcpp/generic/async_generic_service.h>
@@ -232,12 +236,15 @@ struct Answered {
   double seconds;
   int64_t rows;
   std::string peer;
+  double time = 0;  // when it was answered: Unix seconds (the access log's "time")
 };
 std::mutex answered_mutex;
 std::vector<Answered> answered;
 
 void Record(Answered a, std::chrono::steady_clock::time_point start) {
   a.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  a.time = std::chrono::duration<double>(
+      std::chrono::system_clock::now().time_since_epoch()).count();
   std::lock_guard lock(answered_mutex);
   answered.push_back(std::move(a));
 }
@@ -278,14 +285,19 @@ class Pool {
 Pool* pool;
 std::unique_ptr<grpc::GenericStub> python;  // the Python plane's gRPC server
 
-// The call's metadata and deadline, for the same call to the Python plane.
+// The call's metadata and deadline, for the same call to the Python plane, and the caller's
+// address for its access log (access_log.FORWARDED_PEER; a caller's own value is dropped).
 void CopyRequestContext(const grpc::GenericCallbackServerContext* from,
                         grpc::ClientContext* to) {
   for (const auto& [k, v] : from->client_metadata()) {
     std::string key(k.data(), k.size());
-    if (key == "user-agent" || key.rfind("grpc-", 0) == 0 || key[0] == ':') continue;
+    if (key == "user-agent" || key.rfind("grpc-", 0) == 0 || key[0] == ':' ||
+        key == "zoo-forwarded-peer") {
+      continue;
+    }
     to->AddMetadata(key, std::string(v.data(), v.size()));
   }
+  to->AddMetadata("zoo-forwarded-peer", from->peer());
   if (from->deadline() != std::chrono::system_clock::time_point::max()) {
     to->set_deadline(from->deadline());
   }
@@ -322,6 +334,7 @@ class PredictCall : public grpc::ServerGenericBidiReactor {
     grpc::Status parsed = grpc::SerializationTraits<tensorflow::serving::PredictRequest>::Deserialize(
         &in_copy(), &request_);
     if (!parsed.ok()) {  // grpc_server.RequestDecoding's words
+      Record({"", -1, "Predict", kInvalidArgument, 0, -1, ctx_->peer()}, start_);
       Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           "Malformed request: " + std::to_string(length) +
                               " bytes that are not a Predict request message (protobuf)"));
@@ -332,13 +345,14 @@ class PredictCall : public grpc::ServerGenericBidiReactor {
     Status s = Prepare(version_->name, version_->number, version_->signatures, &request_,
                        options.max_request_elements, &prepared_);
     if (s.code == kForward) return Forward();
-    if (!s.ok()) return Reply(s);
+    if (!s.ok()) return Reply(s, false);
     if (prepared_.rows <= kInlineRows) return Reply(Run(*version_, prepared_, &response_));
     pool->Post([this] { Reply(Run(*version_, prepared_, &response_)); });
   }
 
-  void Reply(const Status& s) {
-    Record({version_->name, version_->number, "Predict", s.code, 0, prepared_.rows, ctx_->peer()},
+  void Reply(const Status& s, bool ran = true) {  // ran: checked and run (else no version, rows)
+    Record({version_->name, ran ? version_->number : -1, "Predict", s.code, 0,
+            ran ? prepared_.rows : -1, ctx_->peer()},
            start_);
     if (!s.ok()) {
       Finish(grpc::Status(static_cast<grpc::StatusCode>(s.code), s.message));
@@ -510,6 +524,22 @@ std::vector<int64_t> Numbers(const std::string& text) {
 
 void Say(const std::string& line) { std::cout << line << std::endl; }
 
+// The "stats" answer: the calls answered since the last one.
+void SayStats() {
+  std::vector<Answered> taken;
+  {
+    std::lock_guard lock(answered_mutex);
+    taken.swap(answered);
+  }
+  std::string out = "ok\tstats\t" + std::to_string(taken.size()) + "\n";
+  for (const auto& a : taken) {  // std::to_string of a double: "%f", microseconds
+    out += a.model + "\t" + std::to_string(a.version) + "\t" + a.method + "\t" +
+           std::to_string(a.code) + "\t" + std::to_string(a.seconds) + "\t" +
+           std::to_string(a.rows) + "\t" + a.peer + "\t" + std::to_string(a.time) + "\n";
+  }
+  std::cout << out << std::flush;
+}
+
 // One "load" command and the signature lines after it.
 void Load(const std::vector<std::string>& f) {
   auto v = std::make_shared<Version>();
@@ -574,18 +604,7 @@ void Control() {
         gone.reset();
         Say("ok\tunload\t" + f[1] + "\t" + f[2]);
       } else if (f[0] == "stats") {
-        std::vector<Answered> taken;
-        {
-          std::lock_guard lock(answered_mutex);
-          taken.swap(answered);
-        }
-        std::string out = "ok\tstats\t" + std::to_string(taken.size()) + "\n";
-        for (const auto& a : taken) {
-          out += a.model + "\t" + std::to_string(a.version) + "\t" + a.method + "\t" +
-                 std::to_string(a.code) + "\t" + std::to_string(a.seconds) + "\t" +
-                 std::to_string(a.rows) + "\t" + a.peer + "\n";
-        }
-        std::cout << out << std::flush;
+        SayStats();
       } else if (f[0] == "quit") {
         return;
       } else {
@@ -656,5 +675,6 @@ int main(int argc, char** argv) {
   Say("listening\t" + std::to_string(port));
   Control();  // until "quit" or the end of stdin (the control plane is gone)
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  SayStats();  // what was answered since the last stats, for the access log
   std::_Exit(0);  // TF's and gRPC's static destructors race their own threads
 }
