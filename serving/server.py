@@ -357,7 +357,7 @@ class Server:
             self.native = native_plane.NativePlane(
                 core, args.host, args.port, behind, args.max_request_bytes,
                 core.max_request_elements, args.tensorflow_intra_op_parallelism,
-                args.tensorflow_inter_op_parallelism, access)
+                args.tensorflow_inter_op_parallelism, access, guard)
             try:
                 self.port = await self.native.start()
             except RuntimeError as e:

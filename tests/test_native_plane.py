@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -354,3 +355,58 @@ def test_the_access_log_has_a_line_for_every_native_request_as_the_python_planes
     assert {"protocol": "tfs-grpc", "method": PREDICT, "model": "softmax_regression",
             "version": 1, "rows": 3, "status": "OK"} in [
         json.loads(same(line)) for line in predicts["native"]]
+
+
+def test_tokens_reach_a_restarted_predictd_and_new_tokens_replace_them(exported, digits,
+                                                                         tmp_path):
+    """--auth_token_file on the native plane: the tokens go over the control channel (not in
+    predictd's argv), again after a kill -9 (a restarted predictd must not answer without
+    them), and set_guard (a token-file reload) replaces them. An in-process server, so that
+    the test can hand it new tokens; a Predict with the new token can only be answered by
+    predictd (the Python plane still holds the old one)."""
+    import asyncio
+
+    from serving.server import Server, options
+    from serving.transports import auth
+
+    (tmp_path / "token").write_text("first-token\n")
+    request = predict_request("default", digits[0][:2]).SerializeToString()
+
+    async def main():
+        server = Server(options("--model_base_path", str(exported / "softmax_regression"),
+                                "--port", "0", "--data_plane", "native", "--auth_token_file",
+                                str(tmp_path / "token")))
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                async def code(token=None):
+                    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+                    try:
+                        await channel.unary_unary(PREDICT)(request, timeout=30,
+                                                           metadata=metadata)
+                        return grpc.StatusCode.OK
+                    except grpc.RpcError as e:
+                        return e.code()
+
+                first = plane.predictd_of(os.getpid())
+                assert "first-token" not in Path(f"/proc/{first}/cmdline").read_text()
+                assert [await code(t) for t in ("first-token", None, "wrong")] == [
+                    grpc.StatusCode.OK, *[grpc.StatusCode.UNAUTHENTICATED] * 2]
+                os.kill(first, signal.SIGKILL)
+                for _ in range(300):
+                    now = plane.predictd_of(os.getpid())
+                    if now not in (None, first) and server.native.serves("default", 1) and \
+                            await code("first-token") == grpc.StatusCode.OK:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("predictd was not restarted, answering")
+                assert [await code(t) for t in (None, "wrong")] == [
+                    grpc.StatusCode.UNAUTHENTICATED] * 2
+                await server.native.set_guard(auth.Guard("second-token"))
+                assert [await code(t) for t in ("second-token", "first-token")] == [
+                    grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED]
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())

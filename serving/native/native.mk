@@ -50,7 +50,7 @@ $(NATIVE_OUT)/%.o: $(NATIVE_SRC)/%.cc $(wildcard $(NATIVE_SRC)/*.h) $(NATIVE_OUT
 	$(CXX) $(NATIVE_CXXFLAGS) -I$(NATIVE_GEN) -isystem $(NATIVE_TF_INCLUDE) -c $< -o $@
 
 $(NATIVE_OUT)/predictd: $(NATIVE_OUT)/predictd.o $(NATIVE_OUT)/decode.o $(NATIVE_OUT)/tf_api.o \
-		$(NATIVE_PB_O)
+		$(NATIVE_OUT)/auth.o $(NATIVE_PB_O)
 	$(CXX) -o $@ $^ $(NATIVE_GRPC) -ldl -lpthread
 
 native: $(NATIVE_OUT)/predictd

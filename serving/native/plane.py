@@ -46,7 +46,6 @@ def unsupported(args) -> str | None:
     for flag, value in (("--backend onnx", args.backend != "savedmodel"),
                         ("--enable_batching", args.enable_batching),
                         ("--ssl_config_file", args.ssl_config_file),
-                        ("--auth_token_file", args.auth_token_file),
                         # predictd keeps no tensors for the payload log
                         ("--payload_log_sample_rate", args.payload_log_sample_rate),
                         ("--workers", args.workers > 1)):
@@ -99,14 +98,29 @@ def load_lines(loaded) -> list[str]:
     return lines
 
 
+def auth_lines(guard) -> list[str]:
+    """The "auth" command: the tokens of an auth.Guard and its refusals of a Predict with no
+    authorization value, a wrong one and two, so that predictd answers with its code and words
+    (serving/native/src/auth.h). No tokens: no auth."""
+    tokens = guard.tokens if guard is not None else ()
+    refusals = []
+    for metadata in ((), (("authorization", ""),),
+                     (("authorization", "Bearer"), ("authorization", "Bearer"))):
+        code, message = (guard.grpc_refusal(METHODS["Predict"], metadata) if tokens
+                         else (grpc.StatusCode.UNAUTHENTICATED, ""))
+        refusals += [str(code.value[0]), _clean(message)]
+    return [f"auth\t{len(tokens)}\t" + "\t".join(refusals), *(f"token\t{t}" for t in tokens)]
+
+
 class NativePlane:
     """predictd on `host:port`, forwarding to the Python gRPC server on 127.0.0.1:`forward_port`;
     `await start()` returns the bound port (port 0 picks one, kept across restarts)."""
 
     def __init__(self, core, host: str, port: int, forward_port: int, max_request_bytes: int,
                  max_request_elements: int, intra_op: int = 0, inter_op: int = 0,
-                 access=None):
+                 access=None, guard=None):
         self.core, self.host, self.port = core, host, port
+        self.guard = guard  # the server's auth.Guard: its tokens go to predictd (set_guard)
         self.access = access  # the server's AccessLog (or None): a line per call predictd answers
         self.forward_port = forward_port
         self.argv = ["--forward", f"127.0.0.1:{forward_port}", "--tf_library", tf_library(),
@@ -138,6 +152,12 @@ class NativePlane:
             raise RuntimeError(f"predictd did not start (exit code {code}; see its message "
                                "above)")
         self.port = int(first[1])
+        # The tokens before any version: until predictd has loaded one, it forwards every call
+        # to the Python plane, which checks them.
+        if self.guard is not None and self.guard.tokens:
+            answer = await self._command(auth_lines(self.guard))
+            if answer[0] != "ok":
+                raise RuntimeError(f"predictd refused the tokens: {answer[-1]}")
         self.told.clear()
         self.failed.clear()
         self._available.clear()
@@ -215,6 +235,15 @@ class NativePlane:
                                      None if version == "-1" else int(version),
                                      None if rows == "-1" else int(rows), status, seconds,
                                      peer or None)
+
+    async def set_guard(self, guard) -> None:
+        """New tokens (a reloaded token file): sent to predictd now, and after a restart."""
+        self.guard = guard
+        async with self._lock:
+            if self.process is not None and self.process.returncode is None:
+                answer = await self._command(auth_lines(guard))
+                if answer[0] != "ok":
+                    raise RuntimeError(f"predictd refused the tokens: {answer[-1]}")
 
     def serves(self, name: str, version: int) -> bool:
         """Whether predictd answers this version's Predict (else the Python plane does)."""

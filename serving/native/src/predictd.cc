@@ -14,6 +14,7 @@
 //     in|out ALIAS TENSOR DTYPE DIMS(comma-separated)
 //   available NAME V1,V2,...   the versions the Python plane serves (it decides; this follows)
 //   unload NAME VERSION
+//   auth N ...                 the bearer tokens and the Python plane's refusals (auth.h)
 //   stats                      the calls answered since the last stats: N, then N lines
 //                              MODEL VERSION METHOD CODE SECONDS ROWS PEER TIME (for the Python
 //                              plane's metrics and access log; MODEL empty, VERSION and ROWS -1
@@ -47,6 +48,7 @@
 #include <thread>
 #include <vector>
 
+#include "auth.h"
 #include "decode.h"
 #include "tf_api.h"
 
@@ -330,6 +332,11 @@ class PredictCall : public grpc::ServerGenericBidiReactor {
   static constexpr int64_t kInlineRows = 8;
 
   void Answer() {
+    if (auto refusal = Refused(ctx_->client_metadata())) {  // as auth.Guard: before any parse
+      Record({"", -1, "Predict", refusal->code, 0, -1, ctx_->peer()}, start_);
+      Finish(grpc::Status(static_cast<grpc::StatusCode>(refusal->code), refusal->message));
+      return;
+    }
     size_t length = in_.Length();
     grpc::Status parsed = grpc::SerializationTraits<tensorflow::serving::PredictRequest>::Deserialize(
         &in_copy(), &request_);
@@ -603,6 +610,8 @@ void Control() {
         lock.unlock();
         gone.reset();
         Say("ok\tunload\t" + f[1] + "\t" + f[2]);
+      } else if (f[0] == "auth") {
+        Say(AuthCommand(f, std::cin));
       } else if (f[0] == "stats") {
         SayStats();
       } else if (f[0] == "quit") {
