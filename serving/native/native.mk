@@ -15,8 +15,11 @@ NATIVE_PROTOS := tensorflow/core/framework/tensor_shape tensorflow/core/framewor
 NATIVE_PB_CC := $(NATIVE_PROTOS:%=$(NATIVE_GEN)/%.pb.cc)
 NATIVE_PB_O := $(NATIVE_PB_CC:%.cc=%.o)
 NATIVE_GRPC = $(shell pkg-config --libs grpc++ protobuf)
+# What the build needs of Python (descriptors.py, the wheel's headers): the .venv, or nothing
+# where PY is an interpreter that has the packages (the Dockerfile: PY=python NATIVE_PY_READY=).
+NATIVE_PY_READY ?= $(VENV)/.installed
 
-$(NATIVE_OUT)/descriptors.pb: serving/native/descriptors.py $(VENV)/.installed
+$(NATIVE_OUT)/descriptors.pb: serving/native/descriptors.py $(NATIVE_PY_READY)
 	@mkdir -p $(NATIVE_OUT)
 	$(PY) -P serving/native/descriptors.py $@ > $(NATIVE_OUT)/protos.txt
 
@@ -38,7 +41,7 @@ $(NATIVE_GEN)/%.pb.o: $(NATIVE_GEN)/%.pb.cc
 # protobuf headers, which must not meet Debian's. A folder of links to the four folders c_api.h
 # reads from.
 NATIVE_TF_INCLUDE := $(NATIVE_OUT)/tf_include
-$(NATIVE_TF_INCLUDE): $(VENV)/.installed
+$(NATIVE_TF_INCLUDE): $(NATIVE_PY_READY)
 	@rm -rf $@ && mkdir -p $@/tensorflow/core
 	@inc=$$($(PY) -P -c 'import sysconfig, pathlib; print(pathlib.Path(sysconfig.get_paths()["purelib"]) / "tensorflow" / "include")') && \
 	  ln -s $$inc/tensorflow/c $@/tensorflow/c && \

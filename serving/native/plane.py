@@ -25,7 +25,10 @@ from serving.runtime import tensors
 
 log = logging.getLogger("serving")
 
-BINARY = Path(__file__).resolve().parents[2] / "build" / "native" / "predictd"
+# build/native/predictd of this checkout (make native), or $ZOO_PREDICTD where an install put it
+# elsewhere (the Dockerfile's zoo-server image).
+BINARY = Path(os.environ.get("ZOO_PREDICTD") or
+              Path(__file__).resolve().parents[2] / "build" / "native" / "predictd").resolve()
 SYNC_SECONDS = 0.2
 PLANES = ("auto", "native", "python")
 CODES = {c.value[0]: c.name for c in grpc.StatusCode}
