@@ -434,3 +434,44 @@ def test_open_inference_protocol_is_guarded_and_logged(guarded, digits):
     rest_line = [r for r in log if r["method"] == f"POST {url.split(server.rest)[1]}"
                  and r["status"] == 200][-1]
     assert (rest_line["protocol"], rest_line["version"], rest_line["rows"]) == ("v2-rest", 1, 2)
+
+
+# ------------------------------------------------------------- without the native toolchain
+def test_without_the_toolchain_make_test_and_run_say_so_in_one_line():
+    """native-if-possible (run by make test and make run) prints one line and succeeds; make
+    run then starts the server with --data_plane auto, which runs the Python plane."""
+    done = subprocess.run(["make", "--no-print-directory", "native-if-possible",
+                           "CXX=no-such-compiler"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("[native] not built: needs g++") and \
+        done.stdout.count("\n") == 1 and "the server runs the Python plane" in done.stdout
+    dry = subprocess.run(["make", "-n", "run", "test", "CXX=no-such-compiler"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120).stdout
+    assert dry.count('echo "[native] not built') == 2  # once for run, once for test
+    assert re.search(r"-m serving.server [^\n]*\n[^\n]*--data_plane auto", dry), dry
+
+
+@pytest.mark.slow
+def test_without_predictd_the_server_runs_the_python_plane_and_says_why(exported, tmp_path):
+    from serving.clients.tf_serving import ZooClient
+
+    missing = tmp_path / "predictd"  # ZOO_PREDICTD: where the server looks for it
+    args = ["--model_base_path", str(exported / "softmax_regression")]
+    env = {**ENV, "ZOO_PREDICTD": str(missing)}
+    refused = subprocess.run([sys.executable, "-m", "serving.server", *args, "--port", "0",
+                              "--data_plane", "native"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    why = f"{missing} is not built (make native; needs g++"
+    assert refused.returncode == 2 and f"error: --data_plane native: {why}" in refused.stderr
+    server = ServerProcess(*args, "--data_plane", "auto", rest=False, env=env,
+                           log=tmp_path / "server.log")
+    try:
+        assert f"[serving] data plane: python ({why}" in server.logs()
+        with ZooClient(server.address) as client:
+            plane = client.data_planes("default")[1]
+            assert plane.startswith(f"python: --data_plane auto: {why}")
+            assert client.predict("default", np.zeros((1, 28, 28), np.float32))[
+                "classes"].shape == (1,)
+    finally:
+        assert server.stop() == 0

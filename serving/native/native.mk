@@ -58,13 +58,15 @@ $(NATIVE_OUT)/predictd: $(NATIVE_OUT)/predictd.o $(NATIVE_OUT)/decode.o $(NATIVE
 
 native: $(NATIVE_OUT)/predictd
 
-# `make test` builds the plane where the toolchain is installed, and says in one line when not
-# (the server then runs the Python plane; tests/test_native_plane.py skips, saying why).
+# `make test` and `make run` build the plane where the toolchain is installed, and say in one
+# line when not (the server then runs the Python plane; tests/test_native_plane.py skips, saying
+# why). NATIVE_TARGETS: what to build (make run needs no sanitizer build).
 NATIVE_TOOLCHAIN := $(shell command -v $(CXX) >/dev/null && command -v protoc >/dev/null && \
 	command -v grpc_cpp_plugin >/dev/null && pkg-config --exists grpc++ protobuf && echo yes)
+NATIVE_TARGETS ?= native $(NATIVE_SAN_OUT)/decode_check
 native-if-possible:
 ifeq ($(NATIVE_TOOLCHAIN),yes)
-	@$(MAKE) --no-print-directory native $(NATIVE_SAN_OUT)/decode_check
+	@$(MAKE) --no-print-directory $(NATIVE_TARGETS)
 else
 	@echo "[native] not built: needs g++ and pkg-config, libgrpc++-dev, protobuf-compiler-grpc, libprotobuf-dev (apt-get install g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev); the server runs the Python plane"
 endif
