@@ -159,7 +159,9 @@ class NativePlane:
         # to the Python plane, which checks them.
         if self.guard is not None and self.guard.tokens:
             answer = await self._command(auth_lines(self.guard))
-            if answer[0] != "ok":
+            if answer[0] != "ok":  # never a predictd that would answer without them
+                self.process.kill()
+                await self.process.wait()
                 raise RuntimeError(f"predictd refused the tokens: {answer[-1]}")
         self.told.clear()
         self.failed.clear()
