@@ -30,11 +30,14 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
 # Train, export, evaluate the export, then serve it and classify test digits through gRPC.
+# The server runs the native data plane where `native-if-possible` could build it (and says
+# which plane answers each version), the Python plane where not.
 run: $(VENV)/.installed
+	@$(MAKE) --no-print-directory native-if-possible NATIVE_TARGETS=native
 	@$(PY) -m training.train $(MODEL)
 	@v=$$($(VERSIONS) latest --path exported_models/$(MODEL)) && $(PY) -m training.evaluate $$v
 	@$(PY) -m serving.server --model_base_path exported_models --port $(GRPC_PORT) \
-	    --rest_api_port $(REST_PORT) & pid=$$!; \
+	    --rest_api_port $(REST_PORT) --data_plane auto & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null' EXIT; \
 	for i in $$(seq 120); do \
 	  $(PY) -m serving.client --address 127.0.0.1:$(GRPC_PORT) status $(MODEL) >/dev/null 2>&1 && break; \

@@ -136,9 +136,13 @@ def _run(client, args) -> int:
         return 0
     if args.command == "status":
         kw = {"version": args.version} if v2 else {"version": args.version, "label": args.label}
-        for s in client.status(args.model, **kw):
+        statuses, planes = (client.status(args.model, **kw), {}) if v2 else \
+            client.status_with_planes(args.model, **kw)
+        for s in statuses:
+            plane = planes.get(s["version"])
             print(f"{args.model} v{s['version']}: {s['state']}"
-                  + (f" ({s['error']})" if s["error"] else ""))
+                  + (f" ({s['error']})" if s["error"] else "")
+                  + (f"; data plane {plane}" if plane else ""))
         return 0
     if args.command == "metadata" and v2:
         m = client.metadata(args.model, version=args.version)

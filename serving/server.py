@@ -283,7 +283,7 @@ class Server:
                 except ValueError as e:
                     raise protos.ConfigError(f"{args.batching_parameters_file}: {e}") from None
         config, root = initial_config(args)
-        native = self._data_plane()
+        native, python_why = self._data_plane()
         creds = (grpc_server.server_credentials(args.ssl_config_file) if args.ssl_config_file
                  else None)
         peers = None
@@ -305,6 +305,7 @@ class Server:
                                   limits.default_max_request_elements(args.max_request_bytes)),
             warmup=args.enable_model_warmup,
             allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models)
+        core.data_plane = lambda name, version: ("python", python_why)
         try:
             await core.load(config)
         except ServingError as e:
@@ -312,6 +313,8 @@ class Server:
 
         try:  # docs/ARCHITECTURE.md, "Request logging" and "Auth"
             access = self._access = access_log.AccessLog.from_args(args, args.worker_index)
+            if access is not None:
+                access.behind_native = native
             guard = auth.Guard.from_args(args)
         except ValueError as e:
             raise protos.ConfigError(str(e)) from None
@@ -355,11 +358,12 @@ class Server:
             self.native = native_plane.NativePlane(
                 core, args.host, args.port, behind, args.max_request_bytes,
                 core.max_request_elements, args.tensorflow_intra_op_parallelism,
-                args.tensorflow_inter_op_parallelism, core.batching)
+                args.tensorflow_inter_op_parallelism, core.batching, access, guard)
             try:
                 self.port = await self.native.start()
             except RuntimeError as e:
                 raise protos.ConfigError(f"--data_plane native: {e}") from None
+            core.data_plane = self.native.plane_of
             _say(f"[serving] gRPC on {args.host}:{self.port}: native data plane (predictd) "
                  f"answers Predict and ModelInfer, the Python plane the rest "
                  f"(on 127.0.0.1:{behind})")
@@ -384,25 +388,25 @@ class Server:
             await peers.wait_up(WORKER_UP)
         for name in ("", *services[:2]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        served = ", ".join(f"{n} v{','.join(map(str, core.available(n))) or ' (none)'}"
-                           for n in core.model_names())
         loop = asyncio.get_running_loop()
-        _say(f"[serving] models: {served or '(none yet)'}; backend {args.backend}; data plane "
-             f"{'native' if self.native else 'python'}; batching "
-             f"{'on' if batching else 'off'}; event loop {type(loop).__module__}")
+        plane = "native" if self.native else f"python ({python_why})"
+        _say(f"[serving] models: {served_versions(core, self.native is not None)}; backend "
+             f"{args.backend}; data plane {plane}; batching {'on' if batching else 'off'}; "
+             f"event loop {type(loop).__module__}")
         self._poller = loop.create_task(core.poll_forever())
 
-    def _data_plane(self) -> bool:
-        """Whether predictd answers Predict (--data_plane), saying why not under auto."""
+    def _data_plane(self) -> tuple[bool, str]:
+        """(whether predictd answers Predict, why not) from --data_plane, saying why not under
+        auto."""
         wanted = self.args.data_plane
         if wanted == "python":
-            return False
+            return False, "--data_plane python"
         reason = native_plane.unsupported(self.args)
         if reason and wanted == "native":
             raise protos.ConfigError(f"--data_plane native: {reason}")
         if reason:
             _say(f"[serving] data plane: python ({reason})")
-        return reason is None
+        return reason is None, f"--data_plane auto: {reason}"
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let requests in flight finish (up to `grace`, default
@@ -447,6 +451,20 @@ class Server:
                 async with asyncio.timeout(grace):
                     await self._lame_duck.idle()
         await self._grpc.stop(max(0.0, ends - loop.time()))
+
+
+def served_versions(core: ServerCore, planes: bool) -> str:
+    """The start-up line's models: each with its available versions, and with `planes` the
+    plane that answers each version's gRPC Predict (and why not the native one)."""
+    def version(name: str, v: int) -> str:
+        if not planes:
+            return str(v)
+        plane, why = core.data_plane(name, v)
+        return f"{v} {plane}" + (f" ({why})" if why else "")
+
+    served = ", ".join(f"{n} v{', v'.join(version(n, v) for v in core.available(n)) or ' (none)'}"
+                       for n in core.model_names())
+    return served or "(none yet)"
 
 
 async def serve(args) -> int:

@@ -59,7 +59,8 @@ def drop_file(driver, element, path: Path) -> None:
     """Drag the file at `path` from outside the page and drop it on `element`, as a person
     dropping it from a file manager (DevTools' Input.dispatchDragEvent: real drag events with a
     real File in dataTransfer)."""
-    rect = driver.execute_script(
+    rect = driver.execute_script(  # in the viewport first: the drop is at viewport coordinates
+        "arguments[0].scrollIntoView({block: 'nearest'});"
         "const r = arguments[0].getBoundingClientRect();"
         "return [r.left + r.width / 2, r.top + r.height / 2];", element)
     data = {"items": [], "files": [str(path)], "dragOperationsMask": 1}

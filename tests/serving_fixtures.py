@@ -90,10 +90,11 @@ STARTED: list[ServerProcess] = []
 
 class ServerProcess:
     """`python -m serving.server ...` on free 127.0.0.1 ports; waits until its health service
-    says SERVING (`ca_file`: the server's certificate, for a TLS server)."""
+    says SERVING (`ca_file`: the server's certificate, for a TLS server; `env`: more environment
+    variables)."""
 
     def __init__(self, *args: str, log: Path, rest: bool = True, timeout: float = 120,
-                 ca_file: Path | None = None):
+                 ca_file: Path | None = None, env: dict[str, str] | None = None):
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
         self.address = f"127.0.0.1:{self.port}"
@@ -102,7 +103,7 @@ class ServerProcess:
         self._log = open(log, "w")
         cmd = [sys.executable, "-m", "serving.server", "--port", str(self.port),
                "--rest_api_port", str(self.rest_port), *args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=self._log,
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**ENV, **(env or {})}, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         STARTED.append(self)
         import grpc

@@ -11,9 +11,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import random
+import re
 import signal
 import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -24,6 +27,8 @@ from tritonclient.grpc import service_pb2
 from serving.native import plane
 from serving.runtime import tensors
 from tests.serving_fixtures import (  # noqa: F401
+    ENV,
+    ROOT,
     ServerProcess,
     digits,
     exported,
@@ -54,7 +59,7 @@ def servers(exported, tmp_path_factory):
         for name in ("python", "native"):
             started[name] = ServerProcess(
                 "--model_config_file", str(config), "--max_request_bytes", str(MAX_BYTES),
-                "--data_plane", name, rest=False, log=tmp / f"{name}.log")
+                "--data_plane", name, log=tmp / f"{name}.log")
         yield started
     finally:
         for s in started.values():
@@ -111,6 +116,37 @@ def test_the_native_server_says_which_plane_answers(servers):
     assert "native data plane (predictd) answers Predict" in log
     assert "data plane native" in log and predictd_pid(servers["native"])
     assert predictd_pid(servers["python"]) is None
+
+
+def listed_planes(server) -> dict[str, dict]:
+    """model -> the data_planes of the REST listing (/v1/models, the web page's source)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.rest}/v1/models", timeout=30) as r:
+        return {m["name"]: m["data_planes"] for m in json.loads(r.read())["models"]}
+
+
+def test_status_listing_and_start_up_line_name_each_versions_plane(servers):
+    from serving.clients.tf_serving import ZooClient
+
+    for name, named, why in (("native", "native", ""),
+                             ("python", "python", "--data_plane python")):
+        with ZooClient(servers[name].address) as client:
+            for model in ("softmax_regression", "deep_cnn"):
+                assert client.data_planes(model) == {1: named + (f": {why}" if why else "")}
+            assert client.data_planes("softmax_regression", label="stable") == \
+                client.data_planes("softmax_regression")
+        one = {"1": {"plane": named, "reason": why}}
+        assert listed_planes(servers[name]) == {"softmax_regression": one, "deep_cnn": one}
+    assert "models: deep_cnn v1 native, softmax_regression v1 native; " in \
+        servers["native"].logs()
+    assert "models: deep_cnn v1, softmax_regression v1; backend savedmodel; data plane python " \
+        "(--data_plane python); " in servers["python"].logs()
+    done = subprocess.run([sys.executable, "-m", "serving.client", "--address",
+                           servers["native"].address, "status", "deep_cnn"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout == "deep_cnn v1: AVAILABLE; data plane native\n", done.stderr
 
 
 @pytest.mark.parametrize("model", ["softmax_regression", "deep_cnn"])
@@ -247,19 +283,21 @@ def test_native_is_refused_where_it_cannot_serve_and_auto_says_why(exported, tmp
 
     from tests.serving_fixtures import ENV, ROOT
 
-    log = str(tmp_path / "access.log")
+    log, payloads = str(tmp_path / "access.log"), str(tmp_path / "payloads.log")
     args = [sys.executable, "-m", "serving.server", "--model_base_path",
-            str(exported / "softmax_regression"), "--port", "0", "--access_log", log]
+            str(exported / "softmax_regression"), "--port", "0", "--access_log", log,
+            "--payload_log_sample_rate", "1", "--payload_log_file", payloads]
     refused = subprocess.run([*args, "--data_plane", "native"], cwd=ROOT, env=ENV,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
-    assert "--data_plane native: the native plane does not do --access_log yet" in \
+    assert "--data_plane native: the native plane does not do --payload_log_sample_rate yet" in \
         refused.stderr
     server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
-                           "--access_log", log, "--data_plane", "auto", rest=False,
-                           log=tmp_path / "auto.log")
-    assert "data plane: python (the native plane does not do --access_log yet)" in \
-        server.logs()
+                           "--access_log", log, "--payload_log_sample_rate", "1",
+                           "--payload_log_file", payloads,
+                           "--data_plane", "auto", rest=False, log=tmp_path / "auto.log")
+    assert "data plane: python (the native plane does not do --payload_log_sample_rate yet)" \
+        in server.logs()
     assert server.stop() == 0
 
 
@@ -664,3 +702,136 @@ def test_model_infer_is_batched_with_predict_and_answers_as_the_python_plane(
             np.testing.assert_allclose(g[k], expected[k], atol=1e-5)
     rows, batches = batch_sizes(server, "deep_cnn")
     assert rows - before[0] >= sum(b - a for a, b in slices) and batches > before[1]
+
+def test_auto_falling_back_names_the_python_plane_and_why_per_version(exported, tmp_path):
+    from serving.clients.tf_serving import ZooClient
+
+    why = "--data_plane auto: the native plane does not do --backend onnx yet"
+    server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
+                           "--backend", "onnx", "--data_plane", "auto", log=tmp_path / "a.log")
+    try:
+        with ZooClient(server.address) as client:
+            assert client.data_planes("default") == {1: f"python: {why}"}
+        assert listed_planes(server) == {"default": {"1": {"plane": "python", "reason": why}}}
+        assert f"data plane python ({why}); " in server.logs()
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_access_log_has_a_line_for_every_native_request_as_the_python_planes(
+        exported, digits, tmp_path):
+    """The same Predicts (answered, refused by their checks, malformed, forwarded) to a native
+    and a Python server with --access_log: one line each, equal but for time, latency, the
+    client's port and id; a forwarded call's peer is the client's too. The servers are stopped
+    first, so every line is written."""
+    import json
+
+    def call(channel, data: bytes):
+        try:
+            channel.unary_unary(PREDICT)(data, timeout=30)
+            return grpc.StatusCode.OK, ""
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+
+    config = write_config(tmp_path / "models.config", {
+        "softmax_regression": {"base": exported / "softmax_regression", "labels": {"stable": 1}},
+        "deep_cnn": {"base": exported / "deep_cnn"}})
+    cases = [("ok", predict_request(x=digits[0][:3])),
+             ("ok cnn", predict_request("deep_cnn", digits[0][:2])),
+             *_requests(digits).items()]
+    malformed = [b"\xff" * 40, predict_request(x=digits[0][:1]).SerializeToString()[:-3]]
+    lines, answered = {}, {}
+    for name in ("python", "native"):
+        server = ServerProcess("--model_config_file", str(config), "--max_request_bytes",
+                               str(MAX_BYTES), "--data_plane", name, "--access_log",
+                               str(tmp_path / f"{name}.access"), rest=False,
+                               log=tmp_path / f"{name}.log")
+        channel = grpc.insecure_channel(server.address)  # one connection: one peer
+        try:
+            answered[name] = [call(channel, r.SerializeToString()) for _, r in cases] + [
+                call(channel, data) for data in malformed]
+        finally:
+            channel.close()
+            assert server.stop() == 0, server.logs()
+        lines[name] = [json.loads(line) for line in
+                       (tmp_path / f"{name}.access").read_text().splitlines()]
+    assert answered["native"] == answered["python"]
+    n = len(cases) + len(malformed)
+    predicts = {name: [line for line in got if line["method"] == PREDICT]
+                for name, got in lines.items()}
+    assert len(predicts["native"]) == len(predicts["python"]) == n
+    # A line is written when its call ends, predictd's when they are pulled (every 0.2 s):
+    # the file is not in the order of the calls, so the lines are compared as a multiset.
+    assert sorted(line["status"] for line in predicts["native"]) == \
+        sorted(code.name for code, _ in answered["native"])
+    for line in predicts["native"]:
+        assert line["peer"].startswith("ipv4:127.0.0.1:") and line["latency_ms"] > 0
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+        assert list(line) == list(predicts["python"][0])  # the same keys in the same order
+    assert len({line["id"] for line in lines["native"]}) == len(lines["native"])
+    for name in lines:  # answered by predictd or forwarded to the Python plane: the caller
+        assert len({line["peer"] for line in predicts[name]}) == 1, predicts[name]
+
+    def same(line):
+        return json.dumps({k: v for k, v in line.items()
+                           if k not in ("time", "latency_ms", "peer", "id")}, sort_keys=True)
+
+    assert sorted(map(same, predicts["native"])) == sorted(map(same, predicts["python"]))
+    assert {"protocol": "tfs-grpc", "method": PREDICT, "model": "softmax_regression",
+            "version": 1, "rows": 3, "status": "OK"} in [
+        json.loads(same(line)) for line in predicts["native"]]
+
+
+def test_tokens_reach_a_restarted_predictd_and_new_tokens_replace_them(exported, digits,
+                                                                         tmp_path):
+    """--auth_token_file on the native plane: the tokens go over the control channel (not in
+    predictd's argv), again after a kill -9 (a restarted predictd must not answer without
+    them), and set_guard (a token-file reload) replaces them. An in-process server, so that
+    the test can hand it new tokens; a Predict with the new token can only be answered by
+    predictd (the Python plane still holds the old one)."""
+    import asyncio
+
+    from serving.server import Server, options
+    from serving.transports import auth
+
+    (tmp_path / "token").write_text("first-token\n")
+    request = predict_request("default", digits[0][:2]).SerializeToString()
+
+    async def main():
+        server = Server(options("--model_base_path", str(exported / "softmax_regression"),
+                                "--port", "0", "--data_plane", "native", "--auth_token_file",
+                                str(tmp_path / "token")))
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                async def code(token=None):
+                    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+                    try:
+                        await channel.unary_unary(PREDICT)(request, timeout=30,
+                                                           metadata=metadata)
+                        return grpc.StatusCode.OK
+                    except grpc.RpcError as e:
+                        return e.code()
+
+                first = plane.predictd_of(os.getpid())
+                assert "first-token" not in Path(f"/proc/{first}/cmdline").read_text()
+                assert [await code(t) for t in ("first-token", None, "wrong")] == [
+                    grpc.StatusCode.OK, *[grpc.StatusCode.UNAUTHENTICATED] * 2]
+                os.kill(first, signal.SIGKILL)
+                for _ in range(300):
+                    now = plane.predictd_of(os.getpid())
+                    if now not in (None, first) and server.native.serves("default", 1) and \
+                            await code("first-token") == grpc.StatusCode.OK:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("predictd was not restarted, answering")
+                assert [await code(t) for t in (None, "wrong")] == [
+                    grpc.StatusCode.UNAUTHENTICATED] * 2
+                await server.native.set_guard(auth.Guard("second-token"))
+                assert [await code(t) for t in ("second-token", "first-token")] == [
+                    grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED]
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from serving.repository import protos, versions
-from tests.images import DOCKERFILE, TF_SERVING_FLAGS, instructions, stages
+from tests.images import DOCKERFILE, TF_SERVING_FLAGS, instructions, stage, stages
 from tests.serving_fixtures import ENV, ROOT, exported  # noqa: F401
 
 
@@ -83,3 +83,58 @@ def test_config_refuses_a_version_count_below_one(exported):
                           text=True, timeout=120)
     assert done.returncode == 2 and "--num-versions must be at least 1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def apt_installed(stage) -> set[str]:
+    """The packages a stage's RUN lines install with apt-get."""
+    out = set()
+    for keyword, rest in stage.instructions:
+        if keyword == "RUN":
+            for command in re.split(r"&&|;", rest):
+                words = shlex.split(command)
+                if words[:2] == ["apt-get", "install"]:
+                    out |= {w for w in words[2:] if not w.startswith("-")}
+    return out
+
+
+def test_zoo_server_image_builds_the_native_plane_and_can_run_it():
+    """The image's native stage installs the toolchain that `make native` says it needs (the
+    Makefile's one line) and runs `make native`; zoo-server takes predictd from it, on the
+    same Debian release, with the libraries it links, and runs the server with
+    --data_plane=auto where plane.py finds it ($ZOO_PREDICTD)."""
+    native_mk = (ROOT / "serving" / "native" / "native.mk").read_text()
+    needed = set(re.search(r"\(apt-get install ([^)]*)\)", native_mk)[1].split())
+    assert {"g++", "libgrpc++-dev", "protobuf-compiler-grpc", "libprotobuf-dev"} <= needed
+    built = [s for s in stages() if any(k == "RUN" and re.search(r"\bmake native\b", r)
+                                        for k, r in s.instructions)]
+    assert len(built) == 1, "one stage runs make native"
+    native = built[0]
+    assert needed | {"make"} <= apt_installed(native)
+    assert ("COPY", "Makefile ./") in native.instructions
+    make = next(r for k, r in native.instructions if k == "RUN" and "make native" in r)
+    assert "PY=python" in make and "NATIVE_PY_READY=" in make  # the image has no .venv
+
+    server = stage("zoo-server")
+    by_name = {s.name: s for s in stages()}
+    root = native
+    while root.base in by_name:  # the native stage's own base image, through its parents
+        root = by_name[root.base]
+    assert root.base == server.base and server.base.endswith("-bookworm")
+    assert {"libgrpc++1.51", "libprotobuf32"} <= apt_installed(server)
+    copied = [r.split() for k, r in server.instructions
+              if k == "COPY" and r.startswith(f"--from={native.name} ")]
+    assert copied and copied[0][1].endswith("build/native/predictd"), copied
+    binary = copied[0][2]
+    env = " ".join(r for k, r in server.instructions if k == "ENV")
+    assert f"ZOO_PREDICTD={binary}" in env
+    assert "--data_plane=auto" in server.entrypoint()
+    assert any(k == "RUN" and binary in r and '-eq 2' in r for k, r in server.instructions)
+
+
+def test_the_image_finds_predictd_where_zoo_predictd_says():
+    """ZOO_PREDICTD (set by the image) is where plane.py looks for predictd."""
+    done = subprocess.run([sys.executable, "-c", "from serving.native import plane; "
+                           "print(plane.BINARY)"], cwd=ROOT,
+                          env={**ENV, "ZOO_PREDICTD": "/usr/local/bin/predictd"},
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "/usr/local/bin/predictd"

@@ -24,6 +24,7 @@ import pytest
 from multidict import CIMultiDict
 
 from serving import server as composition
+from serving.native import plane as native_plane
 from serving.observability import access_log
 from serving.runtime import tensors
 from serving.server import options
@@ -32,6 +33,7 @@ from tests.serving_fixtures import (  # noqa: F401
     ENV,
     ROOT,
     ServerProcess,
+    data_planes,
     digits,
     exported,
     predict_request,
@@ -40,6 +42,7 @@ from tests.serving_fixtures import (  # noqa: F401
 )
 
 TOKEN = "s3cret-token_0123456789"
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
 DOC = json.loads((ROOT / "serving" / "openapi.json").read_text())
 METHODS = ("get", "post", "put", "delete", "patch", "options", "head")
 
@@ -173,20 +176,25 @@ def test_access_lines_are_json_and_all_written_by_close(tmp_path):
 
 
 # ---------------------------------------------------------------------------- a real server
-@pytest.fixture(scope="module")
-def guarded(exported, tmp_path_factory):
+@pytest.fixture(scope="module", params=data_planes())
+def guarded(request, exported, tmp_path_factory):
     """A server with auth, the access log, payload logging of every request and model control
-    off; (server, token file, access log path, payload log path)."""
+    off, once per data plane (the native plane keeps no payloads: no payload log there);
+    (server, token file, access log path, payload log path or None)."""
+    if request.param == "native" and not native_plane.built():
+        pytest.skip(f"--data_plane native: {native_plane.BINARY} is not built (make native)")
     tmp = tmp_path_factory.mktemp("ops")
     token_file = tmp / "token"
     token_file.write_text(TOKEN + "\n")
     config = write_config(tmp / "models.config", {
         "softmax_regression": {"base": exported / "softmax_regression", "labels": {"stable": 1}}})
-    access, payload = tmp / "access.log", tmp / "payload.log"
+    access = tmp / "access.log"
+    payload = tmp / "payload.log" if request.param == "python" else None
+    payload_flags = ["--payload_log_sample_rate", "1", "--payload_log_file", str(payload),
+                     "--payload_log_max_values", "100"] if payload else []
     server = ServerProcess("--model_config_file", str(config), "--auth_token_file",
-                           str(token_file), "--access_log", str(access),
-                           "--payload_log_sample_rate", "1", "--payload_log_file", str(payload),
-                           "--payload_log_max_values", "100", "--enable_model_control=false",
+                           str(token_file), "--access_log", str(access), *payload_flags,
+                           "--enable_model_control=false", "--data_plane", request.param,
                            log=tmp / "server.log")
     yield server, token_file, access, payload
     assert server.stop() == 0, server.logs()
@@ -195,7 +203,10 @@ def guarded(exported, tmp_path_factory):
 def logged(server, path: Path) -> list[dict]:
     """The access log's lines up to a request made now: the server writes its lines every
     --access_log_flush_seconds, in order, so once this marker request's line is there, so are
-    those of every request before it."""
+    those of every request before it. A scrape first: it pulls the lines of the calls the
+    native data plane answered (written when pulled) ahead of the marker's."""
+    assert http("GET", f"http://{server.rest}/monitoring/prometheus/metrics",
+                token=TOKEN)[0] == 200
     marker = f"GET /v1/models/marker-{time.monotonic_ns()}"
     http("GET", f"http://{server.rest}{marker.split(' ')[1]}", token=TOKEN)
 
@@ -223,24 +234,39 @@ def http(method: str, url: str, body: bytes | None = None, token: str | None = N
         return status, h, raw.decode()
 
 
-def grpc_predict(address: str, x, token: str | None):
+def grpc_predict(address: str, x, token: str | None | tuple, model="softmax_regression"):
+    """A Predict with `token` as its authorization (a tuple: one value each, as they are)."""
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     with grpc.insecure_channel(address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
-        return stub.Predict(predict_request(x=x), timeout=30, metadata=metadata)
+        metadata = (tuple(("authorization", v) for v in token) if isinstance(token, tuple) else
+                    (("authorization", f"Bearer {token}"),) if token is not None else ())
+        return stub.Predict(predict_request(model, x), timeout=30, metadata=metadata)
 
 
 @pytest.mark.slow
 def test_grpc_predict_needs_the_token(guarded, digits):
+    """Refused with auth.Guard's code and words whichever plane answers, before the model is
+    looked up; answered with the token, the scheme in any case, spaces around the token."""
     server = guarded[0]
     x = digits[0][:3]
-    for token in (None, "wrong"):
-        with pytest.raises(grpc.RpcError) as e:
-            grpc_predict(server.address, x, token)
-        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert "bearer token" in e.value.details()
+    refusals = {None: [], "wrong": [("authorization", "Bearer wrong")],
+                (f"Bearer {TOKEN}", "Bearer wrong"): [("authorization", f"Bearer {TOKEN}"),
+                                                     ("authorization", "Bearer wrong")],
+                (f"Bearer {TOKEN}",) * 2: [("authorization", f"Bearer {TOKEN}")] * 2,
+                (f"Basic {TOKEN}",): [("authorization", f"Basic {TOKEN}")],
+                (f"Bearer {TOKEN}x",): [("authorization", f"Bearer {TOKEN}x")],
+                (f"Bearer {TOKEN[:-1]}",): [("authorization", f"Bearer {TOKEN[:-1]}")]}
+    for token, metadata in refusals.items():
+        expected = auth.Guard(TOKEN).grpc_refusal(PREDICT, metadata)
+        for model in ("softmax_regression", "no_such_model"):
+            with pytest.raises(grpc.RpcError) as e:
+                grpc_predict(server.address, x, token, model)
+            assert (e.value.code(), e.value.details()) == expected, (token, model)
+    for token in (TOKEN, (f"bearer  {TOKEN} ",), (f"BEARER {TOKEN}",)):
+        response = grpc_predict(server.address, x, token)
+        assert response.model_spec.version.value == 1
     response = grpc_predict(server.address, x, TOKEN)
     assert tensors.to_ndarray(response.outputs["classes"]).shape == (3,)
     assert response.model_spec.version.value == 1
@@ -358,6 +384,8 @@ def test_access_and_payload_logs(guarded, digits):
     denied = [r for r in log if r["method"] == "GET /v1/models/nope"][-1]
     assert denied["status"] == 401 and denied["model"] is None
     assert any(r["status"] == "UNAUTHENTICATED" for r in log)
+    if payload is None:  # the native plane: no payload log
+        return
     record = [r for r in lines(payload) if r["id"] == grpc_line["id"]][0]
     images, classes = record["inputs"]["images"], record["outputs"]["classes"]
     assert images["shape"] == [3, 28, 28] and images["max"] <= 255 and "values" not in images
@@ -406,3 +434,44 @@ def test_open_inference_protocol_is_guarded_and_logged(guarded, digits):
     rest_line = [r for r in log if r["method"] == f"POST {url.split(server.rest)[1]}"
                  and r["status"] == 200][-1]
     assert (rest_line["protocol"], rest_line["version"], rest_line["rows"]) == ("v2-rest", 1, 2)
+
+
+# ------------------------------------------------------------- without the native toolchain
+def test_without_the_toolchain_make_test_and_run_say_so_in_one_line():
+    """native-if-possible (run by make test and make run) prints one line and succeeds; make
+    run then starts the server with --data_plane auto, which runs the Python plane."""
+    done = subprocess.run(["make", "--no-print-directory", "native-if-possible",
+                           "CXX=no-such-compiler"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("[native] not built: needs g++") and \
+        done.stdout.count("\n") == 1 and "the server runs the Python plane" in done.stdout
+    dry = subprocess.run(["make", "-n", "run", "test", "CXX=no-such-compiler"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120).stdout
+    assert dry.count('echo "[native] not built') == 2  # once for run, once for test
+    assert re.search(r"-m serving.server [^\n]*\n[^\n]*--data_plane auto", dry), dry
+
+
+@pytest.mark.slow
+def test_without_predictd_the_server_runs_the_python_plane_and_says_why(exported, tmp_path):
+    from serving.clients.tf_serving import ZooClient
+
+    missing = tmp_path / "predictd"  # ZOO_PREDICTD: where the server looks for it
+    args = ["--model_base_path", str(exported / "softmax_regression")]
+    env = {**ENV, "ZOO_PREDICTD": str(missing)}
+    refused = subprocess.run([sys.executable, "-m", "serving.server", *args, "--port", "0",
+                              "--data_plane", "native"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    why = f"{missing} is not built (make native; needs g++"
+    assert refused.returncode == 2 and f"error: --data_plane native: {why}" in refused.stderr
+    server = ServerProcess(*args, "--data_plane", "auto", rest=False, env=env,
+                           log=tmp_path / "server.log")
+    try:
+        assert f"[serving] data plane: python ({why}" in server.logs()
+        with ZooClient(server.address) as client:
+            plane = client.data_planes("default")[1]
+            assert plane.startswith(f"python: --data_plane auto: {why}")
+            assert client.predict("default", np.zeros((1, 28, 28), np.float32))[
+                "classes"].shape == (1,)
+    finally:
+        assert server.stop() == 0

@@ -24,10 +24,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serving.native import plane as native_plane
 from tests import browser
 from tests.conftest import ROOT, subprocess_env
 from tests.serving_fixtures import (  # noqa: F401 - fixtures
     ServerProcess,
+    data_planes,
     digits,
     exported,
     train_export,
@@ -161,6 +163,30 @@ def test_page_lists_the_models_and_shows_a_readable_certificate(site, chrome, sh
     assert "images" in shown and "probabilities" in shown  # the signature
     assert not browser.console_errors(chrome)
     shots(chrome, "models-and-certificate")
+
+
+@pytest.mark.parametrize("plane", data_planes())
+def test_page_names_the_plane_that_answers_each_version(plane, site, chrome, exported,
+                                                        tmp_path):
+    if plane == "native":
+        if not native_plane.built():
+            pytest.skip(f"{native_plane.BINARY} is not built (make native)")
+        server = ServerProcess("--model_base_path", str(exported / "softmax_regression"),
+                               "--model_name", "softmax_regression", "--data_plane", "native",
+                               log=tmp_path / "server.log")
+    else:
+        server = site
+    try:
+        open_page(chrome, server)
+        cells = wait_for(lambda: [c.text for c in chrome.find_elements(
+            "css selector", "#models tbody td.plane")], what="the plane column")
+        expected = "native" if plane == "native" else "python\n--data_plane python"
+        assert cells and set(cells) == {expected}, cells
+        assert len(cells) == len(certified_answer(server, "/v1/models")["models"])
+        assert not browser.console_errors(chrome)
+    finally:
+        if server is not site:
+            assert server.stop() == 0
 
 
 def test_drawn_digits_are_read_as_the_digits_they_were_drawn_from(site, chrome, shots, digits):

@@ -161,14 +161,31 @@ class ZooClient:
 
     def status(self, model: str, *, version: int | None = None, label: str | None = None,
                timeout: float | None = None) -> list[dict]:
+        return self.status_with_planes(model, version=version, label=label, timeout=timeout)[0]
+
+    def data_planes(self, model: str, *, version: int | None = None, label: str | None = None,
+                    timeout: float | None = None) -> dict[int, str]:
+        """version -> the data plane that answers its gRPC Predict ("native", or "python: why"),
+        for the available versions, as our server names them (TF Serving does not: {})."""
+        return self.status_with_planes(model, version=version, label=label, timeout=timeout)[1]
+
+    def status_with_planes(self, model: str, *, version: int | None = None,
+                           label: str | None = None, timeout: float | None = None
+                           ) -> tuple[list[dict], dict[int, str]]:
+        """status() and data_planes() from one call."""
         from tensorflow_serving.apis import get_model_status_pb2
 
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request.model_spec, model, version, label)
-        response = self._call(self._models.GetModelStatus, request, timeout)
+        response, call = self._call(self._models.GetModelStatus.with_call, request, timeout)
+        planes = {}
+        for key, value in call.trailing_metadata() or ():
+            number, _, plane = value.partition(" ")
+            if key == "zoo-data-plane" and number.isdigit():
+                planes[int(number)] = plane
         return [{"version": s.version, "state": STATE_NAMES.get(s.state, str(s.state)),
                  "error": s.status.error_message}
-                for s in response.model_version_status]
+                for s in response.model_version_status], planes
 
     def reload_config(self, config, timeout: float | None = None) -> None:
         from tensorflow_serving.apis import model_management_pb2

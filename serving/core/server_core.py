@@ -10,7 +10,8 @@ request, timed for the version's statistics, serving/core/statistics.py), `label
 PredictRequest against its signature, serving/core/validation.py) and `run` (inline, on a
 thread or through the version's batcher, serving/core/batching.py), the read-only views
 `model_names`, `status`, `labels`, `available`, `statistics`, `ready`, `platform`,
-`batching` and `max_batch_size`, the limit `max_request_elements`, the metrics, and the lifecycle's
+`batching`, `max_batch_size` and `data_plane` (which plane answers a version's gRPC inference,
+set by the server), the limit `max_request_elements`, the metrics, and the lifecycle's
 operations (`load`, `reload`, `poll`, `poll_forever`, `drain`, `close`).
 """
 
@@ -21,7 +22,7 @@ import contextlib
 import contextvars
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -67,6 +68,12 @@ class ServerCore:
                                    **lifecycle_options)
         self.metrics = self.lifecycle.metrics
         self.executor = ThreadPoolExecutor(inference_threads, thread_name_prefix="infer")
+        # (name, version) -> (plane, why): which data plane answers a version's gRPC inference
+        # calls and, for the Python one, why not the native one (docs/ARCHITECTURE.md, "The
+        # native data plane"). The server sets it; serving/native/plane.py knows it under
+        # --data_plane native.
+        self.data_plane: Callable[[str, int], tuple[str, str]] = \
+            lambda name, version: ("python", "")
 
     # ---------------------------------------------------------------- what is served
     def model_names(self) -> list[str]:

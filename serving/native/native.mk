@@ -16,8 +16,11 @@ NATIVE_PROTOS := tensorflow/core/framework/tensor_shape tensorflow/core/framewor
 NATIVE_PB_CC := $(NATIVE_PROTOS:%=$(NATIVE_GEN)/%.pb.cc)
 NATIVE_PB_O := $(NATIVE_PB_CC:%.cc=%.o)
 NATIVE_GRPC = $(shell pkg-config --libs grpc++ protobuf)
+# What the build needs of Python (descriptors.py, the wheel's headers): the .venv, or nothing
+# where PY is an interpreter that has the packages (the Dockerfile: PY=python NATIVE_PY_READY=).
+NATIVE_PY_READY ?= $(VENV)/.installed
 
-$(NATIVE_OUT)/descriptors.pb: serving/native/descriptors.py $(VENV)/.installed
+$(NATIVE_OUT)/descriptors.pb: serving/native/descriptors.py $(NATIVE_PY_READY)
 	@mkdir -p $(NATIVE_OUT)
 	$(PY) -P serving/native/descriptors.py $@ > $(NATIVE_OUT)/protos.txt
 
@@ -39,7 +42,7 @@ $(NATIVE_GEN)/%.pb.o: $(NATIVE_GEN)/%.pb.cc
 # protobuf headers, which must not meet Debian's. A folder of links to the four folders c_api.h
 # reads from.
 NATIVE_TF_INCLUDE := $(NATIVE_OUT)/tf_include
-$(NATIVE_TF_INCLUDE): $(VENV)/.installed
+$(NATIVE_TF_INCLUDE): $(NATIVE_PY_READY)
 	@rm -rf $@ && mkdir -p $@/tensorflow/core
 	@inc=$$($(PY) -P -c 'import sysconfig, pathlib; print(pathlib.Path(sysconfig.get_paths()["purelib"]) / "tensorflow" / "include")') && \
 	  ln -s $$inc/tensorflow/c $@/tensorflow/c && \
@@ -52,19 +55,21 @@ $(NATIVE_OUT)/%.o: $(NATIVE_SRC)/%.cc $(wildcard $(NATIVE_SRC)/*.h) $(NATIVE_OUT
 
 $(NATIVE_OUT)/predictd: $(NATIVE_OUT)/predictd.o $(NATIVE_OUT)/decode.o \
 		$(NATIVE_OUT)/infer_decode.o $(NATIVE_OUT)/tf_api.o $(NATIVE_OUT)/batcher.o \
-		$(NATIVE_OUT)/session.o $(NATIVE_PB_O)
+		$(NATIVE_OUT)/session.o $(NATIVE_OUT)/auth.o $(NATIVE_PB_O)
 	$(CXX) -o $@ $^ $(NATIVE_GRPC) -ldl -lpthread
 
 native: $(NATIVE_OUT)/predictd
 
-# `make test` builds the plane where the toolchain is installed, and says in one line when not
-# (the server then runs the Python plane; tests/test_native_plane.py skips, saying why).
+# `make test` and `make run` build the plane where the toolchain is installed, and say in one
+# line when not (the server then runs the Python plane; tests/test_native_plane.py skips, saying
+# why). NATIVE_TARGETS: what to build (make run needs no sanitizer build).
 NATIVE_TOOLCHAIN := $(shell command -v $(CXX) >/dev/null && command -v protoc >/dev/null && \
 	command -v grpc_cpp_plugin >/dev/null && pkg-config --exists grpc++ protobuf && echo yes)
+NATIVE_TARGETS ?= native $(NATIVE_SAN_OUT)/decode_check $(NATIVE_TSAN_OUT)/batcher_check \
+	$(NATIVE_OUT)/decode_bench
 native-if-possible:
 ifeq ($(NATIVE_TOOLCHAIN),yes)
-	@$(MAKE) --no-print-directory native $(NATIVE_SAN_OUT)/decode_check \
-	  $(NATIVE_TSAN_OUT)/batcher_check $(NATIVE_OUT)/decode_bench
+	@$(MAKE) --no-print-directory $(NATIVE_TARGETS)
 else
 	@echo "[native] not built: needs g++ and pkg-config, libgrpc++-dev, protobuf-compiler-grpc, libprotobuf-dev (apt-get install g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev); the server runs the Python plane"
 endif

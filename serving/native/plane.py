@@ -26,10 +26,16 @@ from serving.runtime import tensors
 
 log = logging.getLogger("serving")
 
-BINARY = Path(__file__).resolve().parents[2] / "build" / "native" / "predictd"
+# build/native/predictd of this checkout (make native), or $ZOO_PREDICTD where an install put it
+# elsewhere (the Dockerfile's zoo-server image).
+BINARY = Path(os.environ.get("ZOO_PREDICTD") or
+              Path(__file__).resolve().parents[2] / "build" / "native" / "predictd").resolve()
 SYNC_SECONDS = 0.2
 PLANES = ("auto", "native", "python")
 CODES = {c.value[0]: c.name for c in grpc.StatusCode}
+# The gRPC methods of predictd's stats rows (it names them by their last part).
+METHODS = {"Predict": "/tensorflow.serving.PredictionService/Predict",
+           "ModelInfer": "/inference.GRPCInferenceService/ModelInfer"}
 
 
 def built() -> bool:
@@ -43,8 +49,7 @@ def unsupported(args) -> str | None:
                "protobuf-compiler-grpc, libprotobuf-dev)"
     for flag, value in (("--backend onnx", args.backend != "savedmodel"),
                         ("--ssl_config_file", args.ssl_config_file),
-                        ("--auth_token_file", args.auth_token_file),
-                        ("--access_log", args.access_log),
+                        # predictd keeps no tensors for the payload log
                         ("--payload_log_sample_rate", args.payload_log_sample_rate),
                         ("--workers", args.workers > 1)):
         if value:
@@ -89,13 +94,17 @@ def batching_argv(batching) -> list[str]:
     return argv
 
 
+def native_signature(sig) -> bool:
+    """Whether predictd decodes every tensor of a signature (else its requests are forwarded)."""
+    return all(s.dtype in tensors.DTYPES for s in (*sig.inputs.values(), *sig.outputs.values()))
+
+
 def load_lines(loaded) -> list[str]:
     """The "load" command for a LoadedVersion: its path and every signature as the Python plane
     checks it (input order, dtypes, shapes, the describe() its messages quote)."""
     lines = [f"load\t{loaded.name}\t{loaded.version}\t{loaded.path}\t{len(loaded.signatures)}"]
     for name, sig in loaded.signatures.items():
-        native = all(s.dtype in tensors.DTYPES for s in (*sig.inputs.values(),
-                                                         *sig.outputs.values()))
+        native = native_signature(sig)
         lines.append(f"sig\t{name}\t{int(native)}\t{_clean(sig.describe())}\t{len(sig.inputs)}"
                      f"\t{len(sig.outputs)}")
         for kind, specs, infos in (("in", sig.inputs, sig.proto.inputs),
@@ -106,14 +115,30 @@ def load_lines(loaded) -> list[str]:
     return lines
 
 
+def auth_lines(guard) -> list[str]:
+    """The "auth" command: the tokens of an auth.Guard and its refusals of a Predict with no
+    authorization value, a wrong one and two, so that predictd answers with its code and words
+    (serving/native/src/auth.h). No tokens: no auth."""
+    tokens = guard.tokens if guard is not None else ()
+    refusals = []
+    for metadata in ((), (("authorization", ""),),
+                     (("authorization", "Bearer"), ("authorization", "Bearer"))):
+        code, message = (guard.grpc_refusal(METHODS["Predict"], metadata) if tokens
+                         else (grpc.StatusCode.UNAUTHENTICATED, ""))
+        refusals += [str(code.value[0]), _clean(message)]
+    return [f"auth\t{len(tokens)}\t" + "\t".join(refusals), *(f"token\t{t}" for t in tokens)]
+
+
 class NativePlane:
     """predictd on `host:port`, forwarding to the Python gRPC server on 127.0.0.1:`forward_port`;
     `await start()` returns the bound port (port 0 picks one, kept across restarts)."""
 
     def __init__(self, core, host: str, port: int, forward_port: int, max_request_bytes: int,
                  max_request_elements: int, intra_op: int = 0, inter_op: int = 0,
-                 batching=None):
+                 batching=None, access=None, guard=None):
         self.core, self.host, self.port = core, host, port
+        self.guard = guard  # the server's auth.Guard: its tokens go to predictd (set_guard)
+        self.access = access  # the server's AccessLog (or None): a line per call predictd answers
         self.forward_port = forward_port
         self.argv = ["--forward", f"127.0.0.1:{forward_port}", "--tf_library", tf_library(),
                      "--max_request_bytes", str(max_request_bytes),
@@ -146,6 +171,14 @@ class NativePlane:
             raise RuntimeError(f"predictd did not start (exit code {code}; see its message "
                                "above)")
         self.port = int(first[1])
+        # The tokens before any version: until predictd has loaded one, it forwards every call
+        # to the Python plane, which checks them.
+        if self.guard is not None and self.guard.tokens:
+            answer = await self._command(auth_lines(self.guard))
+            if answer[0] != "ok":  # never a predictd that would answer without them
+                self.process.kill()
+                await self.process.wait()
+                raise RuntimeError(f"predictd refused the tokens: {answer[-1]}")
         self.told.clear()
         self.failed.clear()
         self._available.clear()
@@ -173,6 +206,8 @@ class NativePlane:
                 answer = await self._command(load_lines(loaded))
                 if answer[0] == "ok":
                     self.told[key] = loaded
+                    log.info("model %s version %d: gRPC Predict is answered by the native "
+                             "plane", *key)
                 else:
                     self.failed[key] = answer[-1]
                     log.warning("model %s version %d is served by the Python plane: predictd "
@@ -195,33 +230,54 @@ class NativePlane:
 
     async def pull_stats(self) -> None:
         """The calls predictd answered since the last pull, into the Python plane's metrics
-        (the one Prometheus page) and its versions' statistics (Triton's ModelStatistics); a
-        scrape and a statistics call pull first."""
+        (the one Prometheus page), its versions' statistics (Triton's ModelStatistics) and its
+        access log; a scrape and a statistics call pull first."""
         async with self._lock:
             if self.process is None or self.process.returncode is not None:
                 return
             try:
                 answer = await self._command(["stats"])
-                rows = [await self._line() for _ in range(int(answer[2]))]
-                head = await self._line()  # the batcher's part: batches M Q
-                batches = [await self._line() for _ in range(int(head[1]))]
-                queues = [await self._line() for _ in range(int(head[2]))]
+                rows, batches, queues = await self._stats(answer)
             except (ConnectionError, BrokenPipeError):
                 return
-        for row in rows:
-            model, version, method, code, seconds, n = row[:6]
-            self.core.metrics.request(model, method, "GRPC", CODES[int(code)], float(seconds))
-            stats = self.core.statistics(model).get(int(version))  # None: version 0, or gone
-            if stats is not None and len(row) >= 14:
-                ns, input_ns, queue_ns, infer_ns, output_ns, executed, end_ms = map(int, row[7:14])
-                stats.answered(code == "0", ns, int(n),
-                               None if input_ns < 0 else (input_ns, queue_ns, infer_ns, output_ns),
-                               executed, end_ms)
-        self._batch_stats(batches, queues)
+        self._take(rows, batches, queues)
 
     async def _line(self) -> list[str]:
         return (await self.process.stdout.readline()).decode().rstrip("\n").split("\t")
 
+    async def _stats(self, answer: list[str]):
+        """The rest of a stats answer: the answered calls' rows, the batches, the queues."""
+        if answer[:2] != ["ok", "stats"]:
+            raise ConnectionError(f"predictd answered {answer!r} to stats")
+        rows = [await self._line() for _ in range(int(answer[2]))]
+        head = await self._line()  # the batcher's part: batches M Q
+        batches = [await self._line() for _ in range(int(head[1]))]
+        queues = [await self._line() for _ in range(int(head[2]))]
+        return rows, batches, queues
+
+    def _take(self, rows, batches, queues) -> None:
+        """Stats rows (serving/native/src/predictd.cc) as the Python plane counts and logs its
+        own calls: one it did not parse or that was refused before it is counted in no metric
+        (model empty); a version's statistics get the calls answered for it (version > 0); the
+        access log has no version or rows for one that was not run (INPUT_NS -1)."""
+        for row in rows:
+            model, version, method, code, seconds, n, peer = row[:7]
+            ns, input_ns, queue_ns, infer_ns, output_ns, executed, end_ms = map(int, row[7:14])
+            status, seconds = CODES[int(code)], float(seconds)
+            if model:
+                self.core.metrics.request(model, method, "GRPC", status, seconds)
+                stats = self.core.statistics(model).get(int(version))  # None: not resolved, gone
+                if stats is not None:
+                    stats.answered(code == "0", ns, int(n),
+                                   None if input_ns < 0 else (input_ns, queue_ns, infer_ns,
+                                                              output_ns),
+                                   executed, end_ms)
+            if self.access is not None:
+                ran = input_ns >= 0
+                self.access.answered(end_ms / 1000, METHODS.get(method, method), model or None,
+                                     int(version) if ran else None, int(n) if ran else None,
+                                     status, seconds, peer or None)
+        self._batch_stats(batches, queues)
     def _batch_stats(self, batches: list[list[str]], queues: list[list[str]]) -> None:
         """predictd's batches into the metrics the Python plane's batching reports
         (lifecycle._make_batcher: batch size, queuing latency, compute, the version's
@@ -240,10 +296,34 @@ class NativePlane:
             own = loaded.batchers.get(sig) if loaded is not None else None
             m.batch_queue(model, int(version), sig, int(rows) + (own.queued_rows if own else 0))
 
+    async def set_guard(self, guard) -> None:
+        """New tokens (a reloaded token file): sent to predictd now, and after a restart."""
+        self.guard = guard
+        async with self._lock:
+            if self.process is not None and self.process.returncode is None:
+                answer = await self._command(auth_lines(guard))
+                if answer[0] != "ok":
+                    raise RuntimeError(f"predictd refused the tokens: {answer[-1]}")
+
     def serves(self, name: str, version: int) -> bool:
         """Whether predictd answers this version's Predict and ModelInfer (else the Python
         plane does)."""
         return (name, version) in self.told
+
+    def plane_of(self, name: str, version: int) -> tuple[str, str]:
+        """("native" or "python", why): which plane answers this version's gRPC Predict, and
+        what of it (or why not) predictd does not answer (ServerCore.data_plane)."""
+        loaded = self.told.get((name, version))
+        if loaded is not None:
+            python = [n for n, sig in loaded.signatures.items() if not native_signature(sig)]
+            if not python:
+                return "native", ""
+            return "native", (f"signature{'s' * (len(python) > 1)} {', '.join(python)} on the "
+                              "Python plane: a dtype predictd does not decode")
+        why = self.failed.get((name, version))
+        if why is not None:
+            return "python", f"predictd cannot load it: {why}"
+        return "python", "not loaded by predictd yet"
 
     async def _watch_forever(self) -> None:
         while True:
@@ -273,12 +353,19 @@ class NativePlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
-        p, self.process = self.process, None
+        p = self.process
         if p is None or p.returncode is not None:
+            self.process = None
             return
-        with contextlib.suppress(BrokenPipeError, ConnectionError):
-            p.stdin.write(b"ready\t0\nquit\n")
-            await p.stdin.drain()
+        # ready 0, then quit: predictd lets its calls in flight finish, then answers with their
+        # stats.
+        with contextlib.suppress(BrokenPipeError, ConnectionError, ValueError, TimeoutError):
+            async with asyncio.timeout(10):
+                async with self._lock:
+                    await self._command(["ready\t0"])
+                    answer = await self._command(["quit"])
+                    self._take(*await self._stats(answer))
+        self.process = None
         try:
             await asyncio.wait_for(p.wait(), 10)
         except TimeoutError:

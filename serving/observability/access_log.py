@@ -182,12 +182,19 @@ def check_args(args) -> None:
         raise ValueError("--payload_log_sample_rate needs --payload_log_file")
 
 
+# The metadata key in which the native data plane passes on the caller's address with a call it
+# forwards (serving/native/src/predictd.cc), read only when `AccessLog.behind_native` is set (the
+# Python gRPC server then listens on loopback behind predictd, which drops a caller's own value).
+FORWARDED_PEER = "zoo-forwarded-peer"
+
+
 class AccessLog:
     """The access log and the payload log of one server process; build with `from_args`."""
 
     def __init__(self, access: LineFile | None, payload: logging.Handler | None = None,
                  sample_rate: float = 0.0, max_values: int = 0):
         self._access = access
+        self.behind_native = False  # gRPC calls come through predictd: FORWARDED_PEER is the peer
         self._payload = self._logger("serving.payload", payload)
         self.sample_rate = sample_rate if payload is not None else 0.0
         self.max_values = max_values
@@ -239,15 +246,28 @@ class AccessLog:
         _current.reset(token)
         now = time.time()
         latency = time.perf_counter() - record.started
-        if self._access is not None:  # json.dumps of the dict costs 2.7x this (3.7 vs 1.4 us)
-            self._access.write(
-                f'{{"time": "{_utc(now)}", "protocol": "{record.protocol}", '
-                f'"method": {_json(record.method)}, "model": {_json(record.model)}, '
-                f'"version": {_json(record.version)}, "rows": {_json(record.rows)}, '
-                f'"status": {_json(status)}, "latency_ms": {latency * 1e3:.3f}, '
-                f'"peer": {_json(record.peer)}, "id": "{record.id}"}}')
+        if self._access is not None:
+            self._line(now, record.protocol, record.method, record.model, record.version,
+                       record.rows, status, latency, record.peer, record.id)
         if record.sampled:
             self._write_payload(record, now, status)
+
+    def answered(self, when: float, method: str, model: str | None, version: int | None,
+                 rows: int | None, status: str, seconds: float, peer: str | None) -> None:
+        """The line of a gRPC call another process answered (the native data plane's, pulled
+        by serving/native/plane.py): `when` its end (Unix seconds), `seconds` its latency."""
+        if self._access is not None:
+            self._line(when, api_of(method, GRPC_APIS) + "-grpc", method, model, version, rows,
+                       status, seconds, peer, f"{self._pid}-{next(self._ids)}")
+
+    def _line(self, now, protocol, method, model, version, rows, status, latency, peer, id_):
+        # json.dumps of the dict costs 2.7x this (3.7 vs 1.4 us)
+        self._access.write(
+            f'{{"time": "{_utc(now)}", "protocol": "{protocol}", '
+            f'"method": {_json(method)}, "model": {_json(model)}, '
+            f'"version": {_json(version)}, "rows": {_json(rows)}, '
+            f'"status": {_json(status)}, "latency_ms": {latency * 1e3:.3f}, '
+            f'"peer": {_json(peer)}, "id": "{id_}"}}')
 
     def _write_payload(self, record: Record, now: float, status) -> None:
         def tensors(arrays):
@@ -315,7 +335,11 @@ class _GrpcInterceptor(grpc.aio.ServerInterceptor):
         log, protocol = self.log, api_of(method, GRPC_APIS) + "-grpc"
 
         async def logged(request, context):
-            begun = log.begin(protocol, method, context.peer(), requested_model(request))
+            peer = context.peer()
+            if log.behind_native:
+                peer = next((v for k, v in context.invocation_metadata() or ()
+                             if k == FORWARDED_PEER), peer)
+            begun = log.begin(protocol, method, peer, requested_model(request))
             error = None
             try:
                 return await behavior(request, context)

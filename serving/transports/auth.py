@@ -106,6 +106,12 @@ class Guard:
         return cls(token, args.enable_model_control, peer)
 
     @property
+    def tokens(self) -> tuple[str, ...]:
+        """The tokens a call may carry (none: no auth), for the native data plane, which
+        checks the calls it answers itself (serving/native/plane.py)."""
+        return (self._token.decode(),) if self._token is not None else ()
+
+    @property
     def active(self) -> bool:
         return self._token is not None or not self.model_control
 

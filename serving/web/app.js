@@ -55,7 +55,7 @@ function renderModels() {
     const labels = m.version_labels || {};
     const versions = m.model_version_status || [];
     if (!versions.length) {
-      rows.push(el("tr", {}, el("td", {}, m.name), el("td", {}, "—"), el("td", {}, "no versions"), el("td")));
+      rows.push(el("tr", {}, el("td", {}, m.name), el("td", {}, "—"), el("td", {}, "no versions"), el("td"), el("td")));
     }
     versions.forEach((v, i) => {
       const tags = Object.entries(labels).filter(([, n]) => n === v.version)
@@ -65,7 +65,7 @@ function renderModels() {
         el("td", {}, i ? "" : m.name), el("td", {}, v.version),
         el("td", {}, el("span", { class: `state-${v.state}` }, v.state),
           message ? el("div", { class: "warn" }, message) : null),
-        el("td", {}, ...tags));
+        el("td", {}, ...tags), planeCell((m.data_planes || {})[v.version]));
       const c = state.chosen;
       if (c && c.name === m.name && (c.version === v.version || (c.version === null && i === 0))) {
         row.classList.add("chosen");
@@ -75,6 +75,14 @@ function renderModels() {
     });
   }
   $("models").tBodies[0].replaceChildren(...rows);
+}
+
+// Which data plane answers the version's gRPC Predict (native: predictd; python), and why not
+// the native one; empty for a version that is not available.
+function planeCell(plane) {
+  if (!plane) return el("td");
+  return el("td", { class: `plane plane-${plane.plane}` }, plane.plane,
+    plane.reason ? el("div", { class: "why" }, plane.reason) : null);
 }
 
 function chooseDefault() {

@@ -17,17 +17,21 @@
 //     in|out ALIAS TENSOR DTYPE DIMS(comma-separated)
 //   available NAME V1,V2,...   the versions the Python plane serves (it decides; this follows)
 //   unload NAME VERSION
+//   auth N ...                 the bearer tokens and the Python plane's refusals (auth.h)
 //   stats                      the calls answered since the last stats: N, then N lines
 //                              MODEL VERSION METHOD CODE SECONDS ROWS PEER NS INPUT_NS
 //                              QUEUE_NS INFER_NS OUTPUT_NS EXECUTED END_MS (for the Python
-//                              plane's metrics, access log and version statistics: VERSION 0
-//                              refused before a version was resolved; INPUT_NS -1 did not
-//                              run, else server_core.serve's phases; EXECUTED the rows of the
-//                              model run it counts, 0 none; END_MS its end, Unix ms), then the
-//                              batcher's part: batches M Q and M + Q lines (batcher.h,
-//                              Batcher::TakeStats)
+//                              plane's metrics, access log and version statistics: MODEL empty
+//                              for a message that does not parse or a refused token, counted in
+//                              no metric; VERSION 0 or -1 refused before a version was
+//                              resolved; INPUT_NS -1 did not run, else server_core.serve's
+//                              phases, and the access log has no version or rows for it;
+//                              EXECUTED the rows of the model run it counts, 0 none; END_MS its
+//                              end, Unix ms, the access log's time), then the batcher's part:
+//                              batches M Q and M + Q lines (batcher.h, Batcher::TakeStats)
 //   ready 0|1                  what the v2 ServerReady answers (DataPlane.ready())
-//   quit
+//   quit                       stop: the calls in flight finish (up to 5 s), then a last
+//                              stats answer
 // Answers: "listening PORT" once, then "ok ..." or "error ... MESSAGE" for each command.
 
 #include <grpcpp/generic/async_generic_service.h>
@@ -53,6 +57,7 @@
 #include <thread>
 #include <vector>
 
+#include "auth.h"
 #include "batcher.h"
 #include "decode.h"
 #include "infer_decode.h"
@@ -309,14 +314,19 @@ Pool* pool;
 Batcher* batcher;  // with --max_batch_size
 std::unique_ptr<grpc::GenericStub> python;  // the Python plane's gRPC server
 
-// The call's metadata and deadline, for the same call to the Python plane.
+// The call's metadata and deadline, for the same call to the Python plane, and the caller's
+// address for its access log (access_log.FORWARDED_PEER; a caller's own value is dropped).
 void CopyRequestContext(const grpc::GenericCallbackServerContext* from,
                         grpc::ClientContext* to) {
   for (const auto& [k, v] : from->client_metadata()) {
     std::string key(k.data(), k.size());
-    if (key == "user-agent" || key.rfind("grpc-", 0) == 0 || key[0] == ':') continue;
+    if (key == "user-agent" || key.rfind("grpc-", 0) == 0 || key[0] == ':' ||
+        key == "zoo-forwarded-peer") {
+      continue;
+    }
     to->AddMetadata(key, std::string(v.data(), v.size()));
   }
+  to->AddMetadata("zoo-forwarded-peer", from->peer());
   if (from->deadline() != std::chrono::system_clock::time_point::max()) {
     to->set_deadline(from->deadline());
   }
@@ -494,6 +504,26 @@ std::vector<int64_t> Numbers(const std::string& text) {
 
 void Say(const std::string& line) { std::cout << line << std::endl; }
 
+// The "stats" answer: the calls answered since the last one.
+void SayStats() {
+  std::vector<Answered> taken;
+  {
+    std::lock_guard lock(answered_mutex);
+    taken.swap(answered);
+  }
+  std::string out = "ok\tstats\t" + std::to_string(taken.size()) + "\n";
+  for (const auto& a : taken) {  // std::to_string of a double: "%f", microseconds
+    out += a.model + "\t" + std::to_string(a.version) + "\t" + a.method + "\t" +
+           std::to_string(a.code) + "\t" + std::to_string(a.seconds) + "\t" +
+           std::to_string(a.rows) + "\t" + a.peer + "\t" + std::to_string(a.ns) + "\t" +
+           std::to_string(a.input_ns) + "\t" + std::to_string(a.queue_ns) + "\t" +
+           std::to_string(a.infer_ns) + "\t" + std::to_string(a.output_ns) + "\t" +
+           std::to_string(a.executed) + "\t" + std::to_string(a.end_ms) + "\n";
+  }
+  out += batcher ? batcher->TakeStats() : "batches\t0\t0\n";
+  std::cout << out << std::flush;
+}
+
 // One "load" command and the signature lines after it.
 void Load(const std::vector<std::string>& f) {
   auto v = std::make_shared<Version>();
@@ -557,23 +587,10 @@ void Control() {
         lock.unlock();
         gone.reset();
         Say("ok\tunload\t" + f[1] + "\t" + f[2]);
+      } else if (f[0] == "auth") {
+        Say(AuthCommand(f, std::cin));
       } else if (f[0] == "stats") {
-        std::vector<Answered> taken;
-        {
-          std::lock_guard lock(answered_mutex);
-          taken.swap(answered);
-        }
-        std::string out = "ok\tstats\t" + std::to_string(taken.size()) + "\n";
-        for (const auto& a : taken) {
-          out += a.model + "\t" + std::to_string(a.version) + "\t" + a.method + "\t" +
-                 std::to_string(a.code) + "\t" + std::to_string(a.seconds) + "\t" +
-                 std::to_string(a.rows) + "\t" + a.peer + "\t" + std::to_string(a.ns) + "\t" +
-                 std::to_string(a.input_ns) + "\t" + std::to_string(a.queue_ns) + "\t" +
-                 std::to_string(a.infer_ns) + "\t" + std::to_string(a.output_ns) + "\t" +
-                 std::to_string(a.executed) + "\t" + std::to_string(a.end_ms) + "\n";
-        }
-        out += batcher ? batcher->TakeStats() : "batches\t0\t0\n";
-        std::cout << out << std::flush;
+        SayStats();
       } else if (f[0] == "ready") {
         server_ready = std::stoi(f.at(1)) ? 1 : 0;
         Say("ok\tready");
@@ -657,5 +674,6 @@ int main(int argc, char** argv) {
   Say("listening\t" + std::to_string(port));
   Control();  // until "quit" or the end of stdin (the control plane is gone)
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  SayStats();  // what was answered since the last stats, for the access log
   std::_Exit(0);  // TF's and gRPC's static destructors race their own threads
 }

@@ -1,7 +1,7 @@
 // UnaryCall: one request message, one answer, the shape of every call predictd answers itself
 // (Predict, ModelInfer, the v2 health calls; docs/ARCHITECTURE.md, "The native data plane").
-// It reads the message, parses it (a message that does not parse is INVALID_ARGUMENT in
-// grpc_server.RequestDecoding's words), times the call's phases as server_core.serve does, runs
+// It reads the message, checks its token (auth.h), parses it (a message that does not parse is
+// INVALID_ARGUMENT in grpc_server.RequestDecoding's words), times the call's phases as server_core.serve does, runs
 // the model inline or on the worker pool, records the answer for "stats", and forwards the
 // untouched bytes to the Python plane when the subclass decides this plane does not answer.
 //
@@ -19,6 +19,11 @@ class UnaryCall : public grpc::ServerGenericBidiReactor {
       return;
     }
     start_ = std::chrono::steady_clock::now();
+    if (auto refusal = Refused(ctx_->client_metadata())) {  // as auth.Guard: before any parse
+      Record({"", -1, Method(), refusal->code, 0, -1, ctx_->peer()}, start_);
+      Finish(grpc::Status(static_cast<grpc::StatusCode>(refusal->code), refusal->message));
+      return;
+    }
     Answer();
   }
   void OnDone() override { delete this; }
@@ -44,6 +49,7 @@ class UnaryCall : public grpc::ServerGenericBidiReactor {
     size_t length = in_.Length();
     grpc::ByteBuffer copy = in_;  // Deserialize consumes its buffer; the original stays
     if (grpc::SerializationTraits<M>::Deserialize(&copy, message).ok()) return true;
+    Record({"", -1, Method(), kInvalidArgument, 0, -1, ctx_->peer()}, start_);  // logged, not counted
     Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "Malformed request: " + std::to_string(length) + " bytes that are not a " +
                             Method() + " request message (protobuf)"));

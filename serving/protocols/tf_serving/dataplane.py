@@ -65,6 +65,28 @@ def model_status(core: ServerCore, request: get_model_status_pb2.GetModelStatusR
     return response
 
 
+# The trailing metadata of GetModelStatus naming the plane that answers each available version's
+# gRPC Predict (a zoo extension: TF Serving's status proto has no field for it), one value a
+# version: "1 native", or "2 python: why" (docs/ARCHITECTURE.md, "The native data plane").
+DATA_PLANE_METADATA = "zoo-data-plane"
+
+
+def data_planes(core: ServerCore, name: str, versions=None) -> dict[int, tuple[str, str]]:
+    """version -> (plane, why) for the available versions of a model (of `versions` if
+    given)."""
+    return {v: core.data_plane(name, v) for v in core.available(name)
+            if versions is None or v in versions}
+
+
+def data_plane_metadata(core: ServerCore, name: str, response) -> tuple[tuple[str, str], ...]:
+    """DATA_PLANE_METADATA for the versions of a GetModelStatusResponse (printable ASCII, as
+    gRPC metadata values must be)."""
+    planes = data_planes(core, name, {s.version for s in response.model_version_status})
+    return tuple((DATA_PLANE_METADATA, "".join(
+        c if " " <= c <= "~" else "?" for c in f"{v} {plane}" + (f": {why}" if why else "")))
+        for v, (plane, why) in sorted(planes.items()))
+
+
 def model_metadata(core: ServerCore, request: get_model_metadata_pb2.GetModelMetadataRequest
                    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
     """The signature_def metadata of the version `request` names."""

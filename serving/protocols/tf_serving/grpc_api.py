@@ -55,9 +55,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     async def GetModelStatus(self, request, context):
         try:
-            return dataplane.model_status(self.core, request)
+            response = dataplane.model_status(self.core, request)
         except ServingError as e:
             await context.abort(e.code, e.message)
+        context.set_trailing_metadata(dataplane.data_plane_metadata(
+            self.core, request.model_spec.name, response))
+        return response
 
     async def HandleReloadConfigRequest(self, request, context):
         response = model_management_pb2.ReloadConfigResponse()

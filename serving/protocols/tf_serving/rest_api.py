@@ -1,7 +1,8 @@
 """TensorFlow Serving's REST API (g3doc/api_rest.md): the /v1 rows of serving.server.ROUTES and
 their handlers, over the core.
 
-    GET  /v1/models                                        every model (zoo extension)
+    GET  /v1/models                                        every model (zoo extension), with
+                                                           its labels and each version's plane
     GET  /v1/models/NAME[/versions/N|/labels/L]            model status
     GET  /v1/models/NAME[/versions/N|/labels/L]/metadata   signature defs
     POST /v1/models/NAME[/versions/N|/labels/L]:predict    {"instances": ...} or {"inputs": ...}
@@ -134,8 +135,11 @@ class TfServingRest:
             except ServingError:
                 status = {"model_version_status": []}
             labels = self.core.labels(name)  # the page shows them beside versions
+            planes = dataplane.data_planes(self.core, name)  # and which plane answers each
             models.append({"name": name, **status,
-                           "version_labels": {k: str(v) for k, v in sorted(labels.items())}})
+                           "version_labels": {k: str(v) for k, v in sorted(labels.items())},
+                           "data_planes": {str(v): {"plane": plane, "reason": why}
+                                           for v, (plane, why) in sorted(planes.items())}})
         return {"models": models}
 
     def metadata(self, spec) -> dict:
