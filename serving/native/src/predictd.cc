@@ -151,33 +151,14 @@ std::string LoadVersion(const std::string& path, Version* v) {
   for (auto& [_, sig] : v->signatures) {
     for (auto* list : {&sig.inputs, &sig.outputs}) {
       for (const auto& t : *list) {
-        TF_Output o;
         std::string op = t.tensor.substr(0, t.tensor.rfind(':'));
         if (!tf.TF_GraphOperationByName(v->graph, op.c_str())) {
           return "signature " + sig.name + ": no operation " + op + " in the graph";
         }
-        (void)o;
       }
     }
   }
   return "";
-}
-
-TF_Output Output(TF_Graph* graph, const std::string& tensor) {
-  size_t colon = tensor.rfind(':');
-  std::string op = colon == std::string::npos ? tensor : tensor.substr(0, colon);
-  int index = colon == std::string::npos ? 0 : std::stoi(tensor.substr(colon + 1));
-  return {tf.TF_GraphOperationByName(graph, op.c_str()), index};
-}
-
-// TF's error codes as the Python plane's exception names (tf.errors), for the same message.
-const char* ErrorName(TF_Code code) {
-  static const char* names[] = {
-      "OK", "CancelledError", "UnknownError", "InvalidArgumentError", "DeadlineExceededError",
-      "NotFoundError", "AlreadyExistsError", "PermissionDeniedError", "ResourceExhaustedError",
-      "FailedPreconditionError", "AbortedError", "OutOfRangeError", "UnimplementedError",
-      "InternalError", "UnavailableError", "DataLossError", "UnauthenticatedError"};
-  return code >= 0 && code <= 16 ? names[code] : "UnknownError";
 }
 
 // Runs a prepared request; fills `response` or returns the error.
@@ -197,46 +178,15 @@ Status Run(const Version& v, Prepared& p, tensorflow::serving::PredictResponse* 
     }
     return {};
   }
-  std::vector<TF_Output> ins, outs;
-  std::vector<TF_Tensor*> in_values, out_values(p.outputs.size(), nullptr);
-  for (auto& in : p.inputs) {
-    ins.push_back(Output(v.graph, in.spec->tensor));
-    std::string* bytes = in.bytes.release();
-    in_values.push_back(tf.TF_NewTensor(
-        static_cast<TF_DataType>(in.spec->dtype), in.shape.data(),
-        static_cast<int>(in.shape.size()), bytes->data(), bytes->size(),
-        [](void*, size_t, void* owner) { delete static_cast<std::string*>(owner); }, bytes));
-  }
-  for (const auto* o : p.outputs) outs.push_back(Output(v.graph, o->tensor));
-  TF_Status* status = tf.TF_NewStatus();
-  tf.TF_SessionRun(v.session, InlineRunOptions(), ins.data(), in_values.data(),
-                   static_cast<int>(ins.size()), outs.data(), out_values.data(),
-                   static_cast<int>(outs.size()), nullptr, 0, nullptr, status);
-  Status result;
-  if (tf.TF_GetCode(status) != TF_OK) {
-    std::string message = tf.TF_Message(status);
-    message = message.substr(0, message.find('\n'));
-    TF_Code code = tf.TF_GetCode(status);
-    result = {code == TF_INVALID_ARGUMENT ? kInvalidArgument : 13,
-              std::string(ErrorName(code)) + ": " + message};
-  }
-  tf.TF_DeleteStatus(status);
-  for (auto* t : in_values) tf.TF_DeleteTensor(t);
-  for (size_t i = 0; i < out_values.size(); ++i) {
-    TF_Tensor* t = out_values[i];
-    if (!t) continue;
-    if (result.ok()) {
-      auto& proto = outputs[p.outputs[i]->alias];
-      proto.set_dtype(static_cast<tensorflow::DataType>(tf.TF_TensorType(t)));
-      for (int d = 0; d < tf.TF_NumDims(t); ++d) {
-        proto.mutable_tensor_shape()->add_dim()->set_size(tf.TF_Dim(t, d));
-      }
-      proto.set_tensor_content(static_cast<const char*>(tf.TF_TensorData(t)),
-                               tf.TF_TensorByteSize(t));
+  return RunGraph(tf, v.graph, v.session, p.inputs, p.outputs, [&](size_t i, TF_Tensor* t) {
+    auto& proto = outputs[p.outputs[i]->alias];
+    proto.set_dtype(static_cast<tensorflow::DataType>(tf.TF_TensorType(t)));
+    for (int d = 0; d < tf.TF_NumDims(t); ++d) {
+      proto.mutable_tensor_shape()->add_dim()->set_size(tf.TF_Dim(t, d));
     }
-    tf.TF_DeleteTensor(t);
-  }
-  return result;
+    proto.set_tensor_content(static_cast<const char*>(tf.TF_TensorData(t)),
+                             tf.TF_TensorByteSize(t));
+  });
 }
 
 // ---------------------------------------------------------------- what was answered

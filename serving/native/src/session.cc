@@ -28,9 +28,9 @@ TF_Output GraphOutput(const TfApi& tf, TF_Graph* graph, const std::string& tenso
 
 }  // namespace
 
-Status RunSession(const TfApi& tf, TF_Graph* graph, TF_Session* session,
-                  std::vector<Input>& inputs, const std::vector<TensorSpec>& outputs,
-                  std::vector<Tensor>* results) {
+Status RunGraph(const TfApi& tf, TF_Graph* graph, TF_Session* session,
+                std::vector<Input>& inputs, const std::vector<const TensorSpec*>& outputs,
+                const std::function<void(size_t, TF_Tensor*)>& take) {
   std::vector<TF_Output> ins, outs;
   std::vector<TF_Tensor*> in_values, out_values(outputs.size(), nullptr);
   for (auto& in : inputs) {
@@ -41,11 +41,11 @@ Status RunSession(const TfApi& tf, TF_Graph* graph, TF_Session* session,
         static_cast<int>(in.shape.size()), bytes->data(), bytes->size(),
         [](void*, size_t, void* owner) { delete static_cast<std::string*>(owner); }, bytes));
   }
-  for (const auto& o : outputs) outs.push_back(GraphOutput(tf, graph, o.tensor));
+  for (const auto* o : outputs) outs.push_back(GraphOutput(tf, graph, o->tensor));
   TF_Status* status = tf.TF_NewStatus();
-  tf.TF_SessionRun(session, InlineRunOptions(), ins.data(), in_values.data(), static_cast<int>(ins.size()),
-                   outs.data(), out_values.data(), static_cast<int>(outs.size()), nullptr, 0,
-                   nullptr, status);
+  tf.TF_SessionRun(session, InlineRunOptions(), ins.data(), in_values.data(),
+                   static_cast<int>(ins.size()), outs.data(), out_values.data(),
+                   static_cast<int>(outs.size()), nullptr, 0, nullptr, status);
   Status result;
   if (tf.TF_GetCode(status) != TF_OK) {
     std::string message = tf.TF_Message(status);
@@ -56,19 +56,28 @@ Status RunSession(const TfApi& tf, TF_Graph* graph, TF_Session* session,
   }
   tf.TF_DeleteStatus(status);
   for (auto* t : in_values) tf.TF_DeleteTensor(t);
-  results->clear();
-  for (TF_Tensor* t : out_values) {
-    if (!t) continue;
-    if (result.ok()) {
-      Tensor out;
-      out.dtype = tf.TF_TensorType(t);
-      for (int d = 0; d < tf.TF_NumDims(t); ++d) out.shape.push_back(tf.TF_Dim(t, d));
-      out.bytes.assign(static_cast<const char*>(tf.TF_TensorData(t)), tf.TF_TensorByteSize(t));
-      results->push_back(std::move(out));
-    }
-    tf.TF_DeleteTensor(t);
+  for (size_t i = 0; i < out_values.size(); ++i) {
+    if (!out_values[i]) continue;
+    if (result.ok()) take(i, out_values[i]);
+    tf.TF_DeleteTensor(out_values[i]);
   }
   return result;
+}
+
+Status RunSession(const TfApi& tf, TF_Graph* graph, TF_Session* session,
+                  std::vector<Input>& inputs, const std::vector<TensorSpec>& outputs,
+                  std::vector<Tensor>* results) {
+  std::vector<const TensorSpec*> wanted;
+  for (const auto& o : outputs) wanted.push_back(&o);
+  results->assign(outputs.size(), Tensor{});
+  Status s = RunGraph(tf, graph, session, inputs, wanted, [&](size_t i, TF_Tensor* t) {
+    Tensor& out = (*results)[i];
+    out.dtype = tf.TF_TensorType(t);
+    for (int d = 0; d < tf.TF_NumDims(t); ++d) out.shape.push_back(tf.TF_Dim(t, d));
+    out.bytes.assign(static_cast<const char*>(tf.TF_TensorData(t)), tf.TF_TensorByteSize(t));
+  });
+  if (!s.ok()) results->clear();
+  return s;
 }
 
 void FillPredict(const Signature& sig, const std::vector<const TensorSpec*>& wanted,

@@ -3,6 +3,7 @@
 // (docs/ARCHITECTURE.md, "The native data plane").
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "batcher.h"
@@ -11,7 +12,15 @@
 
 namespace predictd {
 
-// Runs `session` of `graph` on `inputs` (one per signature input) for `outputs` (tensor specs);
+// Runs `session` of `graph` on `inputs` (one per signature input, their bytes handed to
+// TensorFlow) for `outputs`; when the run succeeds, `take(i, tensor)` sees output i before it
+// is freed. Errors in the Python plane's words (server_core._run: "ErrorName: first line").
+Status RunGraph(const TfApi& tf, TF_Graph* graph, TF_Session* session,
+                std::vector<Input>& inputs, const std::vector<const TensorSpec*>& outputs,
+                const std::function<void(size_t, TF_Tensor*)>& take);
+
+// RunGraph for every output of the signature as Tensor values (the batcher's runs): `session` of
+// `graph` on `inputs` (one per signature input) for `outputs` (tensor specs);
 // fills `results` in the same order. Errors in the Python plane's words (server_core._run:
 // "ErrorName: first line of the message").
 Status RunSession(const TfApi& tf, TF_Graph* graph, TF_Session* session,
